@@ -1,0 +1,10 @@
+#!/bin/sh
+# First run only: create an `admin` account with a random password and print it once.
+set -eu
+sealroom="$1"
+if [ "$("$sealroom" user list --json)" = "[]" ]; then
+    password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+    printf '%s\n' "$password" | "$sealroom" user add admin --admin --password-stdin
+    echo "Created account 'admin' with password: $password"
+    echo "(shown once; change it with /passwd or 'sealroom user passwd admin')"
+fi

@@ -1,0 +1,16 @@
+#!/bin/sh
+# Install the few Debian packages Sealroom's setup and tests need, only when missing.
+# Runs apt-get only as root; otherwise says what to install.
+set -eu
+missing=""
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian packages:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+else
+    echo "please install:$missing  (sudo apt-get install$missing)" >&2
+    exit 1
+fi
