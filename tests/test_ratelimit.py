@@ -46,8 +46,9 @@ def test_invalid_bucket(rate: float, burst: float) -> None:
         TokenBucket(rate, burst, FakeClock())
 
 
-@pytest.mark.parametrize(("wait", "text"), [(0.01, "retry in 1s"), (1.2, "retry in 2s"),
-                                            (10.0, "retry in 10s")])
+@pytest.mark.parametrize(
+    ("wait", "text"), [(0.01, "retry in 1s"), (1.2, "retry in 2s"), (10.0, "retry in 10s")]
+)
 def test_retry_text(wait: float, text: str) -> None:
     assert retry_after_text(wait) == text
 

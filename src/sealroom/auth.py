@@ -1,0 +1,182 @@
+"""Password checks with argon2id, shaped so that failures teach an attacker nothing.
+
+Every argon2 computation costs ``memory_cost_kib`` of memory, so all of them (verify and
+hash alike) take one of ``max_concurrent`` slots; a login flood then waits, briefly, and is
+told the server is busy instead of driving the process out of memory.
+
+An unknown name, a wrong password and a disabled account must be indistinguishable, by
+answer and by time. Unknown and disabled accounts are therefore checked against a dummy
+hash made with the same parameters, so each failure costs one full verification.
+
+Passwords are only ever passed to argon2: they are not logged, stored, or put in a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import argon2
+from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.profiles import CHEAPEST
+
+from sealroom.errors import ErrorCode, ProtocolError
+from sealroom.store import Account, NoSuchAccount, Store
+from sealroom.text import escape_for_log, password_problem
+
+log = logging.getLogger(__name__)
+
+
+class Argon2Parameters(Protocol):
+    """What auth needs from the configuration (``config.Argon2Settings`` fits)."""
+
+    @property
+    def time_cost(self) -> int: ...
+    @property
+    def memory_cost_kib(self) -> int: ...
+    @property
+    def parallelism(self) -> int: ...
+
+
+def password_hasher(
+    time_cost: int, memory_cost_kib: int, parallelism: int
+) -> argon2.PasswordHasher:
+    """The argon2id hasher for these parameters: the server and the CLI must hash alike."""
+    return argon2.PasswordHasher(
+        time_cost=time_cost,
+        memory_cost=memory_cost_kib,
+        parallelism=parallelism,
+        type=argon2.Type.ID,
+    )
+
+
+class ServerBusy(ProtocolError):  # noqa: N818 -- names the condition, as SPEC's code does
+    """No verification slot came free in time; the client may retry later."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.SERVER_BUSY, "too many logins in progress, try again")
+
+
+class Authenticator:
+    """Checks and hashes passwords for the accounts in one store; safe from any thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        time_cost: int,
+        memory_cost_kib: int,
+        parallelism: int,
+        max_concurrent: int,
+        wait_s: float,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        if wait_s < 0:
+            raise ValueError("wait_s must not be negative")
+        self._store = store
+        self._hasher = password_hasher(time_cost, memory_cost_kib, parallelism)
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._wait_s = wait_s
+        # Nobody knows this password, so verifying against it always fails, at full cost.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
+
+    @classmethod
+    def from_settings(
+        cls,
+        store: Store,
+        params: Argon2Parameters,
+        *,
+        max_concurrent: int,
+        wait_s: float,
+    ) -> Authenticator:
+        return cls(
+            store,
+            time_cost=params.time_cost,
+            memory_cost_kib=params.memory_cost_kib,
+            parallelism=params.parallelism,
+            max_concurrent=max_concurrent,
+            wait_s=wait_s,
+        )
+
+    @classmethod
+    def for_tests(
+        cls, store: Store, *, max_concurrent: int = 2, wait_s: float = 5.0
+    ) -> Authenticator:
+        """argon2's cheapest parameters: fast tests, and never fit for real passwords."""
+        return cls(
+            store,
+            time_cost=CHEAPEST.time_cost,
+            memory_cost_kib=CHEAPEST.memory_cost,
+            parallelism=CHEAPEST.parallelism,
+            max_concurrent=max_concurrent,
+            wait_s=wait_s,
+        )
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self._wait_s):
+            raise ServerBusy
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def hash_password(self, password: str) -> str:
+        """Hash a new password; raises ValueError if it breaks the password rules.
+
+        The rules are checked here as well as at the edges so that no caller can store a
+        password that the protocol would refuse to accept.
+        """
+        problem = password_problem(password)
+        if problem is not None:
+            raise ValueError(problem)
+        with self._slot():
+            return self._hasher.hash(password)
+
+    def verify_login(self, name: str, password: str) -> Account | None:
+        """The account if ``password`` opens it, else None, whatever the reason."""
+        with self._slot():
+            account = self._check(name, password)
+            if account is None:
+                return None
+            if self._hasher.check_needs_rehash(account.password_hash):
+                # The parameters were raised since this hash was made: this is the one
+                # moment we hold the plain password to upgrade it.
+                self._store.replace_password_hash(
+                    name, account.password_hash, self._hasher.hash(password)
+                )
+        try:
+            self._store.record_login(name)
+        except NoSuchAccount:
+            return None  # removed while we were verifying
+        # Re-read so a disable that raced with this login wins, and last_login is current.
+        current = self._store.get_account(name)
+        if current is None or not current.enabled:
+            return None
+        return current
+
+    def verify_password(self, account_name: str, password: str) -> bool:
+        """Whether ``password`` is the account's current one (for ``/passwd OLD NEW``)."""
+        with self._slot():
+            return self._check(account_name, password) is not None
+
+    def _check(self, name: str, password: str) -> Account | None:
+        """Run exactly one verification, against the dummy hash unless the account may log in."""
+        account = self._store.get_account(name)
+        if account is not None and not account.enabled:
+            account = None  # checked exactly like an unknown name
+        target = self._dummy_hash if account is None else account.password_hash
+        try:
+            self._hasher.verify(target, password)
+        except InvalidHashError:
+            if account is not None:
+                log.warning("stored password hash of %s is not valid argon2", escape_for_log(name))
+            return None
+        except VerificationError:  # includes VerifyMismatchError, the ordinary wrong password
+            return None
+        return account

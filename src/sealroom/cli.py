@@ -1,0 +1,265 @@
+"""The ``sealroom`` command: one small function per subcommand, one error boundary.
+
+User mistakes (a bad config, a missing file, an existing account) end as one line on stderr
+and exit status 1; bad usage is argparse's exit status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sealroom import __version__
+from sealroom.app import serve
+from sealroom.auth import password_hasher
+from sealroom.certs import init_certs
+from sealroom.config import ConfigError, Settings, load_settings
+from sealroom.errors import UserError
+from sealroom.logs import configure_logging
+from sealroom.store import AccountExists, Store, StoreError
+from sealroom.text import password_problem, user_name
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_usage(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except ConfigError as error:
+        print(f"sealroom: configuration: {'; '.join(error.problems)}", file=sys.stderr)
+    except (UserError, StoreError) as error:
+        print(f"sealroom: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("sealroom: interrupted", file=sys.stderr)
+    return 1
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = getattr(args, "config", None) or os.environ.get("SEALROOM_CONFIG") or None
+    return load_settings(Path(path) if path else None)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    where = settings.source or "built-in defaults"
+    print(f"configuration OK ({where})")
+    return 0
+
+
+# -- serve and certs ---------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log.level, settings.log.format)
+    return serve(settings)
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    written = init_certs(Path(args.dir), args.host or (), force=args.force)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+# -- accounts ----------------------------------------------------------------------------------
+
+
+def _canonical_name(raw: str) -> str:
+    name = user_name(raw)
+    if name is None:
+        raise UserError(f"invalid user name {raw!r}: use [a-z0-9][a-z0-9_.-], at most 32")
+    return name
+
+
+def _read_new_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.removesuffix("\n").removesuffix("\r")
+    else:
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise UserError("passwords do not match")
+    problem = password_problem(password)
+    if problem:
+        raise UserError(problem)
+    return password
+
+
+def _hash_password(settings: Settings, password: str) -> str:
+    params = settings.auth.argon2
+    hasher = password_hasher(params.time_cost, params.memory_cost_kib, params.parallelism)
+    return hasher.hash(password)
+
+
+def _open_store(settings: Settings) -> Store:
+    return Store(settings.storage.database)
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    name = _canonical_name(args.name)
+    with _open_store(settings) as store:
+        if store.get_account(name) is not None:
+            raise UserError(f"account {name} already exists")
+        password = _read_new_password(args)
+        try:
+            store.add_account(name, _hash_password(settings, password), is_admin=args.admin)
+        except AccountExists:
+            raise UserError(f"account {name} already exists") from None
+    print(f"added {'admin ' if args.admin else ''}account {name}")
+    return 0
+
+
+def _existing(store: Store, raw: str) -> str:
+    name = _canonical_name(raw)
+    if store.get_account(name) is None:
+        raise UserError(f"no account {name}")
+    return name
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _open_store(settings) as store:
+        name = _existing(store, args.name)
+        store.set_password_hash(name, _hash_password(settings, _read_new_password(args)))
+    print(f"password of {name} changed")
+    return 0
+
+
+def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
+    with _open_store(_settings(args)) as store:
+        name = _existing(store, args.name)
+        store.set_enabled(name, enabled)
+    print(f"{'enabled' if enabled else 'disabled'} account {name}")
+    return 0
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    return _set_enabled(args, enabled=False)
+
+
+def cmd_user_enable(args: argparse.Namespace) -> int:
+    return _set_enabled(args, enabled=True)
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    with _open_store(_settings(args)) as store:
+        name = _existing(store, args.name)
+        store.remove_account(name)
+    print(f"removed account {name}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    with _open_store(_settings(args)) as store:
+        accounts = store.list_accounts()
+    rows = [
+        {
+            "name": a.name,
+            "role": "admin" if a.is_admin else "user",
+            "state": "enabled" if a.enabled else "disabled",
+            "created": a.created_at,
+            "last_login": a.last_login,
+        }
+        for a in accounts
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'NAME':<33} {'ROLE':<6} {'STATE':<9} LAST LOGIN")
+    for row in rows:
+        print(f"{row['name']:<33} {row['role']:<6} {row['state']:<9} {row['last_login'] or '-'}")
+    return 0
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sealroom", description="A TLS-secured, authenticated message server."
+    )
+    parser.add_argument("--version", action="version", version=f"sealroom {__version__}")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    def command(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: Handler,
+        help_text: str,
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "-c",
+            "--config",
+            metavar="PATH",
+            help="configuration file (default: $SEALROOM_CONFIG, else built-in defaults)",
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command(commands, "serve", cmd_serve, "run the server in the foreground")
+    command(commands, "check-config", cmd_check_config, "validate the configuration")
+
+    certs = commands.add_parser("certs", help="development certificates")
+    certs_commands = certs.add_subparsers(metavar="COMMAND")
+    init = command(
+        certs_commands,
+        "init",
+        cmd_certs_init,
+        "create a private CA and a server certificate signed by it",
+    )
+    init.add_argument("--dir", default="certs", help="where to write them (default: certs)")
+    init.add_argument(
+        "--host",
+        action="append",
+        metavar="NAME",
+        help="a DNS name or IP address for the certificate (repeatable)",
+    )
+    init.add_argument("--force", action="store_true", help="replace existing files")
+
+    user = commands.add_parser("user", help="manage accounts")
+    users = user.add_subparsers(metavar="COMMAND")
+    for name, handler, text in (
+        ("add", cmd_user_add, "create an account"),
+        ("passwd", cmd_user_passwd, "set a new password"),
+    ):
+        sub = command(users, name, handler, text)
+        sub.add_argument("name", metavar="NAME")
+        sub.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password as one line from standard input",
+        )
+        if name == "add":
+            sub.add_argument("--admin", action="store_true", help="an administrator")
+    for name, handler, text in (
+        ("disable", cmd_user_disable, "lock an account and drop its sessions"),
+        ("enable", cmd_user_enable, "unlock an account"),
+        ("remove", cmd_user_remove, "delete an account"),
+    ):
+        command(users, name, handler, text).add_argument("name", metavar="NAME")
+    command(users, "list", cmd_user_list, "list accounts").add_argument(
+        "--json", action="store_true", help="machine-readable output"
+    )
+    return parser

@@ -1,0 +1,98 @@
+"""A connection's bounded queue of encoded lines: the only object other threads touch.
+
+OpenSSL forbids using one SSL object from two threads at once, so a broadcast never writes to
+another connection's socket. It appends the (already encoded, shared) line to that
+connection's outbox and wakes the owning thread, which writes everything queued in one TLS
+write. An outbox that would grow past its bound is a slow consumer: its queue is dropped and
+replaced by ``BYE slow-consumer``, so one stalled reader never slows the sender or anyone else.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from sealroom.protocol import encode_line
+
+
+class Outbox:
+    __slots__ = ("_chunks", "_closing", "_lock", "_size", "_wake", "limit")
+
+    def __init__(self, limit: int, wake: Callable[[], None]) -> None:
+        self.limit = limit
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._closing: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes queued and not yet taken by the owner."""
+        return self._size
+
+    @property
+    def closing(self) -> str | None:
+        """The BYE reason once the connection is to be closed, else None."""
+        return self._closing
+
+    def push(self, data: bytes, *, wake: bool = True) -> bool:
+        """Queue ``data``; False if the connection is closing (the data is dropped).
+
+        The owner's own replies pass ``wake=False``: it flushes after handling input anyway.
+        Waking happens under the lock so that :meth:`retire` can make it a no-op for good
+        before the owner closes its wake-up descriptor.
+        """
+        with self._lock:
+            if self._closing is not None:
+                return False
+            if self._size + len(data) > self.limit:
+                self._close_locked("slow-consumer", discard=True)
+                self._wake()
+                return False
+            if wake and not self._chunks:
+                self._wake()
+            self._chunks.append(data)
+            self._size += len(data)
+            return True
+
+    def close(self, reason: str, *, wake: bool = True) -> None:
+        """Ask the owner to send ``BYE reason`` after what is queued, then close."""
+        with self._lock:
+            if self._closing is not None:
+                return
+            self._close_locked(reason, discard=False)
+            if wake:
+                self._wake()
+
+    def retire(self, reason: str = "closed") -> None:
+        """The owner is done: refuse further pushes and never call ``wake`` again."""
+        with self._lock:
+            if self._closing is None:
+                self._closing = reason
+            self._wake = _no_wake
+            self._chunks.clear()
+            self._size = 0
+
+    def _close_locked(self, reason: str, *, discard: bool) -> None:
+        if discard:
+            self._chunks.clear()
+            self._size = 0
+        bye = encode_line("BYE", reason)
+        self._chunks.append(bye)
+        self._size += len(bye)
+        self._closing = reason.split(" ", 1)[0]
+
+    def take(self) -> bytes:
+        """Everything queued, as one buffer for one TLS write."""
+        with self._lock:
+            chunks = self._chunks
+            if not chunks:
+                return b""
+            self._chunks = []
+            self._size = 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _no_wake() -> None:
+    """The wake-up of a retired outbox: its descriptor may already be closed and reused."""

@@ -1,0 +1,331 @@
+"""Persistent state in one SQLite file; the only module that speaks SQL.
+
+The server and the command line open the same file at the same time, so the database runs
+in WAL mode (readers never block the writer) with a busy timeout, and every write is an
+explicit ``BEGIN IMMEDIATE`` transaction: a writer takes the write lock up front instead of
+failing half way through when it tries to upgrade a read lock.
+
+One connection serves every thread of a process, behind one lock. SQLite serialises writers
+per file anyway, and a single connection keeps ``PRAGMA data_version`` meaningful: it
+changes exactly when another process (the CLI) has committed, which is how the server
+notices account changes without a restart.
+
+The schema grows by appending steps to ``MIGRATIONS``; ``PRAGMA user_version`` records how
+many have run. Steps already released are never edited, so every database reaches the same
+schema by the same path.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from sealroom.text import user_name
+
+Clock = Callable[[], datetime]
+
+BUSY_TIMEOUT_MS: Final = 5000
+
+# Each step is the list of statements that takes the schema from version N to N + 1
+# (the step at index 0 makes version 1). Append new steps; never edit a released one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE accounts (
+            name          TEXT PRIMARY KEY NOT NULL,
+            password_hash TEXT NOT NULL,
+            is_admin      INTEGER NOT NULL CHECK (is_admin IN (0, 1)),
+            enabled       INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+            created_at    TEXT NOT NULL,
+            last_login    TEXT
+        )
+        """,
+    ),
+)
+
+_ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login"
+
+
+class StoreError(Exception):
+    """The database cannot be used: wrong file, newer schema, I/O or lock failure."""
+
+
+class SchemaTooNew(StoreError):  # noqa: N818 -- names the condition, as callers read it
+    """The file was migrated by a newer Sealroom; writing to it could corrupt its data."""
+
+
+class AccountExists(StoreError):  # noqa: N818 -- names the condition, as callers read it
+    pass
+
+
+class NoSuchAccount(StoreError):  # noqa: N818 -- names the condition, as callers read it
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    # Kept out of repr so an account can be logged or shown in a traceback safely.
+    password_hash: str = field(repr=False)
+    is_admin: bool
+    enabled: bool
+    created_at: str
+    last_login: str | None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso_utc(moment: datetime) -> str:
+    """The one time format of the wire protocol and the database: ``2024-05-01T12:00:00.000Z``.
+
+    Fixed width and always UTC, so stored times also sort correctly as text.
+    """
+    if moment.tzinfo is None:
+        raise ValueError("a naive datetime has no defined UTC time")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _account(row: tuple[str, str, int, int, str, str | None]) -> Account:
+    name, password_hash, is_admin, enabled, created_at, last_login = row
+    return Account(
+        name=name,
+        password_hash=password_hash,
+        is_admin=bool(is_admin),
+        enabled=bool(enabled),
+        created_at=created_at,
+        last_login=last_login,
+    )
+
+
+class Store:
+    """The Sealroom database; safe to call from any thread."""
+
+    def __init__(self, path: Path, *, clock: Clock = utc_now) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory for {path}: {exc.strerror}") from exc
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        try:
+            _prepare(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError("the database is closed")
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error in {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                # SQLite may already have rolled back on its own (e.g. on SQLITE_FULL).
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            conn.execute("COMMIT")
+
+    # -- accounts -------------------------------------------------------------------------
+
+    def get_account(self, name: str) -> Account | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE name = ?",  # noqa: S608 -- constant column list
+                (name,),
+            ).fetchone()
+        return None if row is None else _account(row)
+
+    def add_account(self, name: str, password_hash: str, *, is_admin: bool = False) -> Account:
+        if user_name(name) != name:
+            # A caller bug, not a user error: names are validated and folded at the edge.
+            raise ValueError("account names must be passed in canonical form")
+        account = Account(
+            name=name,
+            password_hash=password_hash,
+            is_admin=is_admin,
+            enabled=True,
+            created_at=iso_utc(self._clock()),
+            last_login=None,
+        )
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                "INSERT INTO accounts (name, password_hash, is_admin, enabled, created_at)"
+                " VALUES (?, ?, ?, 1, ?) ON CONFLICT (name) DO NOTHING",
+                (name, password_hash, int(is_admin), account.created_at),
+            ).rowcount
+            if inserted == 0:
+                raise AccountExists(f"account {name} already exists")
+        return account
+
+    def set_password_hash(self, name: str, password_hash: str) -> None:
+        sql = "UPDATE accounts SET password_hash = ? WHERE name = ?"
+        self._update_one(name, sql, (password_hash, name))
+
+    def replace_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """Swap the hash only if it is still ``old_hash``; False if it changed meanwhile.
+
+        A login that upgrades a hash to new parameters must not overwrite a password that
+        was changed (from the CLI, say) between its verification and its write.
+        """
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE accounts SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                (new_hash, name, old_hash),
+            ).rowcount
+        return updated == 1
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        sql = "UPDATE accounts SET enabled = ? WHERE name = ?"
+        self._update_one(name, sql, (int(enabled), name))
+
+    def remove_account(self, name: str) -> None:
+        self._update_one(name, "DELETE FROM accounts WHERE name = ?", (name,))
+
+    def record_login(self, name: str) -> None:
+        sql = "UPDATE accounts SET last_login = ? WHERE name = ?"
+        self._update_one(name, sql, (iso_utc(self._clock()), name))
+
+    def list_accounts(self) -> list[Account]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY name",  # noqa: S608 -- constant column list
+            ).fetchall()
+        return [_account(row) for row in rows]
+
+    def count_accounts(self) -> int:
+        with self._connection() as conn:
+            (count,) = conn.execute("SELECT count(*) FROM accounts").fetchone()
+        return int(count)
+
+    def _update_one(self, name: str, sql: str, params: tuple[object, ...]) -> None:
+        with self._transaction() as conn:
+            if conn.execute(sql, params).rowcount == 0:
+                raise NoSuchAccount(f"no account named {name}")
+
+    # -- change detection -----------------------------------------------------------------
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits to the file.
+
+        Our own commits leave it alone, so the server polls this to learn about changes
+        made by the CLI (a disabled account, a new password) without re-reading everything.
+        """
+        with self._connection() as conn:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+        return int(version)
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Configure a fresh connection and bring the schema up to date."""
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # The first read of the file header: this is where a non-database file shows up.
+        _check_version(_user_version(conn), path)
+        _enable_wal(conn)
+        _migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StoreError(f"{path} is not a Sealroom database (not an SQLite file)") from exc
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL (a setting stored in the file), waiting out other openers.
+
+    The switch needs an exclusive lock. When another process is opening the same new file
+    at the same moment, SQLite answers SQLITE_BUSY at once instead of calling the busy
+    handler (waiting could deadlock inside SQLite), so we do the waiting here, bounded by
+    the same timeout. WAL cannot be switched on inside a transaction, hence before migrating.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorname != "SQLITE_BUSY" or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+        else:
+            return
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def _check_version(found: int, path: Path) -> None:
+    if found > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"{path} has schema version {found}, but this Sealroom knows only up to "
+            f"{len(MIGRATIONS)}; it was written by a newer Sealroom, upgrade to use it"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    # All pending steps run in one transaction: a failure leaves the file as it was, and
+    # two processes opening a new file at once cannot both run the same step.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = _user_version(conn)
+        _check_version(found, path)
+        for version, statements in enumerate(MIGRATIONS[found:], start=found + 1):
+            for statement in statements:
+                conn.execute(statement)
+            # PRAGMA takes no parameters; version is an int from this module, not input.
+            conn.execute(f"PRAGMA user_version = {version:d}")
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    conn.execute("COMMIT")

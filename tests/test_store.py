@@ -1,0 +1,380 @@
+"""The store against real SQLite files: schema migration, accounts, change detection."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from sealroom import store as store_module
+from sealroom.store import (
+    MIGRATIONS,
+    AccountExists,
+    NoSuchAccount,
+    SchemaTooNew,
+    Store,
+    StoreError,
+    iso_utc,
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "sealroom.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    with Store(db_path) as opened:
+        yield opened
+
+
+def raw_query(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """Look at the file with a connection of our own, not through the Store."""
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def set_user_version(path: Path, version: int) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {version:d}")
+        conn.commit()
+
+
+class FixedClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+# -- opening and migrating ----------------------------------------------------------------
+
+
+def test_new_file_is_created_with_parent_dirs_and_migrated(db_path: Path) -> None:
+    assert not db_path.parent.exists()
+    with Store(db_path) as store:
+        assert store.count_accounts() == 0
+    assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert raw_query(db_path, "PRAGMA journal_mode") == [("wal",)]
+    tables = raw_query(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert ("accounts",) in tables
+
+
+def test_empty_existing_file_is_migrated(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    db_path.touch()
+    with Store(db_path) as store:
+        assert store.list_accounts() == []
+    assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+
+
+def test_connection_settings(store: Store) -> None:
+    with store._connection() as conn:
+        assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+
+
+def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
+    with Store(db_path) as store:
+        store.add_account("alice", "hash-a", is_admin=True)
+    with Store(db_path) as store:
+        account = store.get_account("alice")
+    assert account is not None
+    assert account.is_admin
+    assert account.password_hash == "hash-a"
+    assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+
+
+def test_later_migration_step_is_applied_on_open(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(db_path) as store:
+        store.add_account("alice", "hash-a")
+    step = ("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",)
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, step))
+    with Store(db_path) as store:
+        assert store.get_account("alice") is not None
+    assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS) + 1,)]
+    assert raw_query(db_path, "SELECT count(*) FROM notes") == [(0,)]
+
+
+def test_failing_migration_leaves_the_file_untouched(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(db_path) as store:
+        store.add_account("alice", "hash-a")
+    good = ("CREATE TABLE notes (id INTEGER PRIMARY KEY)",)
+    bad = ("THIS IS NOT SQL",)
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, good, bad))
+    with pytest.raises(StoreError, match="cannot open database"):
+        Store(db_path)
+    assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    tables = raw_query(db_path, "SELECT name FROM sqlite_master WHERE name = 'notes'")
+    assert tables == []
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    Store(db_path).close()
+    set_user_version(db_path, len(MIGRATIONS) + 1)
+    with pytest.raises(SchemaTooNew, match="newer Sealroom") as caught:
+        Store(db_path)
+    assert str(db_path) in str(caught.value)
+    # Refusing must not have changed the file.
+    assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS) + 1,)]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database at all\n" * 100, b"garbage", b"SQLite format 3\x00" + b"\xff" * 200],
+)
+def test_non_database_file_is_refused(db_path: Path, content: bytes) -> None:
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(content)
+    with pytest.raises(StoreError) as caught:
+        Store(db_path)
+    message = str(caught.value)
+    assert str(db_path) in message
+    assert "\n" not in message
+    assert "Traceback" not in message
+    assert db_path.read_bytes() == content
+
+
+def test_directory_instead_of_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open database"):
+        Store(tmp_path)
+
+
+def test_closed_store_refuses_calls(db_path: Path) -> None:
+    store = Store(db_path)
+    store.close()
+    store.close()  # closing twice is harmless
+    with pytest.raises(StoreError, match="closed"):
+        store.count_accounts()
+
+
+# -- accounts -----------------------------------------------------------------------------
+
+
+def test_add_and_get(db_path: Path) -> None:
+    clock = FixedClock(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
+    with Store(db_path, clock=clock) as store:
+        added = store.add_account("alice", "hash-a")
+        assert added.name == "alice"
+        assert not added.is_admin
+        assert added.enabled
+        assert added.created_at == "2024-05-01T12:00:00.123Z"
+        assert added.last_login is None
+        assert store.get_account("alice") == added
+        assert store.get_account("bob") is None
+
+
+def test_add_duplicate(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    with pytest.raises(AccountExists, match="alice"):
+        store.add_account("alice", "hash-b", is_admin=True)
+    account = store.get_account("alice")
+    assert account is not None
+    assert account.password_hash == "hash-a"
+    assert not account.is_admin
+
+
+@pytest.mark.parametrize("name", ["Alice", "", "bad name", "-x", "a" * 33])
+def test_add_refuses_non_canonical_names(store: Store, name: str) -> None:
+    with pytest.raises(ValueError, match="canonical"):
+        store.add_account(name, "hash")
+    assert store.count_accounts() == 0
+
+
+def test_set_password_hash(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    store.set_password_hash("alice", "hash-b")
+    account = store.get_account("alice")
+    assert account is not None
+    assert account.password_hash == "hash-b"
+    with pytest.raises(NoSuchAccount, match="bob"):
+        store.set_password_hash("bob", "hash")
+
+
+def test_replace_password_hash_only_if_unchanged(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    assert store.replace_password_hash("alice", "hash-a", "hash-b")
+    assert not store.replace_password_hash("alice", "hash-a", "hash-c")
+    account = store.get_account("alice")
+    assert account is not None
+    assert account.password_hash == "hash-b"
+    assert not store.replace_password_hash("bob", "hash-a", "hash-c")
+
+
+def test_enable_and_disable(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    store.set_enabled("alice", False)
+    account = store.get_account("alice")
+    assert account is not None
+    assert not account.enabled
+    store.set_enabled("alice", True)
+    account = store.get_account("alice")
+    assert account is not None
+    assert account.enabled
+    with pytest.raises(NoSuchAccount):
+        store.set_enabled("bob", False)
+
+
+def test_remove(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    store.remove_account("alice")
+    assert store.get_account("alice") is None
+    assert store.count_accounts() == 0
+    with pytest.raises(NoSuchAccount):
+        store.remove_account("alice")
+    # The name is free again.
+    store.add_account("alice", "hash-b")
+    assert store.count_accounts() == 1
+
+
+def test_list_is_sorted_by_name(store: Store) -> None:
+    for name in ["carol", "alice", "bob.x", "bob", "0zed"]:
+        store.add_account(name, f"hash-{name}", is_admin=name == "carol")
+    accounts = store.list_accounts()
+    assert [a.name for a in accounts] == ["0zed", "alice", "bob", "bob.x", "carol"]
+    assert [a.is_admin for a in accounts] == [False, False, False, False, True]
+    assert store.count_accounts() == 5
+
+
+def test_record_login(db_path: Path) -> None:
+    clock = FixedClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
+    with Store(db_path, clock=clock) as store:
+        store.add_account("alice", "hash-a")
+        clock.now += timedelta(hours=1, milliseconds=7)
+        store.record_login("alice")
+        account = store.get_account("alice")
+        assert account is not None
+        assert account.created_at == "2024-05-01T12:00:00.000Z"
+        assert account.last_login == "2024-05-01T13:00:00.007Z"
+        with pytest.raises(NoSuchAccount):
+            store.record_login("bob")
+
+
+def test_repr_hides_the_hash(store: Store) -> None:
+    account = store.add_account("alice", "$argon2id$secret-hash-material")
+    assert "secret-hash-material" not in repr(account)
+    assert "alice" in repr(account)
+
+
+def test_names_are_parameters_not_sql(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    assert store.get_account("alice' OR '1'='1") is None
+    with pytest.raises(NoSuchAccount):
+        store.remove_account("x' OR 1=1 --")
+    assert store.count_accounts() == 1
+
+
+def test_iso_utc() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    assert iso_utc(datetime(2024, 1, 2, 5, 6, 7, 999999, tzinfo=plus_two)) == (
+        "2024-01-02T03:06:07.999Z"
+    )
+    with pytest.raises(ValueError, match="naive"):
+        iso_utc(datetime(2024, 1, 2))
+
+
+# -- change detection and concurrency -----------------------------------------------------
+
+
+def test_data_version_sees_commits_from_another_connection(db_path: Path) -> None:
+    with Store(db_path) as server, Store(db_path) as cli:
+        before = server.data_version()
+        server.list_accounts()
+        server.get_account("alice")
+        assert server.data_version() == before  # own reads
+        server.add_account("bob", "hash-b")
+        assert server.data_version() == before  # own writes
+        cli.add_account("alice", "hash-a")
+        after = server.data_version()
+        assert after != before
+        assert server.data_version() == after  # stable until the next foreign commit
+        cli.set_enabled("alice", False)
+        assert server.data_version() != after
+        account = server.get_account("alice")
+        assert account is not None
+        assert not account.enabled
+
+
+def test_one_store_from_many_threads(store: Store) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(8, timeout=30)
+
+    def work(worker: int) -> None:
+        try:
+            start.wait()
+            for i in range(25):
+                name = f"u{worker}-{i}"
+                store.add_account(name, f"hash-{name}")
+                store.record_login(name)
+                assert store.get_account(name) is not None
+                store.list_accounts()
+        except BaseException as exc:  # handed to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.count_accounts() == 200
+
+
+def test_two_stores_on_one_file_from_threads(db_path: Path) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=30)
+
+    def work(prefix: str) -> None:
+        try:
+            with Store(db_path) as own:
+                start.wait()
+                for i in range(50):
+                    own.add_account(f"{prefix}{i}", "hash")
+                    own.set_enabled(f"{prefix}{i}", False)
+        except BaseException as exc:  # handed to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with Store(db_path) as store:
+        accounts = store.list_accounts()
+    assert len(accounts) == 100
+    assert not any(a.enabled for a in accounts)
+
+
+def test_many_processes_opening_a_new_file_at_once(tmp_path: Path) -> None:
+    # Each thread stands in for a process (server, CLI) creating the same new database.
+    errors: list[BaseException] = []
+    for attempt in range(20):
+        path = tmp_path / f"new-{attempt}.db"
+        start = threading.Barrier(4, timeout=30)
+
+        def open_and_close(path: Path = path, start: threading.Barrier = start) -> None:
+            try:
+                start.wait()
+                Store(path).close()
+            except BaseException as exc:  # handed to the main thread below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_close) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert raw_query(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert errors == []
