@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import queue
+import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +69,30 @@ def write_config(folder: Path, tls_files: dict[str, Path], extra: dict[str, Any]
     path = folder / "sealroom.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+class LineReader:
+    """Lines from a subprocess pipe, read on a thread so each wait can have a timeout."""
+
+    def __init__(self, stream: object) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            self.lines.put(line.rstrip("\n"))
+
+    def until(self, pattern: str, timeout: float = 10) -> str:
+        seen = []
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}; saw {seen}") from None
+            seen.append(line)
+            if re.search(pattern, line):
+                return line
 
 
 class Client:
@@ -179,6 +206,14 @@ class Server:
         client = self.client()
         client.login(name)
         return client
+
+    def restart(self) -> None:
+        """Stop gracefully and start again on the same configuration and database."""
+        self.close_clients()
+        self.app.stop(grace_s=1.0)
+        self.app = App(load_settings(self.config))
+        self.app.start()
+        self.port = self.app.servers[0].server_address[1]
 
     def close_clients(self) -> None:
         for client in self._clients:

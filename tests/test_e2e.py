@@ -4,20 +4,17 @@ real process, `openssl s_client` as one client, and SIGTERM for a graceful stop.
 from __future__ import annotations
 
 import os
-import queue
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import CHEAP_ARGON2, Client
+from conftest import CHEAP_ARGON2, Client, LineReader
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -34,30 +31,6 @@ def sealroom(*argv: str, env: dict[str, str], stdin: str = "") -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-class LineReader:
-    """Lines from a subprocess pipe, read on a thread so each wait can have a timeout."""
-
-    def __init__(self, stream: object) -> None:
-        self.lines: queue.Queue[str] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, stream: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            self.lines.put(line.rstrip("\n"))
-
-    def until(self, pattern: str, timeout: float = 10) -> str:
-        seen = []
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r}; saw {seen}") from None
-            seen.append(line)
-            if re.search(pattern, line):
-                return line
 
 
 @pytest.fixture

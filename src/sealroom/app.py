@@ -22,6 +22,7 @@ from sealroom.auth import Authenticator
 from sealroom.config import Settings, parse_address
 from sealroom.errors import UserError
 from sealroom.hub import Hub, HubLimits
+from sealroom.messages import HistoryWriter, MessageIds, MessageLog
 from sealroom.ratelimit import KeyedBuckets
 from sealroom.server import Registry, SealroomServer, Shared
 from sealroom.session import Services
@@ -58,7 +59,15 @@ class App:
                 max_room_members=limits.max_room_members,
                 allow_create=settings.rooms.allow_create,
                 default_room=settings.rooms.default,
-            )
+            ),
+            next_id=MessageIds(self.store).next,
+        )
+        history = settings.history
+        self.writer = HistoryWriter(
+            settings.storage.database, history.per_room, history.private_per_user
+        )
+        messages = MessageLog(
+            self.store, self.hub, self.writer, private_quota=history.private_per_user
         )
         login_buckets = KeyedBuckets(
             rate.logins_per_ip.rate,
@@ -66,7 +75,7 @@ class App:
             clock,
             max_keys=limits.max_tracked_addresses,
         )
-        services = Services(settings, self.hub, auth, self.store, login_buckets, clock)
+        services = Services(settings, self.hub, auth, self.store, messages, login_buckets, clock)
         admission = Admission(
             max_connections=limits.max_connections,
             max_per_address=limits.max_connections_per_ip,
@@ -79,7 +88,7 @@ class App:
         self.servers: list[SealroomServer] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self._seen_data_version = self.store.data_version()
+        self._seen_accounts_version = self.store.accounts_version()
         try:
             for address in settings.listen:
                 try:
@@ -97,6 +106,7 @@ class App:
     def start(self) -> None:
         _raise_fd_limit()
         threading.stack_size(THREAD_STACK_BYTES)
+        self.writer.start()
         for server in self.servers:
             thread = threading.Thread(
                 target=server.serve_forever,
@@ -122,10 +132,10 @@ class App:
 
     def apply_account_changes(self) -> None:
         """Drop live sessions of accounts the CLI disabled or removed."""
-        version = self.store.data_version()
-        if version == self._seen_data_version:
+        version = self.store.accounts_version()
+        if version == self._seen_accounts_version:
             return
-        self._seen_data_version = version
+        self._seen_accounts_version = version
         for name in self.hub.online_names():
             account = self.store.get_account(name)
             if account is None or not account.enabled:
@@ -157,6 +167,7 @@ class App:
     def close(self) -> None:
         for server in self.servers:
             server.server_close()
+        self.writer.stop()  # commits what is queued
         self.store.close()
 
 

@@ -192,6 +192,28 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the database ------------------------------------------------------------------------------
+
+
+def cmd_db_backup(args: argparse.Namespace) -> int:
+    destination = Path(args.path)
+    with _open_store(_settings(args)) as store:
+        store.backup(destination)
+    print(f"backed up {store.path} to {destination}")
+    return 0
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    with _open_store(_settings(args)) as store:
+        problems = store.check()
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"database ok ({store.path})")
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -237,6 +259,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a DNS name or IP address for the certificate (repeatable)",
     )
     init.add_argument("--force", action="store_true", help="replace existing files")
+
+    database = commands.add_parser("db", help="the database")
+    db_commands = database.add_subparsers(metavar="COMMAND")
+    backup = command(
+        db_commands,
+        "backup",
+        cmd_db_backup,
+        "copy the database to PATH (safe while the server runs)",
+    )
+    backup.add_argument("path", metavar="PATH", help="a new file for the copy")
+    command(db_commands, "check", cmd_db_check, "check the database's integrity")
 
     user = commands.add_parser("user", help="manage accounts")
     users = user.add_subparsers(metavar="COMMAND")

@@ -14,15 +14,19 @@ from collections.abc import Callable
 
 from sealroom.protocol import encode_line
 
+Receipt = Callable[[], None]
+_NO_RECEIPTS: list[Receipt] = []  # shared, never appended to: take() hands it out read-only
+
 
 class Outbox:
-    __slots__ = ("_chunks", "_closing", "_lock", "_size", "_wake", "limit")
+    __slots__ = ("_chunks", "_closing", "_lock", "_receipts", "_size", "_wake", "limit")
 
     def __init__(self, limit: int, wake: Callable[[], None]) -> None:
         self.limit = limit
         self._wake = wake
         self._lock = threading.Lock()
         self._chunks: list[bytes] = []
+        self._receipts: list[Receipt] = []
         self._size = 0
         self._closing: str | None = None
 
@@ -36,10 +40,12 @@ class Outbox:
         """The BYE reason once the connection is to be closed, else None."""
         return self._closing
 
-    def push(self, data: bytes, *, wake: bool = True) -> bool:
+    def push(self, data: bytes, *, wake: bool = True, on_sent: Receipt | None = None) -> bool:
         """Queue ``data``; False if the connection is closing (the data is dropped).
 
         The owner's own replies pass ``wake=False``: it flushes after handling input anyway.
+        ``on_sent`` runs on the owner's thread once ``data`` has been written to the socket,
+        and never if the connection dies first.
         Waking happens under the lock so that :meth:`retire` can make it a no-op for good
         before the owner closes its wake-up descriptor.
         """
@@ -54,6 +60,8 @@ class Outbox:
                 self._wake()
             self._chunks.append(data)
             self._size += len(data)
+            if on_sent is not None:
+                self._receipts.append(on_sent)
             return True
 
     def close(self, reason: str, *, wake: bool = True) -> None:
@@ -72,26 +80,32 @@ class Outbox:
                 self._closing = reason
             self._wake = _no_wake
             self._chunks.clear()
+            self._receipts.clear()
             self._size = 0
 
     def _close_locked(self, reason: str, *, discard: bool) -> None:
         if discard:
             self._chunks.clear()
+            self._receipts.clear()
             self._size = 0
         bye = encode_line("BYE", reason)
         self._chunks.append(bye)
         self._size += len(bye)
         self._closing = reason.split(" ", 1)[0]
 
-    def take(self) -> bytes:
-        """Everything queued, as one buffer for one TLS write."""
+    def take(self) -> tuple[bytes, list[Receipt]]:
+        """Everything queued, as one buffer for one TLS write, and the receipts to run
+        once all of it has been written."""
         with self._lock:
             chunks = self._chunks
             if not chunks:
-                return b""
+                return b"", _NO_RECEIPTS
+            receipts = self._receipts
             self._chunks = []
             self._size = 0
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if receipts:
+                self._receipts = []
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), receipts
 
 
 def _no_wake() -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sealroom.admission import Admission
-from sealroom.outbox import Outbox
+from sealroom.outbox import Outbox, Receipt
 from sealroom.session import Services, Session
 from sealroom.text import escape_for_log
 from sealroom.tls import client_common_name
@@ -222,6 +222,7 @@ class _Loop:
         self.outbox = outbox
         self.session = session
         self.unsent: memoryview | None = None  # handed to SSL_write, to retry as is
+        self.receipts: list[Receipt] = []  # run once ``unsent`` is all written
 
     def run(self) -> None:
         session, outbox = self.session, self.outbox
@@ -277,7 +278,7 @@ class _Loop:
         """Write queued lines, many per TLS write; False when the peer is gone."""
         while True:
             if self.unsent is None:
-                data = self.outbox.take()
+                data, self.receipts = self.outbox.take()
                 if not data:
                     return True
                 self.unsent = memoryview(data)
@@ -288,7 +289,12 @@ class _Loop:
             except (ssl.SSLError, OSError) as error:
                 log.debug("%s: write failed: %s", self.session.describe(), error)
                 return False
-            self.unsent = self.unsent[sent:] if sent < len(self.unsent) else None
+            if sent < len(self.unsent):
+                self.unsent = self.unsent[sent:]
+                continue
+            self.unsent = None
+            for receipt in self.receipts:
+                receipt()
 
     def _close_notify(self) -> None:
         with contextlib.suppress(ssl.SSLError, OSError, ValueError):

@@ -17,6 +17,7 @@ from sealroom.auth import Authenticator
 from sealroom.config import Settings
 from sealroom.errors import ErrorCode, ProtocolError
 from sealroom.hub import Hub, Member
+from sealroom.messages import MessageLog
 from sealroom.outbox import Outbox
 from sealroom.protocol import (
     SAY_CURRENT,
@@ -31,7 +32,7 @@ from sealroom.protocol import (
     split_request,
 )
 from sealroom.ratelimit import Clock, KeyedBuckets, TokenBucket, retry_after_text
-from sealroom.store import Store
+from sealroom.store import Store, StoredMessage
 from sealroom.text import escape_for_log, password_problem, room_name, user_name
 
 log = logging.getLogger("sealroom.session")
@@ -47,6 +48,7 @@ class Services:
     hub: Hub
     auth: Authenticator
     store: Store
+    messages: MessageLog
     login_buckets: KeyedBuckets
     clock: Clock
 
@@ -87,6 +89,7 @@ class Session:
         )
         self.member: Member | None = None
         self.current_room: str | None = None
+        self._in_delivery: set[int] = set()  # stored messages queued but not yet written
 
     @property
     def name(self) -> str | None:
@@ -141,10 +144,31 @@ class Session:
         return idle_deadline
 
     def finish(self) -> None:
-        """The connection is gone: leave the hub."""
+        """The connection is gone: leave the hub; undelivered stored messages stay stored."""
         if self.member is not None:
             self.services.hub.detach(self.member)
+            if self._in_delivery:
+                self.services.messages.release(list(self._in_delivery))
             log.info("%s: logged out", self.describe())
+
+    def deliver_stored(self, messages: list[StoredMessage]) -> None:
+        """Queue stored private messages; each batch is marked delivered once written,
+        and then the next batch is claimed, so the outbox never holds them all at once."""
+        if not messages or self.member is None:
+            return
+        name = self.member.name
+        ids = [m.id for m in messages]
+        self._in_delivery.update(ids)
+        log_ = self.services.messages
+
+        def written() -> None:
+            log_.delivered(ids)
+            self._in_delivery.difference_update(ids)
+            self.deliver_stored(log_.claim(name, self.outbox.limit // 4))
+
+        self.outbox.push(
+            encode_lines([hist_line(m) for m in messages]), wake=False, on_sent=written
+        )
 
     # -- the pipeline -----------------------------------------------------------------------
 
@@ -218,6 +242,12 @@ def encode_lines(lines: list[str]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
+def hist_line(message: StoredMessage) -> str:
+    return (
+        f"HIST {message.target} {message.id} {message.created_at} {message.sender} {message.body}"
+    )
+
+
 # Protocol errors that do not count towards BYE too-many-errors: they are the server's word
 # about load or policy, not a sign of a confused or hostile client.
 _NOT_COUNTED = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.SERVER_BUSY, ErrorCode.NOT_IN_ROOM})
@@ -243,16 +273,17 @@ def cmd_login(session: Session, request: Request) -> Reply:
         raise ProtocolError(ErrorCode.AUTH_FAILED, "wrong name or password")
     member = Member(account.name, session.outbox, is_admin=account.is_admin)
     session.member = member
-    services.hub.attach(member)
+    stored = services.messages.attach_and_claim(member, session.outbox.limit // 4)
     log.info("%s: logged in", session.describe())
     default = services.settings.rooms.default
     reply = encode_line("OK", "login", account.name, default)
     try:
         services.hub.join(member, default, reply)
+        session.current_room = default
     except ProtocolError as error:
         log.warning("%s: could not join %s: %s", session.describe(), default, error.text)
-        return f"OK login {account.name}"
-    session.current_room = default
+        session.push_line(f"OK login {account.name}")
+    session.deliver_stored(stored)
     return None
 
 
@@ -274,7 +305,7 @@ def cmd_part(session: Session, request: Request) -> Reply:
 def _say(session: Session, room: str, text: str) -> Reply:
     if not text.strip():
         raise ProtocolError(ErrorCode.BAD_ARGUMENT, "empty message")
-    message_id = session.services.hub.say(session.require_member(), room, text)
+    message_id = session.services.messages.say(session.require_member(), room, text)
     return f"OK say {room} {message_id}"
 
 
@@ -298,8 +329,42 @@ def cmd_msg(session: Session, request: Request) -> Reply:
         raise ProtocolError(ErrorCode.BAD_ARGUMENT, "empty message")
     if not services.hub.is_online(recipient) and services.store.get_account(recipient) is None:
         raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {recipient}")
-    message_id, _reached = services.hub.direct(session.require_member().name, recipient, text)
+    sender = session.require_member().name
+    message_id = services.messages.send_private(sender, recipient, text)
     return f"OK msg {recipient} {message_id}"
+
+
+def cmd_history(session: Session, request: Request) -> Reply:
+    services = session.services
+    member = session.require_member()
+    target = request.args[0]
+    limit = _history_limit(
+        request.args[1] if len(request.args) > 1 else None, services.settings.history.max_query
+    )
+    if target.startswith("#"):
+        room = session.room_arg(request)
+        if room not in member.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room} to read its history")
+        target, found = room, services.messages.room_history(room, limit)
+    else:
+        other = user_name(target)
+        if other is None:
+            raise ProtocolError(ErrorCode.BAD_ARGUMENT, "usage: /history #ROOM|NAME [N]")
+        if not services.hub.is_online(other) and services.store.get_account(other) is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {other}")
+        target, found = other, services.messages.conversation(member.name, other, limit)
+    return [*(hist_line(m) for m in found), f"OK history {target} {len(found)}"]
+
+
+DEFAULT_HISTORY = 20
+
+
+def _history_limit(raw: str | None, maximum: int) -> int:
+    if raw is None:
+        return min(DEFAULT_HISTORY, maximum)
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, f"N is a number from 1 to {maximum}")
+    return int(raw)
 
 
 def cmd_who(session: Session, request: Request) -> Reply:
@@ -381,6 +446,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "msg": Command(
         Syntax("/msg NAME TEXT", 1, rest=Rest.REQUIRED), cmd_msg, "private message to NAME"
+    ),
+    "history": Command(
+        Syntax("/history #ROOM|NAME [N]", 1, 1),
+        cmd_history,
+        "the last N messages of a room or of your conversation with NAME",
     ),
     "who": Command(Syntax("/who [#ROOM]", 0, 1), cmd_who, "members of a room"),
     "rooms": Command(Syntax("/rooms"), cmd_rooms, "rooms you are in"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +49,53 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # Version 2: messages, delivery state, durable message ids, account-change counter.
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY NOT NULL,
+            value INTEGER NOT NULL
+        )
+        """,
+        "INSERT INTO meta (key, value) VALUES ('id_high_water', 0), ('accounts_version', 0)",
+        # id is the wire ID. room is set for room messages; recipient for private ones,
+        # which stay delivered = 0 until written to one of the recipient's sessions.
+        """
+        CREATE TABLE messages (
+            id         INTEGER PRIMARY KEY,
+            room       TEXT,
+            recipient  TEXT,
+            sender     TEXT NOT NULL,
+            body       TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            delivered  INTEGER NOT NULL DEFAULT 1 CHECK (delivered IN (0, 1)),
+            CHECK ((room IS NULL) != (recipient IS NULL))
+        )
+        """,
+        "CREATE INDEX messages_by_room ON messages (room, id) WHERE room IS NOT NULL",
+        """
+        CREATE INDEX messages_by_recipient ON messages (recipient, sender, id)
+            WHERE recipient IS NOT NULL
+        """,
+        "CREATE INDEX messages_pending ON messages (recipient, id) WHERE delivered = 0",
+        # The server polls accounts_version to see CLI changes (disable, remove, passwd).
+        """
+        CREATE TRIGGER accounts_changed AFTER UPDATE OF enabled, password_hash ON accounts
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'accounts_version';
+        END
+        """,
+        """
+        CREATE TRIGGER accounts_removed AFTER DELETE ON accounts
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'accounts_version';
+            DELETE FROM messages WHERE sender = OLD.name OR recipient = OLD.name;
+        END
+        """,
+    ),
 )
+
+_MESSAGE_COLUMNS: Final = "id, room, recipient, sender, body, created_at"
 
 _ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login"
 
@@ -105,6 +151,23 @@ def _account(row: tuple[str, str, int, int, str, str | None]) -> Account:
         created_at=created_at,
         last_login=last_login,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A room message (``room`` set) or a private message (``recipient`` set)."""
+
+    id: int
+    room: str | None
+    recipient: str | None
+    sender: str
+    body: str
+    created_at: str
+
+    @property
+    def target(self) -> str:
+        """The TARGET field of a ``HIST`` line: the room, or the private recipient."""
+        return self.room if self.room is not None else str(self.recipient)
 
 
 class Store:
@@ -252,14 +315,141 @@ class Store:
     # -- change detection -----------------------------------------------------------------
 
     def data_version(self) -> int:
-        """A number that changes whenever another connection commits to the file.
-
-        Our own commits leave it alone, so the server polls this to learn about changes
-        made by the CLI (a disabled account, a new password) without re-reading everything.
-        """
+        """A number that changes whenever another connection commits to the file."""
         with self._connection() as conn:
             (version,) = conn.execute("PRAGMA data_version").fetchone()
         return int(version)
+
+    def accounts_version(self) -> int:
+        """A counter that triggers bump on every disable, enable, password change and removal.
+
+        The server polls it to apply CLI changes to live sessions; unlike ``data_version`` it
+        ignores the message traffic that the server's own history writer commits.
+        """
+        with self._connection() as conn:
+            (version,) = conn.execute(
+                "SELECT value FROM meta WHERE key = 'accounts_version'"
+            ).fetchone()
+        return int(version)
+
+    # -- message ids ------------------------------------------------------------------------
+
+    def reserve_ids(self, count: int) -> range:
+        """Durably reserve ``count`` fresh message ids, above every id ever handed out.
+
+        Ids are given out from memory and reserved in blocks: after a crash the unused rest
+        of a block is skipped, never reused, so ids stay unique and increasing across restarts.
+        """
+        with self._transaction() as conn:
+            (high,) = conn.execute("SELECT value FROM meta WHERE key = 'id_high_water'").fetchone()
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'id_high_water'", (int(high) + count,)
+            )
+        return range(int(high) + 1, int(high) + count + 1)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def add_messages(self, messages: Sequence[StoredMessage], *, delivered: bool = True) -> None:
+        """Store messages in one transaction (the history writer's group commit)."""
+        rows = [
+            (m.id, m.room, m.recipient, m.sender, m.body, m.created_at, int(delivered))
+            for m in messages
+        ]
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO messages"
+                " (id, room, recipient, sender, body, created_at, delivered)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def prune_room(self, room: str, keep: int) -> int:
+        """Delete all but the newest ``keep`` messages of ``room``; returns how many went."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "DELETE FROM messages WHERE room = ? AND id < ("
+                " SELECT coalesce(min(id), 0) FROM ("
+                "  SELECT id FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?))",
+                (room, room, keep),
+            ).rowcount
+
+    def prune_private(self, recipient: str, keep: int) -> int:
+        """Delete all but the newest ``keep`` delivered private messages to ``recipient``."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "DELETE FROM messages WHERE recipient = ? AND delivered = 1 AND id < ("
+                " SELECT coalesce(min(id), 0) FROM ("
+                "  SELECT id FROM messages WHERE recipient = ? AND delivered = 1"
+                "  ORDER BY id DESC LIMIT ?))",
+                (recipient, recipient, keep),
+            ).rowcount
+
+    def room_history(self, room: str, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` messages of ``room``, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ?"  # noqa: S608 -- constant columns
+                " ORDER BY id DESC LIMIT ?",
+                (room, limit),
+            ).fetchall()
+        return [StoredMessage(*row) for row in reversed(rows)]
+
+    def conversation(self, one: str, other: str, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` private messages between two accounts, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 -- constant columns
+                " WHERE (recipient = ? AND sender = ?) OR (recipient = ? AND sender = ?)"
+                " ORDER BY id DESC LIMIT ?",
+                (one, other, other, one, limit),
+            ).fetchall()
+        return [StoredMessage(*row) for row in reversed(rows)]
+
+    def pending_count(self, recipient: str) -> int:
+        with self._connection() as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM messages WHERE recipient = ? AND delivered = 0",
+                (recipient,),
+            ).fetchone()
+        return int(count)
+
+    def pending(self, recipient: str, limit: int) -> list[StoredMessage]:
+        """Private messages waiting for ``recipient``, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 -- constant columns
+                " WHERE recipient = ? AND delivered = 0 ORDER BY id LIMIT ?",
+                (recipient, limit),
+            ).fetchall()
+        return [StoredMessage(*row) for row in rows]
+
+    def mark_delivered(self, ids: Sequence[int]) -> None:
+        with self._transaction() as conn:
+            conn.executemany("UPDATE messages SET delivered = 1 WHERE id = ?", [(i,) for i in ids])
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    def backup(self, destination: Path) -> None:
+        """Copy the database with SQLite's online backup API: safe while the server runs."""
+        if destination.exists():
+            raise StoreError(f"{destination} exists; choose a new file for the backup")
+        try:
+            target = sqlite3.connect(destination)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create {destination}: {exc}") from exc
+        try:
+            with self._connection() as conn:
+                conn.backup(target)
+        finally:
+            target.close()
+
+    def check(self) -> list[str]:
+        """Problems found by SQLite's integrity and foreign-key checks; empty when sound."""
+        with self._connection() as conn:
+            problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+            problems = [p for p in problems if p != "ok"]
+            problems += [repr(row) for row in conn.execute("PRAGMA foreign_key_check")]
+        return problems
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:

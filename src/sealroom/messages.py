@@ -1,0 +1,233 @@
+"""Message ids, room history and private-message delivery: what the server remembers.
+
+Two paths with two promises:
+
+* Room messages are stored *off* the hot path. Fan-out never waits for the disk: a writer
+  thread takes accepted messages from a bounded queue and commits them in batches (group
+  commit). A crash can lose the last moments of room *history*; live delivery happened.
+* A private message to an account with no live session is committed *before* the sender
+  gets ``OK msg``: what the server acknowledged survives a crash. It is delivered at the
+  recipient's next login and marked delivered only after its line was written to the
+  socket, so a connection that dies mid-delivery gets it again next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sealroom.errors import ErrorCode, ProtocolError
+from sealroom.hub import Hub, Member
+from sealroom.store import Store, StoredMessage, iso_utc
+
+log = logging.getLogger("sealroom.messages")
+
+ID_BLOCK = 1000  # ids reserved per durable write; a crash skips at most this many
+QUEUE_LIMIT = 10_000  # room messages waiting for the writer (about 5 MB at worst)
+BATCH_LIMIT = 500  # messages per group commit
+SUBMIT_WAIT_S = 1.0  # a full queue makes the *publisher* wait this long, then drops history
+PENDING_BATCH = 100  # stored private messages claimed and delivered at a time
+HIST_OVERHEAD = 120  # bytes a HIST line adds to its text: names, id, time
+
+WallClock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MessageIds:
+    """Unique, increasing message ids, reserved durably in blocks."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._block = iter(range(0))
+
+    def next(self) -> int:
+        with self._lock:
+            for message_id in self._block:
+                return message_id
+            self._block = iter(self._store.reserve_ids(ID_BLOCK))
+            return next(self._block)
+
+
+class HistoryWriter:
+    """A thread that commits accepted messages in batches from a bounded queue."""
+
+    def __init__(self, path: Path, per_room: int, per_user: int) -> None:
+        self._store = Store(path)
+        self.per_room = per_room
+        self.per_user = per_user
+        self._queue: queue.Queue[StoredMessage | None] = queue.Queue(QUEUE_LIMIT)
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._committed = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="history writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def lag(self) -> int:
+        """Messages accepted but not yet committed."""
+        return self._submitted - self._committed
+
+    def submit(self, message: StoredMessage) -> None:
+        try:
+            self._queue.put(message, timeout=SUBMIT_WAIT_S)
+        except queue.Full:
+            self.dropped += 1
+            log.warning("history writer is behind: message %d not stored", message.id)
+            return
+        with self._cond:
+            self._submitted += 1
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far is committed (for ``/history``)."""
+        with self._cond:
+            target = self._submitted
+            return self._cond.wait_for(lambda: self._committed >= target, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then end the thread and close its connection."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self._store.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch: list[StoredMessage] = []
+            stop = first is None
+            if first is not None:
+                batch.append(first)
+            while not stop and len(batch) < BATCH_LIMIT:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[StoredMessage]) -> None:
+        try:
+            self._store.add_messages(batch)
+            for room in {m.room for m in batch if m.room is not None}:
+                self._store.prune_room(room, self.per_room)
+            for recipient in {m.recipient for m in batch if m.recipient is not None}:
+                self._store.prune_private(recipient, self.per_user)
+        except Exception:
+            log.exception("history writer could not store %d messages", len(batch))
+        with self._cond:
+            self._committed += len(batch)
+            self._cond.notify_all()
+
+
+class MessageLog:
+    """The session's door to ids, history and stored private messages."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        writer: HistoryWriter,
+        *,
+        private_quota: int,
+        wall_clock: WallClock = _utc_now,
+    ) -> None:
+        """``hub`` must draw its message ids from a :class:`MessageIds` on ``store``."""
+        self.store = store
+        self.hub = hub
+        self.writer = writer
+        self.private_quota = private_quota
+        self._wall_clock = wall_clock
+        # Delivery and "is the recipient online?" decisions are made under this lock, so a
+        # message stored for an offline account cannot slip past a login happening meanwhile.
+        self._mail_lock = threading.Lock()
+        self._claimed: set[int] = set()
+
+    def now(self) -> str:
+        return iso_utc(self._wall_clock())
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    def say(self, member: Member, room: str, text: str) -> int:
+        message_id = self.hub.say(member, room, text)
+        self.writer.submit(StoredMessage(message_id, room, None, member.name, text, self.now()))
+        return message_id
+
+    def room_history(self, room: str, limit: int) -> list[StoredMessage]:
+        self.writer.flush()
+        return self.store.room_history(room, limit)
+
+    def conversation(self, one: str, other: str, limit: int) -> list[StoredMessage]:
+        self.writer.flush()
+        return self.store.conversation(one, other, limit)
+
+    # -- private messages -------------------------------------------------------------------
+
+    def send_private(self, sender: str, recipient: str, text: str) -> int:
+        """Deliver live, or store durably for an offline account; returns the id."""
+        with self._mail_lock:
+            message_id, reached = self.hub.direct(sender, recipient, text)
+            message = StoredMessage(message_id, None, recipient, sender, text, self.now())
+            if reached:
+                self.writer.submit(message)
+                return message_id
+            if self.store.pending_count(recipient) >= self.private_quota:
+                raise ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"{recipient} has {self.private_quota} messages waiting; retry in 60s",
+                )
+            self.store.add_messages([message], delivered=False)
+            return message_id
+
+    def attach_and_claim(self, member: Member, max_bytes: int) -> list[StoredMessage]:
+        """Put a new session in the hub and claim the first messages stored for it."""
+        with self._mail_lock:
+            self.hub.attach(member)
+            return self._claim_locked(member.name, max_bytes)
+
+    def claim(self, name: str, max_bytes: int) -> list[StoredMessage]:
+        """The next batch of stored messages for ``name``, about ``max_bytes`` at most."""
+        with self._mail_lock:
+            return self._claim_locked(name, max_bytes)
+
+    def _claim_locked(self, name: str, max_bytes: int) -> list[StoredMessage]:
+        """Pending messages that no other session of ``name`` is delivering right now."""
+        limit = PENDING_BATCH + len(self._claimed)
+        batch: list[StoredMessage] = []
+        size = 0
+        for message in self.store.pending(name, limit):
+            if message.id in self._claimed:
+                continue
+            size += len(message.body.encode()) + HIST_OVERHEAD
+            if batch and (size > max_bytes or len(batch) >= PENDING_BATCH):
+                break
+            batch.append(message)
+        self._claimed.update(m.id for m in batch)
+        return batch
+
+    def delivered(self, ids: Sequence[int]) -> None:
+        """The lines of ``ids`` were written to the socket: never deliver them again."""
+        self.store.mark_delivered(ids)
+        with self._mail_lock:
+            self._claimed.difference_update(ids)
+
+    def release(self, ids: Sequence[int]) -> None:
+        """A session died before writing these: leave them for the next login."""
+        with self._mail_lock:
+            self._claimed.difference_update(ids)
