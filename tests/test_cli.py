@@ -199,3 +199,32 @@ def test_subprocess_smoke(tmp_path: Path, config: Path) -> None:
     )
     assert done.returncode == 1
     assert done.stderr == "sealroom: no account ghost\n"
+
+
+def test_user_import(
+    config: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from argon2 import PasswordHasher
+
+    hashed = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("pre-hashed pw")
+    source = tmp_path / "accounts.txt"
+    source.write_text(f"# bench accounts\nann:plain password one\nBen:{hashed}\n\n")
+    assert run(["user", "import", str(source), "-c", str(config)], monkeypatch) == 0
+    assert "imported 2 accounts; 0 already existed" in capsys.readouterr().out
+    assert run(["user", "import", str(source), "-c", str(config)], monkeypatch) == 0
+    assert "imported 0 accounts; 2 already existed" in capsys.readouterr().out
+    bad = tmp_path / "bad.txt"
+    for content, message in (
+        ("x:short\n", "8 to 1024"),
+        ("no colon here\n", "NAME:PASSWORD"),
+        ("ok:$argon2id$garbage\n", "argon2id"),
+        ("a:long password\nA:long password\n", "twice"),
+    ):
+        bad.write_text(content)
+        assert run(["user", "import", str(bad), "-c", str(config)], monkeypatch) == 1
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert err.count("\n") == 1

@@ -214,3 +214,58 @@ def test_db_commands(
         assert [m.body for m in copy.room_history("#lobby", 5)] == ["keep me"]
     assert main([*command, "-c", str(server.config)]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+TOKEN = re.compile(r"OK token ([A-Za-z0-9_-]{43}) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")
+
+
+def test_resume_tokens(server: Server) -> None:
+    alice = server.user("alice")
+    match = TOKEN.fullmatch(alice.request("/token"))
+    assert match, "OK token TOKEN EXPIRES"
+    token = match.group(1)
+    again = server.client()
+    assert again.request(f"/resume alice {token[:-1]}x").startswith("ERR auth-failed")
+    assert again.request(f"/resume bob {token}").startswith("ERR auth-failed")
+    assert again.request(f"/resume ALICE {token}").startswith("OK login alice")
+    assert again.request(f"/resume alice {token}").startswith("ERR already-logged-in")
+    server.restart()  # tokens are stored: a restart does not end them
+    after = server.client()
+    assert after.request(f"/resume alice {token}").startswith("OK login alice")
+
+
+def test_tokens_are_stored_as_digests_and_revoked(server: Server) -> None:
+    alice = server.user("alice")
+    token = alice.request("/token").split()[2]
+    raw = server.settings.storage.database.read_bytes()
+    assert token.encode() not in raw
+    server.app.store.set_enabled("alice", False)
+    server.app.store.set_enabled("alice", True)
+    assert server.client().request(f"/resume alice {token}").startswith("ERR auth-failed")
+    token = server.user("alice").request("/token").split()[2]
+    server.app.store.set_password_hash("alice", server.app.store.get_account("alice").password_hash)  # type: ignore[union-attr]
+    assert server.client().request(f"/resume alice {token}").startswith("ERR auth-failed")
+
+
+def test_token_expiry(make_server: ServerFactory) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sealroom.auth import ResumeTokens
+
+    server = make_server()
+    server.add_user("alice")
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    tokens = ResumeTokens(server.app.store, 7, clock=lambda: now[0])
+    token, expires = tokens.issue("alice")
+    assert expires == "2026-01-08T00:00:00.000Z"
+    assert tokens.verify("alice", token) is not None
+    now[0] += timedelta(days=7)
+    assert tokens.verify("alice", token) is None
+
+
+def test_resume_draws_on_the_login_bucket(make_server: ServerFactory) -> None:
+    server = make_server(rate={"logins_per_ip": {"rate": 0.01, "burst": 2}})
+    client = server.client()
+    assert client.request("/resume alice " + "A" * 43).startswith("ERR auth-failed")
+    assert client.request("/resume alice " + "A" * 43).startswith("ERR auth-failed")
+    assert client.request("/resume alice " + "A" * 43).startswith("ERR rate-limited")

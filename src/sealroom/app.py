@@ -18,7 +18,7 @@ import time
 from types import FrameType
 
 from sealroom.admission import Admission
-from sealroom.auth import Authenticator
+from sealroom.auth import Authenticator, ResumeTokens
 from sealroom.config import Settings, parse_address
 from sealroom.errors import UserError
 from sealroom.hub import Hub, HubLimits
@@ -75,7 +75,10 @@ class App:
             clock,
             max_keys=limits.max_tracked_addresses,
         )
-        services = Services(settings, self.hub, auth, self.store, messages, login_buckets, clock)
+        tokens = ResumeTokens(self.store, settings.auth.resume_token_days)
+        services = Services(
+            settings, self.hub, auth, self.store, messages, tokens, login_buckets, clock
+        )
         admission = Admission(
             max_connections=limits.max_connections,
             max_per_address=limits.max_connections_per_ip,

@@ -13,11 +13,14 @@ Passwords are only ever passed to argon2: they are not logged, stored, or put in
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import argon2
@@ -25,7 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.profiles import CHEAPEST
 
 from sealroom.errors import ErrorCode, ProtocolError
-from sealroom.store import Account, NoSuchAccount, Store
+from sealroom.store import Account, NoSuchAccount, Store, iso_utc, utc_now
 from sealroom.text import escape_for_log, password_problem
 
 log = logging.getLogger(__name__)
@@ -180,3 +183,53 @@ class Authenticator:
         except VerificationError:  # includes VerifyMismatchError, the ordinary wrong password
             return None
         return account
+
+
+TOKEN_BYTES = 32  # 256 random bits: 43 URL-safe base64 characters
+
+
+class ResumeTokens:
+    """Resume tokens: cheap to check, impossible to guess, stored only as SHA-256 digests.
+
+    A reconnecting client presents a token instead of its password, so a restart does not
+    queue thousands of argon2 verifications. A token is as good as a password until it
+    expires, so password changes, ``disable`` and ``remove`` revoke them (in the store).
+    """
+
+    def __init__(self, store: Store, days: int, clock: Callable[[], datetime] = utc_now) -> None:
+        self._store = store
+        self._lifetime = timedelta(days=days)
+        self._clock = clock
+
+    def issue(self, name: str) -> tuple[str, str]:
+        """A new token for ``name`` and its expiry (UTC ISO 8601)."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        now = self._clock()
+        expires = iso_utc(now + self._lifetime)
+        self._store.add_token(name, _digest(token), expires, iso_utc(now))
+        return token, expires
+
+    def verify(self, name: str, token: str) -> Account | None:
+        """The account if ``token`` is a live token of ``name``, else None, whatever the reason."""
+        digest = _digest(token)
+        found = self._store.token_account(digest)
+        if found is None:
+            return None
+        account_name, expires = found
+        # The digest was the lookup key; the name must match too, compared in constant time.
+        if not hmac.compare_digest(account_name.encode(), name.encode()):
+            return None
+        if expires <= iso_utc(self._clock()):
+            return None
+        account = self._store.get_account(account_name)
+        if account is None or not account.enabled:
+            return None
+        try:
+            self._store.record_login(account_name)
+        except NoSuchAccount:
+            return None
+        return account
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import argon2
+
 from sealroom import __version__
 from sealroom.app import serve
 from sealroom.auth import password_hasher
@@ -170,6 +172,72 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+IMPORT_BATCH = 500
+ARGON2ID_PREFIX = "$argon2id$"
+
+
+def _hash_problem(encoded: str) -> str | None:
+    try:
+        argon2.extract_parameters(encoded)
+    except argon2.exceptions.InvalidHashError:
+        return "not a valid argon2id hash"
+    return None
+
+
+def cmd_user_import(args: argparse.Namespace) -> int:
+    """Create many accounts from ``NAME:PASSWORD`` or ``NAME:$argon2id$...`` lines."""
+    settings = _settings(args)
+    params = settings.auth.argon2
+    hasher = password_hasher(params.time_cost, params.memory_cost_kib, params.parallelism)
+    entries = _read_import_file(Path(args.file))
+    created = 0
+    show_progress = sys.stderr.isatty()
+    with _open_store(settings) as store:
+        for start in range(0, len(entries), IMPORT_BATCH):
+            batch = [
+                (name, secret if secret.startswith(ARGON2ID_PREFIX) else hasher.hash(secret))
+                for name, secret in entries[start : start + IMPORT_BATCH]
+            ]
+            created += store.add_accounts(batch)
+            if show_progress:
+                done = start + len(batch)
+                bar = "#" * (30 * done // len(entries))
+                print(f"\r[{bar:<30}] {done}/{len(entries)}", end="", file=sys.stderr)
+    if show_progress:
+        print(file=sys.stderr)
+    print(f"imported {created} accounts; {len(entries) - created} already existed")
+    return 0
+
+
+def _read_import_file(path: Path) -> list[tuple[str, str]]:
+    """Every line checked before anything is written: a bad file imports nothing."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    entries: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        raw_name, sep, secret = line.partition(":")
+        name = user_name(raw_name.strip())
+        if not sep or name is None:
+            raise UserError(f"{path}:{number}: expected NAME:PASSWORD with a valid name")
+        problem = (
+            _hash_problem(secret)
+            if secret.startswith(ARGON2ID_PREFIX)
+            else (password_problem(secret))
+        )
+        if problem:
+            raise UserError(f"{path}:{number}: {problem}")
+        if name in seen:
+            raise UserError(f"{path}:{number}: {name} is listed twice")
+        seen.add(name)
+        entries.append((name, secret))
+    return entries
+
+
 def cmd_user_list(args: argparse.Namespace) -> int:
     with _open_store(_settings(args)) as store:
         accounts = store.list_accounts()
@@ -292,6 +360,12 @@ def _build_parser() -> argparse.ArgumentParser:
         ("remove", cmd_user_remove, "delete an account"),
     ):
         command(users, name, handler, text).add_argument("name", metavar="NAME")
+    command(
+        users,
+        "import",
+        cmd_user_import,
+        "create accounts from a file of NAME:PASSWORD or NAME:ARGON2ID-HASH lines",
+    ).add_argument("file", metavar="FILE")
     command(users, "list", cmd_user_list, "list accounts").add_argument(
         "--json", action="store_true", help="machine-readable output"
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sealroom import PROTOCOL_VERSION
-from sealroom.auth import Authenticator
+from sealroom.auth import Authenticator, ResumeTokens
 from sealroom.config import Settings
 from sealroom.errors import ErrorCode, ProtocolError
 from sealroom.hub import Hub, Member
@@ -32,7 +32,7 @@ from sealroom.protocol import (
     split_request,
 )
 from sealroom.ratelimit import Clock, KeyedBuckets, TokenBucket, retry_after_text
-from sealroom.store import Store, StoredMessage
+from sealroom.store import Account, Store, StoredMessage
 from sealroom.text import escape_for_log, password_problem, room_name, user_name
 
 log = logging.getLogger("sealroom.session")
@@ -49,6 +49,7 @@ class Services:
     auth: Authenticator
     store: Store
     messages: MessageLog
+    tokens: ResumeTokens
     login_buckets: KeyedBuckets
     clock: Clock
 
@@ -265,6 +266,26 @@ def cmd_login(session: Session, request: Request) -> Reply:
     # An invalid name cannot exist: it takes the unknown-account path, same reply, same time.
     name = user_name(raw_name) or ""
     account = services.auth.verify_login(name, password)  # ServerBusy is an ERR server-busy
+    return _complete_login(session, account, raw_name)
+
+
+def cmd_resume(session: Session, request: Request) -> Reply:
+    if session.member is not None:
+        raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"you are {session.member.name}")
+    session.take_login_token()
+    raw_name, token = request.args
+    account = session.services.tokens.verify(user_name(raw_name) or "", token)
+    return _complete_login(session, account, raw_name)
+
+
+def cmd_token(session: Session, request: Request) -> Reply:
+    token, expires = session.services.tokens.issue(session.require_member().name)
+    return f"OK token {token} {expires}"
+
+
+def _complete_login(session: Session, account: Account | None, raw_name: str) -> Reply:
+    """Shared by /login and /resume: the checks after the credential, then the session."""
+    services = session.services
     client_ca = services.settings.tls.client_ca
     if account is not None and client_ca is not None and session.client_cn != account.name:
         account = None
@@ -454,6 +475,14 @@ COMMANDS: dict[str, Command] = {
     ),
     "who": Command(Syntax("/who [#ROOM]", 0, 1), cmd_who, "members of a room"),
     "rooms": Command(Syntax("/rooms"), cmd_rooms, "rooms you are in"),
+    "token": Command(Syntax("/token"), cmd_token, "a resume token for this account"),
+    "resume": Command(
+        Syntax("/resume NAME TOKEN", 2),
+        cmd_resume,
+        "log in with a resume token",
+        login=False,
+        rate_limited=False,
+    ),
     "passwd": Command(
         Syntax("/passwd OLD NEW", 1, rest=Rest.REQUIRED), cmd_passwd, "change your password"
     ),

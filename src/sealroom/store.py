@@ -93,7 +93,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END
         """,
     ),
+    (
+        # Version 3: resume tokens, stored only as their SHA-256 digest.
+        """
+        CREATE TABLE resume_tokens (
+            digest     BLOB PRIMARY KEY NOT NULL,
+            account    TEXT NOT NULL REFERENCES accounts (name) ON DELETE CASCADE,
+            expires_at TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX resume_tokens_by_account ON resume_tokens (account, expires_at)",
+    ),
 )
+
+MAX_TOKENS_PER_ACCOUNT: Final = 20  # older tokens of the account are dropped beyond this
 
 _MESSAGE_COLUMNS: Final = "id, room, recipient, sender, body, created_at"
 
@@ -267,9 +280,23 @@ class Store:
                 raise AccountExists(f"account {name} already exists")
         return account
 
+    def add_accounts(self, accounts: Sequence[tuple[str, str]]) -> int:
+        """Create many (name, password hash) accounts in one transaction; existing names are
+        left alone. Returns how many were created."""
+        created_at = iso_utc(self._clock())
+        with self._transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO accounts (name, password_hash, is_admin, enabled, created_at)"
+                " VALUES (?, ?, 0, 1, ?) ON CONFLICT (name) DO NOTHING",
+                [(name, password_hash, created_at) for name, password_hash in accounts],
+            )
+            return conn.total_changes - before
+
     def set_password_hash(self, name: str, password_hash: str) -> None:
+        """A new password: every resume token of the account is revoked with the old one."""
         sql = "UPDATE accounts SET password_hash = ? WHERE name = ?"
-        self._update_one(name, sql, (password_hash, name))
+        self._update_one(name, sql, (password_hash, name), revoke_tokens=True)
 
     def replace_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
         """Swap the hash only if it is still ``old_hash``; False if it changed meanwhile.
@@ -285,8 +312,9 @@ class Store:
         return updated == 1
 
     def set_enabled(self, name: str, enabled: bool) -> None:
+        """Disabling an account also revokes its resume tokens."""
         sql = "UPDATE accounts SET enabled = ? WHERE name = ?"
-        self._update_one(name, sql, (int(enabled), name))
+        self._update_one(name, sql, (int(enabled), name), revoke_tokens=not enabled)
 
     def remove_account(self, name: str) -> None:
         self._update_one(name, "DELETE FROM accounts WHERE name = ?", (name,))
@@ -307,10 +335,38 @@ class Store:
             (count,) = conn.execute("SELECT count(*) FROM accounts").fetchone()
         return int(count)
 
-    def _update_one(self, name: str, sql: str, params: tuple[object, ...]) -> None:
+    def _update_one(
+        self, name: str, sql: str, params: tuple[object, ...], *, revoke_tokens: bool = False
+    ) -> None:
         with self._transaction() as conn:
             if conn.execute(sql, params).rowcount == 0:
                 raise NoSuchAccount(f"no account named {name}")
+            if revoke_tokens:
+                conn.execute("DELETE FROM resume_tokens WHERE account = ?", (name,))
+
+    # -- resume tokens ----------------------------------------------------------------------
+
+    def add_token(self, name: str, digest: bytes, expires_at: str, now: str) -> None:
+        """Store a token digest, dropping expired (at ``now``) and surplus tokens of the account."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO resume_tokens (digest, account, expires_at) VALUES (?, ?, ?)",
+                (digest, name, expires_at),
+            )
+            conn.execute(
+                "DELETE FROM resume_tokens WHERE account = ? AND (expires_at <= ? OR digest IN ("
+                " SELECT digest FROM resume_tokens WHERE account = ?"
+                " ORDER BY expires_at DESC LIMIT -1 OFFSET ?))",
+                (name, now, name, MAX_TOKENS_PER_ACCOUNT),
+            )
+
+    def token_account(self, digest: bytes) -> tuple[str, str] | None:
+        """(account, expires_at) of the token with this digest, if it exists."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT account, expires_at FROM resume_tokens WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     # -- change detection -----------------------------------------------------------------
 
