@@ -1,0 +1,522 @@
+"""The client commands as a user runs them: ``sealroom send`` and ``sealroom tail`` as
+subprocesses, ``sealroom chat`` in a pseudo-terminal, and the echo bot example."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSWORD, Server
+from conftest import Client as RawClient
+from sealroom.client import Bye, History, Message, PrivateMessage, Wall
+from sealroom.tools import LineEditor, as_json, render, safe
+from test_client import Peer, ScriptedServer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def environment(password: str | None = PASSWORD) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALROOM_")}
+    if password is not None:
+        env["SEALROOM_PASSWORD"] = password
+    return env
+
+
+def until(client: RawClient, prefix: str, timeout: float = 15) -> str:
+    """The first line from ``client`` that starts with ``prefix``, skipping others."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = client.line(max(deadline - time.monotonic(), 0.01))
+        if line.startswith(prefix):
+            return line
+
+
+def common(server: Server | ScriptedServer, ca: Path, user: str = "alice") -> list[str]:
+    return ["--port", str(server.port), "--ca", str(ca), "--user", user]
+
+
+def sealroom(
+    *argv: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sealroom", *argv],
+        input=stdin,
+        env=environment() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+        start_new_session=True,  # no controlling terminal: nothing can prompt
+    )
+
+
+# -- send ----------------------------------------------------------------------------------------
+
+
+def test_send_posts_to_a_room_and_to_a_person(server: Server, tmp_path: Path) -> None:
+    server.add_user("alice")
+    bob = server.user("bob")
+    bob.request("/join #tea")
+
+    # -c: the address comes from the server's configuration (its port 0 needs --port).
+    argv = ["-c", str(server.config), "--ca", str(server.ca_file), "--user", "alice"]
+    refused = sealroom("send", *argv, "--room", "tea", "hello")
+    assert refused.stderr.endswith("listens on port 0 (any free port): give --port\n")
+    done = sealroom("send", *argv, "--port", str(server.port), "--room", "tea", "hello", "tea")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    until(bob, "JOIN #tea alice")
+    assert bob.expect("MSG #tea alice hello tea")
+    assert {bob.line(), bob.line()} == {"PART #tea alice", "PART #lobby alice"}
+
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    done = sealroom(
+        "send",
+        *common(server, server.ca_file),
+        "--password-file",
+        str(password_file),
+        "--to",
+        "bob",
+        stdin="line one\n\nline \x1b[31mtwo\r\n/three\n",
+        env=environment(password=None),
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    until(bob, "DM alice line one")
+    assert bob.expect("DM alice line \\x1b[31mtwo")  # control characters shown, not sent
+    assert bob.expect("DM alice /three")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--to", "bob", "hi"], environment("wrong password"), "auth-failed: wrong name or"),
+        (["--to", "nobody", "hi"], None, "the server refused: no-such-user: no account nobody"),
+        (["--room", "#no room", "hi"], None, "invalid room"),
+        (["--to", "bob", "  "], None, "nothing to send"),
+        (["--to", "bob", "hi"], environment(password=None), "no password: use --password-file"),
+        (["--to", "bob", "hi", "--ca", "/nonexistent"], None, "cannot read TLS CA /nonexistent"),
+    ],
+)
+def test_send_refusals_are_one_line(
+    server: Server, argv: list[str], env: dict[str, str] | None, message: str
+) -> None:
+    server.add_user("alice")
+    server.add_user("bob")
+    done = sealroom("send", *common(server, server.ca_file), *argv, env=env)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("sealroom: ")
+    assert message in done.stderr
+
+
+def test_send_usage_errors(server: Server) -> None:
+    assert sealroom("send", "--port", str(server.port), "hi").returncode == 2  # no --room/--to
+    done = sealroom("send", "--port", str(server.port), "--room", "#x", "hi")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "sealroom: give --user NAME (or set SEALROOM_USER)\n",
+    )
+    unreachable = sealroom("send", "--port", "1", "--user", "alice", "--to", "bob", "hi")
+    assert unreachable.returncode == 1
+    assert "cannot connect to 127.0.0.1:1" in unreachable.stderr
+
+
+# -- tail ----------------------------------------------------------------------------------------
+
+
+def test_tail_prints_messages_as_they_arrive(server: Server) -> None:
+    server.add_user("alice")
+    bob = server.user("bob")
+    bob.request("/join #tea")
+    bob.request("/say #tea earlier")
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sealroom",
+            "tail",
+            *common(server, server.ca_file),
+            "--history",
+            "5",
+            "--count",
+            "2",
+            "#tea",
+        ],
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        until(bob, "JOIN #tea alice")  # tail is in the room
+        bob.request("/say #lobby not for tail")
+        bob.request("/say #tea first")
+        bob.request("/msg alice just for you")
+        out, err = tail.communicate(timeout=15)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    lines = out.splitlines()
+    assert len(lines) == 3  # history first, then two new messages (--count)
+    assert re.fullmatch(rf"{stamp} #tea <bob> earlier", lines[0])
+    assert re.fullmatch(rf"{stamp} #tea <bob> first", lines[1])
+    assert re.fullmatch(rf"{stamp} \*bob\* just for you", lines[2])
+    assert err == ""
+
+
+def test_tail_json(server: Server) -> None:
+    server.add_user("alice")
+    bob = server.user("bob")
+    bob.request("/join #tea")
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sealroom",
+            "tail",
+            *common(server, server.ca_file),
+            "--json",
+            "--count",
+            "1",
+            "tea",
+        ],
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        until(bob, "JOIN #tea alice")
+        bob.request("/say #tea caf\u00e9 \u2603")
+        out, err = tail.communicate(timeout=15)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    record = json.loads(out)
+    assert out.isascii()
+    assert {k: record[k] for k in ("type", "room", "from", "text")} == {
+        "type": "message",
+        "room": "#tea",
+        "from": "bob",
+        "text": "caf\u00e9 \u2603",
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])
+
+
+def test_tail_escapes_what_a_hostile_server_sends(tls_files: dict[str, Path]) -> None:
+    def script(peer: Peer, number: int) -> None:
+        peer.login(PASSWORD)
+        peer.expect("/token")  # tail reconnects: it asks for a resume token
+        peer.send("ERR bad-command unknown command /token; try /help")
+        peer.expect("/join #tea")
+        peer.send("OK join #tea")
+        peer.expect("/part #lobby")
+        peer.send("OK part #lobby")
+        peer.send(b"MSG #tea evil \x1b]0;pwned\x07\x1b[2J\xe2\x80\xaeboom")
+        peer.expect("/quit")
+        peer.send("OK quit", "BYE quit")
+
+    server = ScriptedServer(tls_files, script)
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sealroom",
+                "tail",
+                *common(server, tls_files["ca"]),
+                "--count",
+                "1",
+                "#tea",
+            ],
+            env=environment(),
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr
+    assert b"\x1b" not in done.stdout
+    assert b"\x07" not in done.stdout
+    assert "\u202e".encode() not in done.stdout
+    assert done.stdout.endswith(b"<evil> \\x1b]0;pwned\\x07\\x1b[2J\\u202eboom\n")
+
+
+def test_tail_reports_the_end(server: Server) -> None:
+    server.add_user("alice")
+    server.add_user("root", admin=True)
+    root = server.user("root")
+    root.request("/join #tea")
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "sealroom", "tail", *common(server, server.ca_file), "#tea"],
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        until(root, "PART #lobby alice")  # tail left the default room: it is following
+        root.request("/kick alice go away")
+        out, err = tail.communicate(timeout=15)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 1
+    assert out == ""
+    assert "-- disconnected: kicked by root: go away" in err.splitlines()[0]
+    assert err.splitlines()[-1] == (
+        "sealroom: the server closed the connection: kicked by root: go away"
+    )
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def test_rendering_is_safe_for_terminals() -> None:
+    hostile = "\x1b[31mred\x07\x9b\u202e\u2066 tab\there"
+    assert safe(hostile) == "\\x1b[31mred\\x07\\x9b\\u202e\\u2066 tab here"
+    for event in (
+        Message("#a", "evil\x1b", hostile),
+        PrivateMessage("evil", hostile),
+        Wall("evil", hostile),
+        Bye(hostile),
+        History("#a", 1, datetime(2024, 1, 1, tzinfo=UTC), "evil", hostile),
+    ):
+        line = render(event, "me", lambda when: "12:00")
+        assert line is not None
+        assert not re.search("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", line)
+        as_text = as_json(event, "me")
+        assert as_text is None or as_text.isascii()
+
+
+# -- the line editor -----------------------------------------------------------------------------
+
+
+def test_line_editor_keys() -> None:
+    editor = LineEditor()
+    assert editor.feed("helo") == []
+    assert editor.feed("\x1b[D") == []  # left
+    editor.feed("l")
+    assert (editor.text, editor.cursor) == ("hello", 4)
+    editor.feed("\x01X\x05!")  # Ctrl-A, Ctrl-E
+    assert editor.text == "Xhello!"
+    editor.feed("\x17")  # Ctrl-W: the word before the cursor
+    assert editor.text == ""
+    editor.feed("one two\x1b")  # an escape sequence split across reads
+    editor.feed("[")
+    editor.feed("D\x7f")  # left, backspace
+    assert (editor.text, editor.cursor) == ("one to", 5)
+    editor.feed("\x01\x1b[3~")  # home, delete
+    assert editor.text == "ne to"
+    editor.feed("\x0b")  # Ctrl-K
+    assert editor.text == ""
+    assert editor.feed("\x04") == [None]  # Ctrl-D on an empty line: end of input
+    editor.feed("x\x01\x04")  # Ctrl-D elsewhere deletes
+    assert editor.text == ""
+    assert editor.feed("a\x07b\tc\u202ed\r") == ["ab cd"]  # controls and bidi never enter
+
+
+def test_line_editor_history() -> None:
+    editor = LineEditor()
+    assert editor.feed("first\rsecond\r") == ["first", "second"]
+    editor.feed("draft")
+    editor.feed("\x1b[A")
+    assert editor.text == "second"
+    editor.feed("\x10")  # Ctrl-P
+    assert editor.text == "first"
+    editor.feed("\x10")
+    assert editor.text == "first"  # the oldest stays
+    editor.feed("\x1b[B\x0e")  # down twice: back to the draft
+    assert editor.text == "draft"
+    assert editor.history == ["first", "second"]
+
+
+def test_line_editor_scrolls_instead_of_wrapping() -> None:
+    editor = LineEditor()
+    editor.feed("\u6f22" * 30 + "abc")  # wide characters count twice
+    line, column = editor.render("#a> ", 20)
+    assert line.startswith("#a> ")
+    assert line.endswith("abc")
+    assert column <= 20
+    editor.feed("\x01")
+    line, column = editor.render("#a> ", 20)
+    assert (line[4:6], column) == ("\u6f22\u6f22", 4)
+
+
+# -- chat in a pseudo-terminal -------------------------------------------------------------------
+
+# Runs in the child: opening the terminal as a session leader makes it the controlling
+# terminal (so getpass can prompt on /dev/tty), then becomes `python -m sealroom`.
+LAUNCHER = (
+    "import os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+    "for n in (0, 1, 2): os.dup2(fd, n)\n"
+    "os.close(fd)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'sealroom', *sys.argv[2:]])\n"
+)
+
+
+class Terminal:
+    """A pseudo-terminal with ``sealroom`` running in it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        self.initial = termios.tcgetattr(slave)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, os.ttyname(slave), *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.slave = slave  # kept open so the terminal's settings can be read after exit
+        self.output = b""
+        self.seen = 0
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def wait_for(self, pattern: str, timeout: float = 10) -> str:
+        """Output up to ``pattern`` (a regex), from where the last wait ended."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern.encode(), re.DOTALL)
+        while True:
+            found = regex.search(self.output, self.seen)
+            if found:
+                text = self.output[self.seen : found.end()].decode(errors="replace")
+                self.seen = found.end()
+                return text
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {pattern!r} in {self.output[self.seen :]!r}")
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready:
+                try:
+                    self.output += os.read(self.master, 65536)
+                except OSError:  # EIO: the child is gone
+                    raise AssertionError(f"exited; no {pattern!r} in {self.output!r}") from None
+
+    def exit_status(self, timeout: float = 10) -> int:
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for terminal in opened:
+        terminal.close()
+
+
+def test_chat_in_a_terminal(server: Server, terminals: list[Terminal]) -> None:
+    server.add_user("alice")
+    bob = server.user("bob")
+    chat = Terminal(["chat", *common(server, server.ca_file)], environment(password=None))
+    terminals.append(chat)
+    chat.wait_for(r"Password for alice at 127\.0\.0\.1: ")
+    chat.type(PASSWORD + "\r")
+    chat.wait_for(r"connected to localhost as alice.*#lobby> ")
+    assert bob.expect("JOIN #lobby alice")
+
+    bob.request("hello alice")
+    chat.wait_for(r"\d\d:\d\d #lobby <bob> hello alice\r\n")
+
+    chat.type("dra")  # half a line typed when a message arrives
+    chat.wait_for(r"#lobby> dra")
+    bob.request("are you there?")
+    # The message is printed above the input line, which is drawn again, intact.
+    chat.wait_for(r"\r\x1b\[K\d\d:\d\d #lobby <bob> are you there\?\r\n\r\x1b\[K#lobby> dra")
+    chat.type("ft\r")
+    assert bob.expect("MSG #lobby alice draft")
+    chat.wait_for(r"#lobby <alice> draft")
+
+    chat.type("/join #tea\r")
+    chat.wait_for(r"#tea> ")
+    chat.type("/msg bob psst\r")
+    assert bob.expect("DM alice psst")
+    bob.request("/msg alice pssst yourself")
+    chat.wait_for(r"\*bob\* pssst yourself")
+    chat.type("/quit\r")
+    assert chat.exit_status() == 0
+    assert bob.expect("PART #lobby alice")
+    # The terminal is left as it was found: echo and line editing are back.
+    assert termios.tcgetattr(chat.slave)[3] == chat.initial[3]
+
+
+def test_chat_leaves_on_ctrl_d(server: Server, terminals: list[Terminal]) -> None:
+    server.add_user("alice")
+    chat = Terminal(["chat", *common(server, server.ca_file), "#tea"], environment())
+    terminals.append(chat)
+    chat.wait_for(r"#tea> ")
+    chat.type("/who\r")
+    chat.wait_for(r"-- #tea: alice")
+    chat.type("/nonsense\r")
+    chat.wait_for(r"!! bad-command: unknown command /nonsense")
+    chat.type("\x04")
+    assert chat.exit_status() == 0
+    assert termios.tcgetattr(chat.slave)[3] == chat.initial[3]
+
+
+# -- the example bot -----------------------------------------------------------------------------
+
+
+def test_echo_bot(server: Server) -> None:
+    server.add_user("echo")
+    bob = server.user("bob")
+    bot = subprocess.Popen(
+        [
+            sys.executable,
+            str(EXAMPLES / "echo_bot.py"),
+            "echo",
+            "--port",
+            str(server.port),
+            "--ca",
+            str(server.ca_file),
+        ],
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([bot.stdout], [], [], 15)
+        assert ready
+        assert bot.stdout is not None
+        assert bot.stdout.readline() == "echo is listening in #echo\n"
+        bob.request("/join #echo")
+        bob.request("marco")
+        assert bob.expect("MSG #echo echo bob said: marco")
+        bob.request("/msg echo polo")
+        assert bob.expect("DM echo you said: polo")
+    finally:
+        bot.terminate()
+        bot.communicate(timeout=10)
