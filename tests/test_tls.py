@@ -501,3 +501,12 @@ def test_client_context_missing_ca_is_a_user_error(tmp_path: Path) -> None:
 def test_client_context_key_without_cert_is_a_value_error(files: ServerFiles) -> None:
     with pytest.raises(ValueError, match="certificate"):
         tls.build_client_context(files.ca, None, files.key)
+
+
+def test_idle_connections_release_openssl_buffers(files: ServerFiles) -> None:
+    """SSL_MODE_RELEASE_BUFFERS is on wherever the groups could be set the same way."""
+    ctx = tls.build_server_context(files.cert, files.key, None, "intermediate")
+    if tls.configured_groups_method(ctx) != tls.GROUPS_LIST:
+        pytest.skip("the ctypes path is not available on this Python")
+    assert tls.release_idle_buffers(ctx) is True
+    assert ctx.num_tickets == 1

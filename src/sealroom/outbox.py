@@ -19,7 +19,16 @@ _NO_RECEIPTS: list[Receipt] = []  # shared, never appended to: take() hands it o
 
 
 class Outbox:
-    __slots__ = ("_chunks", "_closing", "_lock", "_receipts", "_size", "_wake", "limit")
+    __slots__ = (
+        "_chunks",
+        "_closing",
+        "_lock",
+        "_receipts",
+        "_size",
+        "_sleeping",
+        "_wake",
+        "limit",
+    )
 
     def __init__(self, limit: int, wake: Callable[[], None]) -> None:
         self.limit = limit
@@ -29,6 +38,7 @@ class Outbox:
         self._receipts: list[Receipt] = []
         self._size = 0
         self._closing: str | None = None
+        self._sleeping = False  # the owner is (about to be) blocked waiting for a wake-up
 
     @property
     def size(self) -> int:
@@ -56,7 +66,8 @@ class Outbox:
                 self._close_locked("slow-consumer", discard=True)
                 self._wake()
                 return False
-            if wake and not self._chunks:
+            if wake and self._sleeping:
+                self._sleeping = False
                 self._wake()
             self._chunks.append(data)
             self._size += len(data)
@@ -72,6 +83,19 @@ class Outbox:
             self._close_locked(reason, discard=False)
             if wake:
                 self._wake()
+
+    def sleep(self) -> bool:
+        """The owner is about to wait: True if it may (nothing queued); then the next push
+        wakes it. Only a sleeping owner is woken, so a busy one costs its senders nothing."""
+        with self._lock:
+            if self._chunks or self._closing is not None:
+                return False
+            self._sleeping = True
+            return True
+
+    def awake(self) -> None:
+        """The owner stopped waiting."""
+        self._sleeping = False
 
     def retire(self, reason: str = "closed") -> None:
         """The owner is done: refuse further pushes and never call ``wake`` again."""

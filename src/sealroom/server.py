@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import socket
 import socketserver
@@ -26,6 +25,7 @@ from sealroom.outbox import Outbox, Receipt
 from sealroom.session import Services, Session
 from sealroom.text import escape_for_log
 from sealroom.tls import client_common_name
+from sealroom.wakeup import Wakeup
 
 log = logging.getLogger("sealroom.server")
 
@@ -53,6 +53,11 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def queued(self) -> list[int]:
+        """Bytes waiting in each connection's outbox (for status: queue depths)."""
+        with self._cond:
+            return [outbox.size for outbox in self._live]
 
     def close_all(self, reason: str) -> None:
         with self._cond:
@@ -99,6 +104,7 @@ class SealroomServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def __init__(self, address: tuple[str, int], shared: Shared) -> None:
         self.shared = shared
+        self.heartbeat = time.monotonic()  # the serving loop's last turn, for the watchdog
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, ConnectionHandler)
 
@@ -116,6 +122,8 @@ class SealroomServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def get_request(self) -> tuple[Any, Any]:
         sock, address = self.socket.accept()
         try:
+            # Lines are small and latency matters: never hold one back waiting for an ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             wrapped = self.shared.context.wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False
             )
@@ -140,8 +148,12 @@ class SealroomServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         finally:
             self.shared.admission.release(client_address[0])
 
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.heartbeat = time.monotonic()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("%s: unexpected error in connection", _peer(client_address))
+        log.exception("%s [-]: unexpected error in connection", _peer(client_address))
 
 
 def _peer(client_address: Any) -> str:
@@ -159,11 +171,12 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         shared = self.server.shared
-        settings = shared.services.settings
+        services = shared.services  # read once: a reload may swap it for new connections
+        settings = services.settings
         sock = self.request
         peer = _peer(self.client_address)
-        wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        outbox = Outbox(settings.limits.outbound_queue_bytes, lambda: os.eventfd_write(wakeup, 1))
+        wakeup = Wakeup()
+        outbox = Outbox(settings.limits.outbound_queue_bytes, wakeup.set)
         shared.registry.add(outbox, sock)
         session: Session | None = None
         try:
@@ -171,22 +184,23 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             if not self._handshake(sock, wakeup, outbox, peer, settings.limits.handshake_timeout_s):
                 return
             client_cn = client_common_name(sock) if settings.tls.client_ca else None
-            session = Session(shared.services, outbox, peer, client_cn)
+            session = Session(services, outbox, peer, client_cn)
             _Loop(sock, wakeup, outbox, session).run()
             log.info("%s: connection closed (%s)", session.describe(), outbox.closing or "by peer")
+            services.counters.count_close(outbox.closing or "peer")
         finally:
             outbox.retire()
             if session is not None:
                 session.finish()
             shared.registry.remove(outbox)
-            os.close(wakeup)
+            wakeup.close()
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):
             self.request.close()
 
     def _handshake(
-        self, sock: ssl.SSLSocket, wakeup: int, outbox: Outbox, peer: str, timeout: float
+        self, sock: ssl.SSLSocket, wakeup: Wakeup, outbox: Outbox, peer: str, timeout: float
     ) -> bool:
         deadline = time.monotonic() + timeout
         poller = select.poll()
@@ -200,13 +214,13 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 events = select.POLLOUT
             except (ssl.SSLError, OSError) as error:
                 self.server.shared.handshake_failures += 1
-                log.info("%s: TLS handshake failed: %s", peer, escape_for_log(str(error)))
+                log.info("%s [-]: TLS handshake failed: %s", peer, escape_for_log(str(error)))
                 return False
             else:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0 or outbox.closing is not None:
-                log.info("%s: TLS handshake timed out", peer)
+                log.info("%s [-]: TLS handshake timed out", peer)
                 return False
             poller.register(sock, events)
             poller.poll(remaining * 1000)
@@ -216,18 +230,25 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
 class _Loop:
     """The steady state of one connection: read lines, write what the outbox holds."""
 
-    def __init__(self, sock: ssl.SSLSocket, wakeup: int, outbox: Outbox, session: Session) -> None:
+    def __init__(
+        self, sock: ssl.SSLSocket, wakeup: Wakeup, outbox: Outbox, session: Session
+    ) -> None:
         self.sock = sock
         self.wakeup = wakeup
         self.outbox = outbox
         self.session = session
+        self.counters = session.services.counters
         self.unsent: memoryview | None = None  # handed to SSL_write, to retry as is
         self.receipts: list[Receipt] = []  # run once ``unsent`` is all written
+        # OpenSSL may have read more records from the socket than it has decrypted, where
+        # neither poll nor SSL_pending can see them: after data, read again until WantRead.
+        self.maybe_readable = True
 
     def run(self) -> None:
         session, outbox = self.session, self.outbox
         poller = select.poll()
-        poller.register(self.wakeup, select.POLLIN)
+        wakeup = self.wakeup.fileno()
+        poller.register(wakeup, select.POLLIN)
         poller.register(self.sock, select.POLLIN)
         session.greet()
         close_deadline = float("inf")
@@ -245,33 +266,48 @@ class _Loop:
                 elif now >= close_deadline:
                     return
             reading = session.wants_input
-            if reading and self.sock.pending():
-                ready = [(self.sock.fileno(), select.POLLIN)]
-            else:
-                events = (_POLL_IN if reading else 0) | (select.POLLOUT if self.unsent else 0)
-                poller.modify(self.sock, events)
-                deadline = min(session.check_timeouts(), close_deadline)
-                timeout_ms = max(0.0, (deadline - time.monotonic()) * 1000)
-                ready = poller.poll(min(timeout_ms, 3_600_000))
-            for fd, _events in ready:
-                if fd == self.wakeup:
-                    with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(self.wakeup)
+            for fd, _events in self._wait(poller, reading, close_deadline):
+                if fd == wakeup:
+                    self.wakeup.clear()
                 elif reading and not self._read():
                     return
+
+    def _wait(
+        self, poller: select.poll, reading: bool, close_deadline: float
+    ) -> list[tuple[int, int]]:
+        """Block until input, writability or a wake-up, unless there is work already."""
+        if reading and self.maybe_readable:  # TLS may hold records poll cannot see
+            return [(self.sock.fileno(), select.POLLIN)]
+        events = (_POLL_IN if reading else 0) | (select.POLLOUT if self.unsent else 0)
+        poller.modify(self.sock, events)
+        # While a write waits for the socket, queued lines cannot go anyway: wait for
+        # POLLOUT without asking to be woken. Otherwise sleep only if nothing is queued.
+        slept = self.unsent is None
+        if slept and not self.outbox.sleep():  # more is queued: look for input, do not wait
+            return poller.poll(0)
+        deadline = min(self.session.check_timeouts(), close_deadline)
+        timeout_ms = max(0.0, (deadline - time.monotonic()) * 1000)
+        try:
+            return poller.poll(min(timeout_ms, 3_600_000))
+        finally:
+            if slept:
+                self.outbox.awake()
 
     def _read(self) -> bool:
         """Feed what TLS has for us to the session; False when the peer is gone."""
         try:
             data = self.sock.recv(READ_CHUNK)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            self.maybe_readable = False
             return True
         except (ssl.SSLError, OSError) as error:
             log.debug("%s: read failed: %s", self.session.describe(), error)
             return False
         if not data:
             return False
+        self.counters.bytes_received += len(data)
         self.session.feed(data)
+        self.maybe_readable = True
         return True
 
     def _flush(self) -> bool:
@@ -284,6 +320,7 @@ class _Loop:
                 self.unsent = memoryview(data)
             try:
                 sent = self.sock.send(self.unsent)
+                self.counters.bytes_sent += sent
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return True
             except (ssl.SSLError, OSError) as error:

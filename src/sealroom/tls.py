@@ -55,6 +55,10 @@ ECDH_CURVE: Final = "ecdh-curve"  # P-256 only, through SSLContext.set_ecdh_curv
 
 # SSL_CTX_set1_groups_list(ctx, list) is a macro for this SSL_CTX_ctrl command.
 _SSL_CTRL_SET_GROUPS_LIST: Final = 92
+# SSL_CTX_set_mode(ctx, mode) is SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, mode, NULL).
+_SSL_CTRL_MODE: Final = 33
+_OP_PRIORITIZE_CHACHA: Final = ssl.Options(0x00200000)  # SSL_OP_PRIORITIZE_CHACHA, no Python name
+_SSL_MODE_RELEASE_BUFFERS: Final = 0x10
 
 _groups_method: weakref.WeakKeyDictionary[ssl.SSLContext, str] = weakref.WeakKeyDictionary()
 _fallback_warned = threading.Event()
@@ -77,11 +81,20 @@ def build_server_context(
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_ciphers(":".join(TLS12_CIPHERS))
     # OP_SINGLE_ECDH_USE is always on in OpenSSL >= 1.1 (the constant is 0); kept so the
-    # intent survives an older library. Server cipher preference is off, as Mozilla
-    # advises when every suite is strong: clients without AES hardware pick ChaCha20.
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
-    ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    # intent survives an older library. The server's cipher order decides (auditors' scanners
+    # such as testssl rate a client-chosen order HIGH), and PRIORITIZE_CHACHA keeps what
+    # client preference gave: a client that lists ChaCha20 first (no AES hardware) gets it.
+    ctx.options |= (
+        ssl.OP_NO_COMPRESSION
+        | ssl.OP_NO_RENEGOTIATION
+        | ssl.OP_SINGLE_ECDH_USE
+        | ssl.OP_CIPHER_SERVER_PREFERENCE
+        | _OP_PRIORITIZE_CHACHA
+    )
     _configure_groups(ctx)
+    release_idle_buffers(ctx)
+    # One TLS 1.3 session ticket per handshake is enough to resume; the default is two.
+    ctx.num_tickets = 1
     _load_cert_chain(ctx, cert, key)
     if client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -169,7 +182,7 @@ class _LibSSL:
     """The few libssl functions we call, bound to the library that ``_ssl`` uses."""
 
     get_options: Callable[[int], int]
-    ctrl: Callable[[int, int, int, bytes], int]
+    ctrl: Callable[[int, int, int, bytes | None], int]
 
 
 @cache
@@ -201,17 +214,14 @@ def _load_libssl() -> _LibSSL | str:
     return _LibSSL(get_options=get_options, ctrl=ctrl)
 
 
-def _set_groups_list(ctx: ssl.SSLContext, groups: str) -> str | None:
-    """Call ``SSL_CTX_set1_groups_list(ctx, groups)``; None on success, else why not.
+def _ssl_ctx_pointer(ctx: ssl.SSLContext, lib: _LibSSL) -> int | str:
+    """The ``SSL_CTX *`` of ``ctx``, or why it cannot be found safely.
 
     CPython's ``PySSLContext`` struct starts with the object header followed by the
     ``SSL_CTX *`` pointer. Before trusting that pointer we read the context's options
     through it and compare them with ``ctx.options``, twice, around a change made
     through Python; a pointer to anything else would not follow that change.
     """
-    lib = _load_libssl()
-    if isinstance(lib, str):
-        return lib
     offset = object.__basicsize__
     if type(ctx).__basicsize__ < offset + ctypes.sizeof(ctypes.c_void_p):
         return "the SSLContext object is smaller than CPython's layout"
@@ -228,9 +238,36 @@ def _set_groups_list(ctx: ssl.SSLContext, groups: str) -> str | None:
     ctx.options = ssl.Options(before)
     if not followed or lib.get_options(pointer) != before:
         return "the SSL_CTX pointer does not follow the context"
+    return pointer
+
+
+def _set_groups_list(ctx: ssl.SSLContext, groups: str) -> str | None:
+    """Call ``SSL_CTX_set1_groups_list(ctx, groups)``; None on success, else why not."""
+    lib = _load_libssl()
+    if isinstance(lib, str):
+        return lib
+    pointer = _ssl_ctx_pointer(ctx, lib)
+    if isinstance(pointer, str):
+        return pointer
     if lib.ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
         return "OpenSSL refused the groups list"
     return None
+
+
+def release_idle_buffers(ctx: ssl.SSLContext) -> bool:
+    """Set ``SSL_MODE_RELEASE_BUFFERS``: an idle connection then gives back its ~34 KiB of
+    OpenSSL read and write buffers until it next has data. Python has no API for it.
+
+    Returns whether the mode is on; without it everything still works, with more memory.
+    """
+    lib = _load_libssl()
+    if isinstance(lib, str):
+        return False
+    pointer = _ssl_ctx_pointer(ctx, lib)
+    if isinstance(pointer, str):
+        return False
+    mode = lib.ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
+    return bool(mode & _SSL_MODE_RELEASE_BUFFERS)
 
 
 def _load_cert_chain(ctx: ssl.SSLContext, cert: Path, key: Path | None) -> None:

@@ -1,0 +1,321 @@
+"""Load-generating clients. Each worker runs in its own process (so the load generator is
+not the bottleneck) and owns its sockets on one thread, with raw `ssl` sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import resource
+import selectors
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+PAYLOAD_BYTES = 100
+
+
+def raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def client_context(ca: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+class Line:
+    """A blocking line client for setup steps (login, join, token)."""
+
+    def __init__(
+        self,
+        port: int,
+        ctx: ssl.SSLContext,
+        session: ssl.SSLSession | None = None,
+        timeout: float = 60,
+    ) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+        self.buf = b""
+        self.hello = self.line()
+
+    def line(self) -> str:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("closed")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+    def request(self, text: str) -> str:
+        self.sock.sendall(text.encode() + b"\n")
+        while True:
+            reply = self.line()
+            if reply.startswith(("OK ", "ERR ", "BYE ")):
+                return reply
+
+    def login(self, name: str, password: str) -> None:
+        reply = self.request(f"/login {name} {password}")
+        if not reply.startswith("OK login"):
+            raise RuntimeError(f"login {name}: {reply}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def payload(seq: int) -> bytes:
+    head = f"{time.monotonic_ns()} {seq} "
+    return (head + "x" * (PAYLOAD_BYTES - len(head))).encode()
+
+
+def subscriber(
+    port: int,
+    ca: Path,
+    names: list[str],
+    password: str,
+    room: str,
+    expected: int,
+    ready: Any,
+    start: Any,
+    results: Any,
+    timeout: float,
+) -> None:
+    """Hold logged-in members of ``room``; count (and time) the MSG lines they receive."""
+    raise_fd_limit()
+    ctx = client_context(ca)
+    conns = []
+    for name in names:
+        conn = Line(port, ctx)
+        conn.login(name, password)
+        if not conn.request(f"/join {room}").startswith("OK join"):
+            raise RuntimeError("join failed")
+        conns.append(conn)
+    ready.put(len(conns))
+    start.wait()
+    selector = selectors.DefaultSelector()
+    counts = {}
+    partial = {}
+    latencies: list[int] = []
+    for conn in conns:
+        conn.sock.setblocking(False)
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        counts[conn] = 0
+        partial[conn] = b""
+    prefix = f"MSG {room} ".encode()
+    remaining = len(conns)
+    deadline = time.monotonic() + timeout
+    while remaining and time.monotonic() < deadline:
+        for key, _ in selector.select(1.0):
+            conn = key.data
+            while True:
+                try:
+                    data = conn.sock.recv(262144)
+                except ssl.SSLWantReadError:
+                    break
+                if not data:
+                    selector.unregister(conn.sock)
+                    remaining -= 1
+                    break
+                now = time.monotonic_ns()
+                lines = (partial[conn] + data).split(b"\n")
+                partial[conn] = lines.pop()
+                before = counts[conn]
+                for line in lines:
+                    if line.startswith(prefix):
+                        counts[conn] += 1
+                        if len(latencies) < 2_000_000:
+                            stamp = line.split(b" ", 4)[3]
+                            latencies.append(now - int(stamp))
+                if before < expected <= counts[conn]:
+                    remaining -= 1
+    results.put({"counts": list(counts.values()), "latencies_ns": latencies})
+    for conn in conns:
+        conn.close()
+
+
+def publisher(
+    port: int,
+    ca: Path,
+    name: str,
+    password: str,
+    room: str,
+    count: int,
+    rate: float | None,
+    window: int,
+    ready: Any,
+    start: Any,
+    results: Any,
+) -> None:
+    """Send ``count`` messages to ``room``: as fast as allowed (``rate`` None), or paced."""
+    conn = Line(port, client_context(ca))
+    conn.login(name, password)
+    conn.request(f"/join {room}")
+    ready.put(1)
+    start.wait()
+    sock = conn.sock
+    acked = sent = 0
+    started = time.monotonic()
+    buf = b""
+    while acked < count:
+        if rate is None:
+            burst = min(window - (sent - acked), count - sent)
+        else:
+            due = int((time.monotonic() - started) * rate) + 1
+            burst = min(due - sent, count - sent)
+        if burst > 0:
+            sock.sendall(b"".join(payload(sent + i) + b"\n" for i in range(burst)))
+            sent += burst
+        if sent - acked >= window or sent == count or rate is not None:
+            if rate is not None and sent - acked < window:
+                sock.settimeout(max(0.0005, (sent + 1) / rate - (time.monotonic() - started)))
+            else:
+                sock.settimeout(60)
+            try:
+                data = sock.recv(262144)
+            except TimeoutError:
+                continue
+            if not data:
+                break
+            buf += data
+            acked += buf.count(b"OK say ")
+            buf = buf[buf.rfind(b"\n") + 1 :]
+    results.put({"sent": sent, "acked": acked, "seconds": time.monotonic() - started})
+    conn.close()
+
+
+def idle_holder(
+    port: int, ca: Path, names: list[str], password: str, ready: Any, release: Any
+) -> None:
+    """Connect and log in every name, report how long it took, then hold them idle."""
+    raise_fd_limit()
+    ctx = client_context(ca)
+    started = time.monotonic()
+    conns = []
+    for name in names:
+        conn = Line(port, ctx)
+        conn.login(name, password)
+        conns.append(conn)
+    ready.put(time.monotonic() - started)
+    release.wait()
+    for conn in conns:
+        conn.close()
+
+
+def handshaker(port: int, ca: Path, count: int, resume: bool, results: Any) -> None:
+    """Full or resumed TLS 1.3 handshakes, one after another, each up to the HELLO line."""
+    ctx = client_context(ca)
+    session = None
+    if resume:
+        first = Line(port, ctx)
+        session = first.sock.session  # the ticket arrived with the HELLO line
+        first.close()
+    reused = 0
+    started = time.monotonic()
+    for _ in range(count):
+        conn = Line(port, ctx, session=session)
+        reused += conn.sock.session_reused
+        if resume:
+            session = conn.sock.session
+        conn.close()
+    results.put({"count": count, "reused": reused, "seconds": time.monotonic() - started})
+
+
+def resumer(
+    port: int,
+    ca: Path,
+    pairs: list[tuple[str, str]],
+    ready: Any,
+    start: Any,
+    results: Any,
+    release: Any,
+) -> None:
+    """Reconnect with resume tokens after a restart; report when all are back."""
+    raise_fd_limit()
+    ctx = client_context(ca)
+    ready.put(1)
+    start.wait()
+    conns = []
+    failures = 0
+    for name, token in pairs:
+        for _attempt in range(50):
+            try:
+                conn = Line(port, ctx)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            reply = conn.request(f"/resume {name} {token}")
+            if reply.startswith("OK login"):
+                conns.append(conn)
+                break
+            conn.close()
+            failures += 1
+            time.sleep(0.05)
+    results.put({"back": len(conns), "failures": failures, "at": time.monotonic()})
+    release.wait()
+    for conn in conns:
+        conn.close()
+
+
+def login_flooder(
+    port: int, ca: Path, connections: int, seconds: float, ready: Any, start: Any, results: Any
+) -> None:
+    """Keep ``connections`` wrong-password logins in flight for ``seconds``; a connection the
+    server closes (too many errors) is replaced by a new one."""
+    raise_fd_limit()
+    ctx = client_context(ca)
+    line = b"/login victim wrong password guess\n"
+    selector = selectors.DefaultSelector()
+    replies: dict[str, int] = {}
+
+    def open_one() -> None:
+        try:
+            conn = Line(port, ctx)
+            conn.sock.sendall(line)
+        except OSError:
+            replies["connect-failed"] = replies.get("connect-failed", 0) + 1
+            return
+        conn.sock.setblocking(False)
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    ready.put(1)
+    start.wait()
+    for _ in range(connections):
+        open_one()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for key, _ in selector.select(0.2):
+            conn = key.data
+            try:
+                data = conn.sock.recv(65536)
+            except ssl.SSLWantReadError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                selector.unregister(conn.sock)
+                conn.close()
+                open_one()
+                continue
+            for reply in data.decode().splitlines():
+                code = reply.split(" ", 2)[1] if reply.startswith("ERR") else reply.split()[0]
+                replies[code] = replies.get(code, 0) + 1
+            try:
+                conn.sock.setblocking(True)
+                conn.sock.sendall(line)
+                conn.sock.setblocking(False)
+            except OSError:
+                pass
+    results.put(replies)
+    for key in list(selector.get_map().values()):
+        key.data.close()
+
+
+def spawn(target: Any, *args: Any) -> mp.Process:
+    process = mp.Process(target=target, args=args, daemon=True)
+    process.start()
+    return process

@@ -1,0 +1,377 @@
+"""The benchmark scenarios. Each returns a dict of figures; `python -m bench` prints them."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench import loadgen
+from bench.harness import PASSWORD, ServerProcess, Workspace, server, wait_for, workspace
+from sealroom.auth import ResumeTokens, password_hasher
+from sealroom.config import Argon2Settings
+from sealroom.store import Store
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is; `--quick` shrinks them to a smoke test."""
+
+    subscribers: int = 100
+    saturated_messages: int = 3000  # per publisher
+    steady_rate: float = 10_000.0  # deliveries per second
+    steady_seconds: float = 10.0
+    idle_connections: int = 5000
+    handshakes: int = 400
+    storm_accounts: int = 5000
+    flood_connections: int = 100
+    flood_seconds: float = 10.0
+    default_argon2: bool = True
+
+
+QUICK = Sizes(
+    subscribers=5,
+    saturated_messages=100,
+    steady_rate=500,
+    steady_seconds=1,
+    idle_connections=40,
+    handshakes=20,
+    storm_accounts=40,
+    flood_connections=10,
+    flood_seconds=1,
+    default_argon2=False,
+)
+
+
+def _percentile(values: list[int], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1e6  # ms
+
+
+def _collect(queue: Any, count: int, timeout: float = 600) -> list[Any]:
+    return [queue.get(timeout=timeout) for _ in range(count)]
+
+
+def _fanout(space: Workspace, sizes: Sizes, *, rate: float | None, history: bool) -> dict[str, Any]:
+    subs = [f"sub{i}" for i in range(sizes.subscribers)]
+    space.configure({"history": {"rooms": history}} if not history else {})
+    space.add_accounts([*subs, "pub0", "pub1"])
+    room = "#bench"
+    if rate is None:
+        per_publisher = sizes.saturated_messages
+        publish_rate = None
+    else:
+        per_publisher = int(rate / sizes.subscribers / 2 * sizes.steady_seconds)
+        publish_rate = rate / sizes.subscribers / 2
+    with server(space) as proc:
+        ready, results, start = mp.Queue(), mp.Queue(), mp.Event()
+        groups = [subs[i::2] for i in range(2)]
+        workers = [
+            loadgen.spawn(
+                loadgen.subscriber,
+                proc.port,
+                space.ca,
+                group,
+                PASSWORD,
+                room,
+                per_publisher * 2,
+                ready,
+                start,
+                results,
+                120.0,
+            )
+            for group in groups
+            if group
+        ]
+        workers += [
+            loadgen.spawn(
+                loadgen.publisher,
+                proc.port,
+                space.ca,
+                name,
+                PASSWORD,
+                room,
+                per_publisher,
+                publish_rate,
+                200,
+                ready,
+                start,
+                results,
+            )
+            for name in ("pub0", "pub1")
+        ]
+        _collect(ready, len(workers))
+        cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+        start.set()
+        outcomes = _collect(results, len(workers))
+        cpu1, t1 = proc.cpu_seconds(), time.monotonic()
+        for worker in workers:
+            worker.join(30)
+    counts = [c for o in outcomes if "counts" in o for c in o["counts"]]
+    latencies = [v for o in outcomes if "latencies_ns" in o for v in o["latencies_ns"]]
+    # Each message reaches every subscriber and the other publisher.
+    deliveries = per_publisher * 2 * (sizes.subscribers + 1)
+    received = sum(counts)
+    return {
+        "deliveries": deliveries,
+        "lost": per_publisher * 2 * sizes.subscribers - received,
+        "seconds": round(t1 - t0, 3),
+        "deliveries_per_s": round(deliveries / (t1 - t0)),
+        "server_cpu_s": round(cpu1 - cpu0, 3),
+        "cpu_us_per_delivery": round((cpu1 - cpu0) / deliveries * 1e6, 3),
+        "p50_ms": round(_percentile(latencies, 0.50), 3),
+        "p99_ms": round(_percentile(latencies, 0.99), 3),
+    }
+
+
+def fanout_saturated(sizes: Sizes) -> dict[str, Any]:
+    with workspace() as space:
+        return _fanout(space, sizes, rate=None, history=True)
+
+
+def fanout_saturated_no_history(sizes: Sizes) -> dict[str, Any]:
+    with workspace() as space:
+        return _fanout(space, sizes, rate=None, history=False)
+
+
+def fanout_steady(sizes: Sizes) -> dict[str, Any]:
+    with workspace() as space:
+        return _fanout(space, sizes, rate=sizes.steady_rate, history=True)
+
+
+# Thousands of sessions in one default room would make every login a JOIN broadcast to all
+# the others (quadratic); the idle and storm scenarios cap the lobby as an operator would.
+CAPPED_LOBBY = {"limits": {"max_room_members": 50}}
+
+
+def idle_connections(sizes: Sizes) -> dict[str, Any]:
+    with workspace() as space:
+        space.configure(CAPPED_LOBBY)
+        names = [f"idle{i}" for i in range(sizes.idle_connections)]
+        space.add_accounts(names)
+        with server(space) as proc:
+            warm = loadgen.Line(proc.port, loadgen.client_context(space.ca))  # warm the caches
+            warm.login(names[0], PASSWORD)
+            warm.close()
+            time.sleep(0.5)
+            rss0, threads0 = proc.rss_kib(), proc.threads()
+            ready, release = mp.Queue(), mp.Event()
+            groups = [names[i::4] for i in range(4)]
+            workers = [
+                loadgen.spawn(loadgen.idle_holder, proc.port, space.ca, g, PASSWORD, ready, release)
+                for g in groups
+                if g
+            ]
+            t0 = time.monotonic()
+            durations = _collect(ready, len(workers))
+            elapsed = time.monotonic() - t0
+            time.sleep(1.0)  # let every connection settle into its idle poll
+            rss1, threads1 = proc.rss_kib(), proc.threads()
+            release.set()
+            for worker in workers:
+                worker.join(60)
+            wait_for(lambda: proc.threads() <= threads0 + 2, 30, 0.1)
+            rss_after = proc.rss_kib()
+    return {
+        "connections": sizes.idle_connections,
+        "rss_kib_per_connection": round((rss1 - rss0) / sizes.idle_connections, 2),
+        "server_rss_mib": round(rss1 / 1024, 1),
+        "threads": threads1,
+        "logins_per_s": round(sizes.idle_connections / elapsed),
+        "slowest_worker_s": round(max(durations), 2),
+        "rss_mib_after_close": round(rss_after / 1024, 1),
+    }
+
+
+def handshakes(sizes: Sizes) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with workspace() as space, server(space) as proc:
+        for resume in (False, True):
+            results = mp.Queue()
+            cpu0 = proc.cpu_seconds()
+            worker = loadgen.spawn(
+                loadgen.handshaker, proc.port, space.ca, sizes.handshakes, resume, results
+            )
+            result = results.get(timeout=300)
+            worker.join(30)
+            cpu = proc.cpu_seconds() - cpu0
+            kind = "resumed" if resume else "full"
+            out[f"{kind}_cpu_us"] = round(cpu / sizes.handshakes * 1e6)
+            out[f"{kind}_per_s"] = round(sizes.handshakes / result["seconds"])
+            if resume:
+                out["resumed_fraction"] = round(result["reused"] / sizes.handshakes, 3)
+    return out
+
+
+def _default_hash() -> str:
+    params = Argon2Settings()
+    return password_hasher(params.time_cost, params.memory_cost_kib, params.parallelism).hash(
+        PASSWORD
+    )
+
+
+def reconnect_storm(sizes: Sizes) -> dict[str, Any]:
+    """Accounts with the default argon2 cost come back after a restart using resume tokens."""
+    with workspace() as space:
+        names = [f"storm{i}" for i in range(sizes.storm_accounts)]
+        if sizes.default_argon2:
+            space.configure(
+                {
+                    **CAPPED_LOBBY,
+                    "auth": {
+                        "argon2": {"time_cost": 3, "memory_cost_kib": 65536, "parallelism": 4}
+                    },
+                }
+            )
+            password_hash = _default_hash()
+        else:
+            space.configure(CAPPED_LOBBY)
+            password_hash = None
+        space.add_accounts(names, password_hash)
+        with Store(space.database) as store:  # what each client got from /token before
+            issuer = ResumeTokens(store, 7)
+            pairs = [(name, issuer.issue(name)[0]) for name in names]
+        with server(space) as proc:
+            # For contrast: the password path at this cost.
+            probe = loadgen.Line(proc.port, loadgen.client_context(space.ca))
+            t0 = time.monotonic()
+            for _ in range(3):
+                probe.request(f"/login {names[0]} wrong password")
+            password_rate = 3 / (time.monotonic() - t0)
+            probe.close()
+            ready, results, start, release = mp.Queue(), mp.Queue(), mp.Event(), mp.Event()
+            groups = [pairs[i::4] for i in range(4)]
+            workers = [
+                loadgen.spawn(
+                    loadgen.resumer, proc.port, space.ca, g, ready, start, results, release
+                )
+                for g in groups
+                if g
+            ]
+            _collect(ready, len(workers))
+            cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+            start.set()
+            outcomes = _collect(results, len(workers))
+            cpu = proc.cpu_seconds() - cpu0
+            release.set()
+            for worker in workers:
+                worker.join(60)
+    back = sum(o["back"] for o in outcomes)
+    seconds = max(o["at"] for o in outcomes) - t0
+    return {
+        "accounts": sizes.storm_accounts,
+        "back": back,
+        "seconds_until_all_back": round(seconds, 2),
+        "server_cpu_us_per_resume": round(cpu / max(back, 1) * 1e6),
+        "password_logins_per_s_at_this_cost": round(password_rate, 1),
+    }
+
+
+def login_flood(sizes: Sizes) -> dict[str, Any]:
+    """Wrong-password floods with the default argon2 cost while two users chat."""
+    with workspace() as space:
+        argon2 = (
+            {"time_cost": 3, "memory_cost_kib": 65536, "parallelism": 4}
+            if sizes.default_argon2
+            else {"time_cost": 1, "memory_cost_kib": 8192, "parallelism": 1}
+        )
+        space.configure({"auth": {"argon2": argon2}})
+        space.add_accounts(["victim", "chat0", "chat1", "pub0", "pub1"])
+        with server(space) as proc:
+            time.sleep(0.5)
+            baseline = proc.rss_kib()
+            ready, results, start = mp.Queue(), mp.Queue(), mp.Event()
+            flooder = loadgen.spawn(
+                loadgen.login_flooder,
+                proc.port,
+                space.ca,
+                sizes.flood_connections,
+                sizes.flood_seconds,
+                ready,
+                start,
+                results,
+            )
+            rate = 50.0  # chat messages per second, to measure their latency
+            count = int(rate * sizes.flood_seconds)
+            chatters = [
+                loadgen.spawn(
+                    loadgen.subscriber,
+                    proc.port,
+                    space.ca,
+                    ["chat0"],
+                    PASSWORD,
+                    "#chat",
+                    count,
+                    ready,
+                    start,
+                    results,
+                    sizes.flood_seconds + 30,
+                ),
+                loadgen.spawn(
+                    loadgen.publisher,
+                    proc.port,
+                    space.ca,
+                    "chat1",
+                    PASSWORD,
+                    "#chat",
+                    count,
+                    rate,
+                    50,
+                    ready,
+                    start,
+                    results,
+                ),
+            ]
+            _collect(ready, 3)
+            start.set()
+            peak = baseline
+            deadline = time.monotonic() + sizes.flood_seconds
+            while time.monotonic() < deadline:
+                peak = max(peak, proc.rss_kib())
+                time.sleep(0.05)
+            outcomes = _collect(results, 3)
+            for worker in (flooder, *chatters):
+                worker.join(60)
+    replies = next(o for o in outcomes if "counts" not in o and "sent" not in o)
+    latencies = next(o for o in outcomes if "counts" in o)["latencies_ns"]
+    memory_bound = 2 * argon2["memory_cost_kib"]  # max_concurrent_verifications x memory
+    return {
+        "flood_replies": replies,
+        "chat_p50_ms": round(_percentile(latencies, 0.5), 2),
+        "chat_p99_ms": round(_percentile(latencies, 0.99), 2),
+        "chat_messages": len(latencies),
+        "rss_growth_mib": round((peak - baseline) / 1024, 1),
+        "rss_bound_mib": round(memory_bound / 1024, 1),
+    }
+
+
+SCENARIOS = {
+    "fanout_saturated": fanout_saturated,
+    "fanout_saturated_no_history": fanout_saturated_no_history,
+    "fanout_steady": fanout_steady,
+    "idle_connections": idle_connections,
+    "handshakes": handshakes,
+    "reconnect_storm": reconnect_storm,
+    "login_flood": login_flood,
+}
+
+
+def median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each numeric figure over repeated runs, with min and max beside it."""
+    out: dict[str, Any] = {}
+    for key, value in results[0].items():
+        values = [r[key] for r in results]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = statistics.median(values)
+            if len(values) > 1:
+                out[f"{key}_spread"] = [min(values), max(values)]
+        else:
+            out[key] = value
+    return out
+
+
+__all__ = ["QUICK", "SCENARIOS", "ServerProcess", "Sizes", "median_of"]
