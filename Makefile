@@ -4,7 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SEALROOM := $(BIN)/sealroom
 
-.PHONY: run test lint typecheck clean system-deps
+FUZZ_SECONDS ?= 60
+SOAK_MINUTES ?= 5
+SSLYZE_VENV := .venv-sslyze
+
+.PHONY: run test lint typecheck clean system-deps fuzz scan soak
 
 # Debian packages the tests use (openssl for s_client); installed only when missing.
 system-deps:
@@ -21,7 +25,12 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 
 $(VENV)/.installed-test: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
+	@sh scripts/ensure-sslyze.sh $(SSLYZE_VENV)
 	@touch $(VENV)/.installed $@
+
+$(VENV)/.installed-fuzz: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[test,fuzz]'
+	@touch $@
 
 run: $(VENV)/.installed
 	@test -f certs/server.crt || $(SEALROOM) certs init --dir certs
@@ -32,6 +41,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-test
@@ -41,5 +51,21 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
+# Coverage-guided fuzzing of the protocol core (atheris, libFuzzer flags); inputs it finds go
+# to var/fuzz/corpus, crashes to var/fuzz/ (copy one into fuzz/corpus as a regression test).
+fuzz: $(VENV)/.installed-fuzz
+	@mkdir -p var/fuzz/corpus
+	$(BIN)/python fuzz/fuzz_protocol.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+		-artifact_prefix=var/fuzz/ var/fuzz/corpus fuzz/corpus
+
+# testssl.sh (Debian) against live servers, one per TLS profile; reports in var/scan/.
+scan: $(VENV)/.installed
+	$(BIN)/python scripts/scan_tls.py
+
+# Mixed traffic with churn for SOAK_MINUTES; fails unless memory, threads and descriptors
+# come back near the baseline.
+soak: $(VENV)/.installed
+	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES)
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SSLYZE_VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

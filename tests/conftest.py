@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import socket
@@ -22,6 +23,18 @@ from sealroom.config import Settings, load_settings
 
 PASSWORD = "correct horse battery"
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}
+
+
+@pytest.fixture(autouse=True)
+def _sealroom_log_handlers() -> Iterator[None]:
+    """In-process `sealroom serve` installs a stderr handler bound to pytest's capture of
+    that test; drop it afterwards so later server threads never log into a closed stream."""
+    yield
+    logger = logging.getLogger("sealroom")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")

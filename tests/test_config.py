@@ -184,9 +184,11 @@ ROUND_TRIPS: list[tuple[str, object, object]] = [
     ("history.per_room", 10, 10),
     ("history.private_per_user", 20, 20),
     ("history.max_query", 5, 5),
+    ("history.rooms", False, False),
     ("log.level", "debug", "debug"),
     ("log.format", "json", "json"),
     ("metrics.listen", "127.0.0.1:9464", "127.0.0.1:9464"),
+    ("control.socket", "/run/sealroom/control.sock", Path("/run/sealroom/control.sock")),
 ]
 
 
@@ -281,6 +283,7 @@ BAD_VALUES: list[tuple[str, object, str]] = [
     ),
     ("history.per_room", 0, "must be an integer >= 1, got 0"),
     ("history.private_per_user", -1, "must be an integer >= 1, got -1"),
+    ("history.rooms", 1, "must be true or false, got 1"),
     ("history.max_query", 0, "must be an integer >= 1, got 0"),
     ("rooms.allow_create", "yes", "must be true or false, got 'yes'"),
     ("rooms.allow_create", 1, "must be true or false, got 1"),

@@ -28,6 +28,7 @@ class Admission:
         self._lock = threading.Lock()
         self._per_address: dict[str, int] = {}
         self._total = 0
+        self.admitted = 0  # connections let in so far
         self.rejected: dict[str, int] = {"max_connections": 0, "per_address": 0, "rate": 0}
 
     @property
@@ -49,7 +50,27 @@ class Admission:
                 return False
             self._per_address[address] = current + 1
             self._total += 1
+            self.admitted += 1
             return True
+
+    def reconfigure(
+        self,
+        *,
+        max_connections: int,
+        max_per_address: int,
+        rate: float,
+        burst: float,
+        max_tracked_addresses: int,
+    ) -> None:
+        """New caps and bucket parameters (a configuration reload).
+
+        Connections already open stay open even above a lowered cap; the caps only decide
+        who comes in next.
+        """
+        with self._lock:
+            self.max_connections = max_connections
+            self.max_per_address = max_per_address
+        self.buckets.reconfigure(rate, burst, max_tracked_addresses)
 
     def release(self, address: str) -> None:
         with self._lock:

@@ -2,44 +2,71 @@
 
 Shutdown follows uvicorn's order: stop accepting, tell every connection ``BYE
 shutting-down``, wait for them with a deadline, then force what is left. Signal handlers only
-record the signal; the main thread notices through the wake-up descriptor and does the work.
+record the signal; the main thread notices through the wake-up descriptor and does the work:
+SIGHUP becomes :meth:`App.reload`, SIGTERM and SIGINT :meth:`App.stop`. The service manager
+hears about each step (:mod:`sealroom.notify`), and the housekeeping thread feeds its watchdog
+only while every listener's serving loop keeps turning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import resource
 import select
 import signal
 import socket
 import threading
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
+from sealroom import __version__
 from sealroom.admission import Admission
 from sealroom.auth import Authenticator, ResumeTokens
-from sealroom.config import Settings, parse_address
+from sealroom.config import ConfigError, Settings, load_settings, parse_address
+from sealroom.control import ControlError, ControlServer
 from sealroom.errors import UserError
 from sealroom.hub import Hub, HubLimits
+from sealroom.logs import set_level
 from sealroom.messages import HistoryWriter, MessageIds, MessageLog
+from sealroom.metrics import Family, MetricsServer
+from sealroom.notify import Notifier
+from sealroom.observe import Snapshot, metric_families, status_report
 from sealroom.ratelimit import KeyedBuckets
+from sealroom.reload import (
+    Validity,
+    certificate_validity,
+    check_certificate_dates,
+    effective_settings,
+)
 from sealroom.server import Registry, SealroomServer, Shared
 from sealroom.session import Services
 from sealroom.store import Store
+from sealroom.text import has_forbidden_chars, user_name
 from sealroom.tls import build_server_context
 
 log = logging.getLogger("sealroom")
 
 HOUSEKEEPING_INTERVAL_S = 0.5  # account changes from the CLI must reach sessions within 2 s
 THREAD_STACK_BYTES = 512 * 1024  # a connection thread needs little; 8 MiB default is waste
+MAX_KICK_REASON = 200  # characters of an operator's kick reason
 
 
 class App:
     """A running Sealroom: listeners, shared state and housekeeping."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
+        # Only the process entry point, serve(), listens to NOTIFY_SOCKET: an App built
+        # elsewhere (tests, tools) must not speak for the process to its service manager.
+        self.notifier = Notifier({}) if notifier is None else notifier
+        self.started_at = datetime.now(UTC)
+        self._started = time.monotonic()
         clock = time.monotonic
         limits, rate = settings.limits, settings.rate
         context = build_server_context(
@@ -52,22 +79,17 @@ class App:
             max_concurrent=settings.auth.max_concurrent_verifications,
             wait_s=settings.auth.verification_wait_s,
         )
-        self.hub = Hub(
-            HubLimits(
-                max_rooms=limits.max_rooms,
-                max_rooms_per_session=limits.max_rooms_per_session,
-                max_room_members=limits.max_room_members,
-                allow_create=settings.rooms.allow_create,
-                default_room=settings.rooms.default,
-            ),
-            next_id=MessageIds(self.store).next,
-        )
+        self.hub = Hub(_hub_limits(settings), next_id=MessageIds(self.store).next)
         history = settings.history
         self.writer = HistoryWriter(
             settings.storage.database, history.per_room, history.private_per_user
         )
         messages = MessageLog(
-            self.store, self.hub, self.writer, private_quota=history.private_per_user
+            self.store,
+            self.hub,
+            self.writer,
+            private_quota=history.private_per_user,
+            store_rooms=history.rooms,
         )
         login_buckets = KeyedBuckets(
             rate.logins_per_ip.rate,
@@ -88,16 +110,34 @@ class App:
             max_tracked_addresses=limits.max_tracked_addresses,
         )
         self.shared = Shared(services, admission, Registry(), context)
+        self.counters = services.counters
+        self.certificate: Validity | None = _startup_certificate(settings)
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload: tuple[datetime, str | None] | None = None  # when, and why it failed
         self.servers: list[SealroomServer] = []
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
         self._threads: list[threading.Thread] = []
+        self._side_threads: list[threading.Thread] = []  # control and metrics
         self._stopping = threading.Event()
         self._seen_accounts_version = self.store.accounts_version()
+        self._next_watchdog = 0.0
+        self._stuck = False  # a serving loop stopped turning (said once per episode)
+        self._last_status = ""
         try:
             for address in settings.listen:
                 try:
                     self.servers.append(SealroomServer(parse_address(address), self.shared))
                 except OSError as error:
                     raise UserError(f"cannot listen on {address}: {error.strerror}") from None
+            if settings.control.socket is not None:
+                self.control = ControlServer(
+                    settings.control.socket, {"status": self._control_status, "kick": self.kick}
+                )
+            if settings.metrics.listen is not None:
+                self.metrics = MetricsServer(
+                    parse_address(settings.metrics.listen), self.metric_families
+                )
         except BaseException:
             self.close()
             raise
@@ -120,18 +160,211 @@ class App:
             thread.start()
             self._threads.append(thread)
             log.info("listening on %s", server.bound)
+        for side, what in ((self.control, "control socket"), (self.metrics, "metrics")):
+            if side is None:
+                continue
+            thread = threading.Thread(
+                target=side.serve_forever, args=(0.5,), name=what, daemon=True
+            )
+            thread.start()
+            self._side_threads.append(thread)
+        if self.control is not None:
+            log.info("control socket at %s", self.control.path)
+        if self.metrics is not None:
+            log.info("metrics on http://%s/metrics", self.metrics.bound)
         housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         housekeeping.start()
         self._threads.append(housekeeping)
+        # Every listener is bound (in __init__) and serving: now we are ready.
+        self._last_status = self.status_line()
+        self.notifier.ready(self._last_status)
 
     def _housekeeping(self) -> None:
-        while not self._stopping.wait(HOUSEKEEPING_INTERVAL_S):
+        interval = HOUSEKEEPING_INTERVAL_S
+        if self.notifier.watchdog_interval is not None:
+            interval = min(interval, self.notifier.watchdog_interval)
+        while not self._stopping.wait(interval):
             try:
                 self.apply_account_changes()
                 self.shared.services.login_buckets.sweep()
                 self.shared.admission.buckets.sweep()
             except Exception:
                 log.exception("housekeeping failed")
+            self._tend_service_manager()
+
+    def _tend_service_manager(self) -> None:
+        """Feed the watchdog while every serving loop turns; keep STATUS= current."""
+        if not self.notifier.enabled:
+            return
+        now = time.monotonic()
+        interval = self.notifier.watchdog_interval
+        if interval is not None and now >= self._next_watchdog:
+            # A listener that stopped turning is a wedged server: let the watchdog fire.
+            stale = [s.bound for s in self.servers if now - s.heartbeat > max(interval, 1.5)]
+            if stale and not self._stuck:
+                log.error("serving loop of %s is stuck; not feeding the watchdog", stale)
+            elif not stale:
+                if self._stuck:
+                    log.warning("serving loops turn again; feeding the watchdog")
+                self.notifier.watchdog()
+                self._next_watchdog = now + interval
+            self._stuck = bool(stale)
+        status = self.status_line()
+        if status != self._last_status:
+            self._last_status = status
+            self.notifier.status(status)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the configuration and TLS files and apply them without dropping anyone.
+
+        All or nothing: a missing, mismatched or expired certificate or key, or a broken
+        configuration, is logged and the running context and settings stay in service.
+        """
+        self.notifier.reloading("reloading configuration and TLS certificates")
+        try:
+            problem = self._reload()
+        except Exception:
+            log.exception("reload failed; the running configuration stays in service")
+            problem = "unexpected error (see the log)"
+        self.reloads["failed" if problem else "ok"] += 1
+        self.last_reload = (datetime.now(UTC), problem)
+        self._last_status = self.status_line()
+        self.notifier.ready(self._last_status)
+        return problem is None
+
+    def _reload(self) -> str | None:
+        """Reload; None on success, else what was wrong (already logged)."""
+        running = self.settings
+        source = running.source
+        try:
+            loaded = running if source is None else load_settings(source)
+        except ConfigError as error:
+            return _refused(f"configuration {source}: {'; '.join(error.problems)}")
+        settings, restart_only = effective_settings(running, loaded)
+        tls = settings.tls
+        try:
+            validity = check_certificate_dates(tls.cert)
+            context = build_server_context(tls.cert, tls.key, tls.client_ca, tls.profile)
+        except (UserError, ValueError) as error:
+            return _refused(str(error))
+        for name in restart_only:
+            log.warning("reload: %s changed; it takes effect only after a restart", name)
+        self._apply(settings, context)
+        self.certificate = validity
+        log.info(
+            "reloaded %s; TLS certificate %s valid until %s",
+            source or "built-in defaults",
+            tls.cert,
+            validity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        return None
+
+    def _apply(self, settings: Settings, context: Any) -> None:
+        """Swap in checked settings: shared policy now, per-connection bounds for new ones."""
+        limits, rate = settings.limits, settings.rate
+        shared = self.shared
+        shared.admission.reconfigure(
+            max_connections=limits.max_connections,
+            max_per_address=limits.max_connections_per_ip,
+            rate=rate.connections_per_ip.rate,
+            burst=rate.connections_per_ip.burst,
+            max_tracked_addresses=limits.max_tracked_addresses,
+        )
+        services = shared.services
+        services.login_buckets.reconfigure(
+            rate.logins_per_ip.rate, rate.logins_per_ip.burst, limits.max_tracked_addresses
+        )
+        self.hub.limits = _hub_limits(settings)
+        self.writer.per_room = settings.history.per_room
+        self.writer.per_user = settings.history.private_per_user
+        services.messages.private_quota = settings.history.private_per_user
+        services.messages.store_rooms = settings.history.rooms
+        if settings.log.level != self.settings.log.level:
+            set_level(settings.log.level)
+        # A connection reads ``shared.services`` once, when it starts: sessions already
+        # running keep the per-connection bounds they began with (line length, queue size,
+        # timeouts, message and error buckets); every new connection gets the new ones.
+        shared.services = dataclasses.replace(services, settings=settings)
+        shared.context = context  # the next accepted connection handshakes with it
+        self.settings = settings
+
+    # -- status, metrics and the control channel ---------------------------------------------
+
+    def status_line(self) -> str:
+        sessions, rooms = self.hub.counts()
+        return f"{len(self.shared.registry)} connections, {sessions} sessions, {rooms} rooms"
+
+    def snapshot(self) -> Snapshot:
+        """Every number status and metrics show, read once."""
+        shared = self.shared
+        services = shared.services
+        auth = services.auth
+        sessions, rooms = self.hub.counts()
+        queued = shared.registry.queued()
+        counters = self.counters
+        return Snapshot(
+            version=__version__,
+            pid=os.getpid(),
+            server_name=self.settings.server_name,
+            listeners=tuple(self.addresses),
+            control=str(self.control.path) if self.control else None,
+            metrics=self.metrics.bound if self.metrics else None,
+            started_at=self.started_at,
+            uptime_s=time.monotonic() - self._started,
+            connections=len(shared.registry),
+            sessions=sessions,
+            rooms=rooms,
+            outbox_bytes=sum(queued),
+            outbox_bytes_max=max(queued, default=0),
+            history_lag=self.writer.lag,
+            history_dropped=self.writer.dropped,
+            argon2_waiting=auth.waiting,
+            argon2_slots_taken=auth.slots_taken,
+            argon2_wait_seconds=auth.wait_seconds,
+            argon2_busy=auth.busy,
+            admitted=shared.admission.admitted,
+            connection_rejections=dict(shared.admission.rejected),
+            login_rate_limited=services.login_buckets.rejected,
+            message_rate_limited=counters.messages_rate_limited,
+            handshake_failures=shared.handshake_failures,
+            logins_ok=counters.logins_ok,
+            logins_failed=counters.logins_failed,
+            messages_room=counters.messages_room,
+            messages_private=counters.messages_private,
+            deliveries=self.hub.deliveries,
+            delivered_bytes=self.hub.delivered_bytes,
+            bytes_received=counters.bytes_received,
+            bytes_sent=counters.bytes_sent,
+            closed=dict(counters.closed),
+            reloads=dict(self.reloads),
+            last_reload=self.last_reload,
+            certificate_not_after=self.certificate.not_after if self.certificate else None,
+        )
+
+    def metric_families(self) -> list[Family]:
+        return metric_families(self.snapshot())
+
+    def _control_status(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        return status_report(self.snapshot())
+
+    def kick(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """``sealroom kick NAME [--reason TEXT]``: close every session of NAME."""
+        raw_name, reason = message.get("name"), message.get("reason") or ""
+        name = user_name(raw_name) if isinstance(raw_name, str) else None
+        if name is None:
+            raise ControlError("a user name is [a-z0-9][a-z0-9_.-], at most 32 characters")
+        if not isinstance(reason, str) or len(reason) > MAX_KICK_REASON:
+            raise ControlError(f"a reason is text of at most {MAX_KICK_REASON} characters")
+        if has_forbidden_chars(reason):
+            raise ControlError("a reason may not hold control characters or bidi overrides")
+        if not self.hub.is_online(name) and self.store.get_account(name) is None:
+            raise ControlError(f"no account {name}")
+        text = " ".join(reason.split())
+        count = self.hub.disconnect(name, f"kicked by operator: {text}" if text else "kicked")
+        log.info("control: kicked %s (%d sessions)", name, count)
+        return {"name": name, "sessions": count}
 
     def apply_account_changes(self) -> None:
         """Drop live sessions of accounts the CLI disabled or removed."""
@@ -151,7 +384,14 @@ class App:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self.notifier.stopping("shutting down")
         grace = self.settings.limits.shutdown_grace_s if grace_s is None else grace_s
+        # The control and metrics loops end alongside the listeners' (each shutdown() waits
+        # up to one poll interval); only started ones: shutdown() would wait forever otherwise.
+        sides = [side for side in (self.control, self.metrics) if side is not None]
+        ending = [threading.Thread(target=side.shutdown, daemon=True) for side in sides]
+        for thread in ending if self._side_threads else ():
+            thread.start()
         for server in self.servers:
             server.shutdown()
         for server in self.servers:
@@ -165,13 +405,53 @@ class App:
             registry.wait_empty(1.0)
         for thread in self._threads:
             thread.join(timeout=2.0)
+        for thread in (*ending, *self._side_threads) if self._side_threads else ():
+            thread.join(timeout=2.0)
         self.close()
 
     def close(self) -> None:
         for server in self.servers:
             server.server_close()
+        for side in (self.control, self.metrics):
+            if side is not None:
+                side.server_close()
         self.writer.stop()  # commits what is queued
         self.store.close()
+        self.notifier.close()
+
+
+def _refused(problem: str) -> str:
+    # A user's mistake, not a bug: one line, no traceback.
+    log.error("reload refused: %s; the running configuration and certificate stay", problem)
+    return problem
+
+
+def _hub_limits(settings: Settings) -> HubLimits:
+    limits = settings.limits
+    return HubLimits(
+        max_rooms=limits.max_rooms,
+        max_rooms_per_session=limits.max_rooms_per_session,
+        max_room_members=limits.max_room_members,
+        allow_create=settings.rooms.allow_create,
+        default_room=settings.rooms.default,
+    )
+
+
+def _startup_certificate(settings: Settings) -> Validity | None:
+    """The served certificate's validity; a warning (not a refusal) if it is out of date."""
+    try:
+        validity = certificate_validity(settings.tls.cert)
+    except UserError:
+        return None  # build_server_context loaded it; cryptography is only stricter
+    now = datetime.now(UTC)
+    if not validity.not_before <= now < validity.not_after:
+        log.warning(
+            "TLS certificate %s is outside its validity period (%s to %s); clients will refuse it",
+            settings.tls.cert,
+            validity.not_before.isoformat(),
+            validity.not_after.isoformat(),
+        )
+    return validity
 
 
 def _raise_fd_limit() -> None:
@@ -183,8 +463,8 @@ def _raise_fd_limit() -> None:
 
 
 def serve(settings: Settings) -> int:
-    """Run in the foreground until SIGTERM or SIGINT; the ``sealroom serve`` command."""
-    app = App(settings)
+    """Run in the foreground until SIGTERM or SIGINT, reloading on SIGHUP; ``sealroom serve``."""
+    app = App(settings, Notifier())
     received: list[int] = []
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
@@ -194,14 +474,23 @@ def serve(settings: Settings) -> int:
         received.append(signum)  # only record it: the main loop acts
 
     previous_fd = signal.set_wakeup_fd(wake_w.fileno())
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         app.start()
-        while not received:
+        stop_signal = None
+        while stop_signal is None:
             select.select([wake_r], [], [], 1.0)
             with contextlib.suppress(BlockingIOError):
                 wake_r.recv(512)
-        log.info("received %s", signal.Signals(received[0]).name)
+            pending: list[int] = []
+            while received:  # pop one by one: a handler may append between two steps
+                pending.append(received.pop(0))
+            stop_signal = next((sig for sig in pending if sig != signal.SIGHUP), None)
+            if stop_signal is None and signal.SIGHUP in pending:
+                log.info("received SIGHUP: reloading")
+                app.reload()  # several SIGHUPs that arrived together make one reload
+        log.info("received %s", signal.Signals(stop_signal).name)
         app.stop()
     finally:
         for sig, handler in previous.items():

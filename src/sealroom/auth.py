@@ -18,6 +18,7 @@ import hmac
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -85,6 +86,13 @@ class Authenticator:
         self._hasher = password_hasher(time_cost, memory_cost_kib, parallelism)
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._wait_s = wait_s
+        # The queue for argon2 slots, for status and metrics (a login is slow anyway: the
+        # lock around these numbers costs nothing next to one verification).
+        self._stats_lock = threading.Lock()
+        self.waiting = 0  # callers waiting for a slot right now
+        self.slots_taken = 0  # slots granted so far
+        self.wait_seconds = 0.0  # total time callers waited for them
+        self.busy = 0  # callers refused with server-busy after waiting wait_s
         # Nobody knows this password, so verifying against it always fails, at full cost.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
 
@@ -122,7 +130,18 @@ class Authenticator:
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
-        if not self._slots.acquire(timeout=self._wait_s):
+        started = time.monotonic()
+        with self._stats_lock:
+            self.waiting += 1
+        acquired = self._slots.acquire(timeout=self._wait_s)
+        with self._stats_lock:
+            self.waiting -= 1
+            if acquired:
+                self.slots_taken += 1
+                self.wait_seconds += time.monotonic() - started
+            else:
+                self.busy += 1
+        if not acquired:
             raise ServerBusy
         try:
             yield

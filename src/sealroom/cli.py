@@ -10,7 +10,10 @@ import argparse
 import getpass
 import json
 import os
+import secrets
+import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,10 +24,13 @@ from sealroom.app import serve
 from sealroom.auth import password_hasher
 from sealroom.certs import init_certs
 from sealroom.config import ConfigError, Settings, load_settings
+from sealroom.control import request as control_request
 from sealroom.errors import UserError
 from sealroom.logs import configure_logging
+from sealroom.observe import status_text
 from sealroom.store import AccountExists, Store, StoreError
-from sealroom.text import password_problem, user_name
+from sealroom.text import escape_for_log, password_problem, user_name
+from sealroom.tools import add_client_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -282,6 +288,74 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- operating a running server ----------------------------------------------------------------
+
+
+def _ask_server(args: argparse.Namespace, message: dict[str, object]) -> dict[str, object]:
+    path = _settings(args).control.socket
+    if path is None:
+        raise UserError("the control socket is turned off (control.socket: null)")
+    reply = control_request(path, message)
+    if not reply.get("ok"):
+        raise UserError(escape_for_log(str(reply.get("error", "the server refused"))))
+    return reply
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = _ask_server(args, {"command": "status"})
+    report.pop("ok", None)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for line in status_text(report):
+        print(escape_for_log(line))
+    return 0
+
+
+def cmd_kick(args: argparse.Namespace) -> int:
+    name = _canonical_name(args.name)
+    reply = _ask_server(args, {"command": "kick", "name": name, "reason": args.reason or ""})
+    print(f"kicked {name} ({reply.get('sessions', 0)} sessions closed)")
+    return 0
+
+
+def cmd_argon2_timing(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    params = settings.auth.argon2
+    hasher = password_hasher(params.time_cost, params.memory_cost_kib, params.parallelism)
+    durations = []
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        hasher.hash(secrets.token_urlsafe(16))
+        durations.append(time.perf_counter() - started)
+    median = statistics.median(durations)
+    slots = settings.auth.max_concurrent_verifications
+    print(
+        f"argon2id time_cost={params.time_cost} memory_cost_kib={params.memory_cost_kib} "
+        f"parallelism={params.parallelism}"
+    )
+    print(
+        f"one hash: {median * 1000:.0f} ms on this host "
+        f"(median of {args.rounds}, fastest {min(durations) * 1000:.0f} ms)"
+    )
+    print(
+        f"auth.max_concurrent_verifications={slots}: at most "
+        f"{slots * params.memory_cost_kib / 1024:.0f} MiB for argon2 at once, "
+        f"about {slots / median:.1f} password checks per second"
+    )
+    if median < 0.1:
+        print("advice: under 100 ms; raise time_cost (or memory_cost_kib) to slow guessing down")
+    elif median > 1.0:
+        print("advice: over 1 s; logins will feel slow and queue up: lower time_cost")
+    return 0
+
+
+def _rounds(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError("a number from 1 to 100")
+    return int(text)
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -310,6 +384,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
     command(commands, "serve", cmd_serve, "run the server in the foreground")
     command(commands, "check-config", cmd_check_config, "validate the configuration")
+    command(commands, "status", cmd_status, "what the running server is doing").add_argument(
+        "--json", action="store_true", help="machine-readable output"
+    )
+    kick = command(commands, "kick", cmd_kick, "disconnect every session of an account")
+    kick.add_argument("name", metavar="NAME")
+    kick.add_argument("--reason", metavar="TEXT", help="shown to the user in BYE")
+    timing = command(
+        commands,
+        "argon2-timing",
+        cmd_argon2_timing,
+        "time one password hash with the configured argon2 parameters on this host",
+    )
+    timing.add_argument(
+        "--rounds", type=_rounds, default=5, metavar="N", help="hashes to time (default: 5)"
+    )
 
     certs = commands.add_parser("certs", help="development certificates")
     certs_commands = certs.add_subparsers(metavar="COMMAND")
@@ -369,4 +458,5 @@ def _build_parser() -> argparse.ArgumentParser:
     command(users, "list", cmd_user_list, "list accounts").add_argument(
         "--json", action="store_true", help="machine-readable output"
     )
+    add_client_commands(commands, command)
     return parser

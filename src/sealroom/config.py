@@ -103,6 +103,7 @@ class HistorySettings:
     per_room: int = 1000
     private_per_user: int = 1000
     max_query: int = 500
+    rooms: bool = True  # store room messages at all (private messages are always stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,11 @@ class LogSettings:
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    socket: Path | None = Path("var/sealroom.sock")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,7 @@ class Settings:
     history: HistorySettings = field(default_factory=HistorySettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
     source: Path | None = None
 
 
@@ -429,7 +436,12 @@ _SCHEMA = _Section(
         ),
         "rooms": _Section({"default": _room, "allow_create": _boolean}),
         "history": _Section(
-            {"per_room": _integer(1), "private_per_user": _integer(1), "max_query": _integer(1)}
+            {
+                "per_room": _integer(1),
+                "private_per_user": _integer(1),
+                "max_query": _integer(1),
+                "rooms": _boolean,
+            }
         ),
         "log": _Section(
             {
@@ -438,6 +450,7 @@ _SCHEMA = _Section(
             }
         ),
         "metrics": _Section({"listen": _optional_address}),
+        "control": _Section({"socket": _path(optional=True)}),
     }
 )
 

@@ -52,6 +52,10 @@ class Hub:
         self._sessions: dict[str, list[Member]] = {}
         counter = itertools.count(1)
         self._next_id = next_id or (lambda: next(counter))
+        # MSG, DM and WALL lines queued to recipients, and their bytes: counted once per
+        # fan-out, under the lock the fan-out holds anyway (for status and metrics).
+        self.deliveries = 0
+        self.delivered_bytes = 0
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -164,7 +168,9 @@ class Hub:
             if room_name not in member.rooms:
                 raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room_name}")
             message_id = self._next_id()
-            self._send_locked(self._rooms[room_name], line, member)
+            room = self._rooms[room_name]
+            self._send_locked(room, line, member)
+            self._count_locked(len(room.members) - 1, line)
         return message_id
 
     def direct(self, sender: str, recipient: str, text: str) -> tuple[int, int]:
@@ -178,15 +184,21 @@ class Hub:
             sessions = self._sessions.get(recipient, ())
             for target in sessions:
                 target.outbox.push(line)
+            self._count_locked(len(sessions), line)
             return message_id, len(sessions)
 
     def wall(self, sender: str, text: str) -> int:
         line = encode_line("WALL", sender, text)
         with self._lock:
             members = list(self._all_members_locked())
+            self._count_locked(len(members), line)
         for target in members:
             target.outbox.push(line)
         return len(members)
+
+    def _count_locked(self, recipients: int, line: bytes) -> None:
+        self.deliveries += recipients
+        self.delivered_bytes += recipients * len(line)
 
     def _all_members_locked(self) -> Iterator[Member]:
         for sessions in self._sessions.values():

@@ -24,6 +24,20 @@ class _TextFormatter(logging.Formatter):
         return escape_for_log(super().format(record)).replace("\\x0a", "\n  ")
 
 
+# syslog priorities: journald reads a "<N>" prefix on each line of a service's stderr.
+_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+class _JournalFormatter(_TextFormatter):
+    """Text without a time (journald adds its own) and with the priority on every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelno
+        priority = 2 if level > logging.ERROR else _PRIORITIES.get(level - level % 10, 7)
+        prefix = f"<{priority}>"
+        return prefix + super().format(record).replace("\n", "\n" + prefix)
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -37,18 +51,46 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=True)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when it was set up."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always sys.stderr
+
+
+def logs_to_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is the journal stream systemd connected us to.
+
+    ``JOURNAL_STREAM`` names the device and inode of that stream; it is inherited by
+    processes whose stderr was redirected elsewhere, so the descriptor must match it.
+    """
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor behind it (StringIO)
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
 def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Send the ``sealroom`` loggers to stderr.
 
-    Under systemd (``JOURNAL_STREAM`` set) journald stamps each line, so text lines carry no
-    time of their own there.
+    When stderr is systemd's journal stream journald stamps each line, so text lines carry no
+    time of their own there, and a ``<N>`` prefix gives each line its priority.
     """
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     if fmt == "json":
         formatter: logging.Formatter = _JsonFormatter()
         formatter.converter = time.gmtime
-    elif os.environ.get("JOURNAL_STREAM"):
-        formatter = _TextFormatter("%(levelname)s %(name)s: %(message)s")
+    elif logs_to_journal(stream or sys.stderr):
+        formatter = _JournalFormatter("%(levelname)s %(name)s: %(message)s")
     else:
         formatter = _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
@@ -58,3 +100,8 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level, logging.INFO))
     root.propagate = False
+
+
+def set_level(level: str) -> None:
+    """Change the level of the ``sealroom`` loggers (a reload applies ``log.level``)."""
+    logging.getLogger("sealroom").setLevel(_LEVELS.get(level, logging.INFO))

@@ -146,6 +146,7 @@ class MessageLog:
         writer: HistoryWriter,
         *,
         private_quota: int,
+        store_rooms: bool = True,
         wall_clock: WallClock = _utc_now,
     ) -> None:
         """``hub`` must draw its message ids from a :class:`MessageIds` on ``store``."""
@@ -153,6 +154,7 @@ class MessageLog:
         self.hub = hub
         self.writer = writer
         self.private_quota = private_quota
+        self.store_rooms = store_rooms
         self._wall_clock = wall_clock
         # Delivery and "is the recipient online?" decisions are made under this lock, so a
         # message stored for an offline account cannot slip past a login happening meanwhile.
@@ -166,7 +168,10 @@ class MessageLog:
 
     def say(self, member: Member, room: str, text: str) -> int:
         message_id = self.hub.say(member, room, text)
-        self.writer.submit(StoredMessage(message_id, room, None, member.name, text, self.now()))
+        if self.store_rooms:
+            self.writer.submit(
+                StoredMessage(message_id, room, None, member.name, text, self.now())
+            )
         return message_id
 
     def room_history(self, room: str, limit: int) -> list[StoredMessage]:

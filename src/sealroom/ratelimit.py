@@ -42,6 +42,13 @@ class TokenBucket:
             return 0.0
         return (cost - self._tokens) / self.rate
 
+    def reconfigure(self, rate: float, burst: float, now: float) -> None:
+        """Change rate and burst, keeping the tokens earned so far (at most ``burst``)."""
+        self._refill(now)
+        self.rate = rate
+        self.burst = burst
+        self._tokens = min(self._tokens, burst)
+
     def is_full(self, now: float) -> bool:
         elapsed = max(0.0, now - self._stamp)
         return self._tokens + elapsed * self.rate >= self.burst
@@ -66,6 +73,7 @@ class KeyedBuckets:
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
+        self.rejected = 0  # takes refused so far (for status and metrics)
 
     def take(self, key: str, cost: float = 1.0) -> float:
         """Spend from ``key``'s bucket: 0.0 if allowed, else seconds to wait."""
@@ -75,10 +83,28 @@ class KeyedBuckets:
                 if len(self._buckets) >= self.max_keys:
                     self._sweep_locked(self._clock())
                     if len(self._buckets) >= self.max_keys:
+                        self.rejected += 1
                         return 1.0 / self.rate
                 bucket = TokenBucket(self.rate, self.burst, self._clock)
                 self._buckets[key] = bucket
-            return bucket.take(cost)
+            wait = bucket.take(cost)
+            if wait:
+                self.rejected += 1
+            return wait
+
+    def reconfigure(self, rate: float, burst: float, max_keys: int) -> None:
+        """New parameters, for every key at once (a configuration reload).
+
+        Existing buckets keep their tokens, capped at the new burst, so a reload neither
+        hands out a fresh burst to everyone nor punishes anyone.
+        """
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("keyed buckets need rate > 0, burst >= 1 and max_keys >= 1")
+        with self._lock:
+            now = self._clock()
+            for bucket in self._buckets.values():
+                bucket.reconfigure(rate, burst, now)
+            self.rate, self.burst, self.max_keys = rate, burst, max_keys
 
     def sweep(self) -> int:
         """Forget buckets that have refilled; called from housekeeping. Returns keys kept."""

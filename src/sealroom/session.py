@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sealroom import PROTOCOL_VERSION
 from sealroom.auth import Authenticator, ResumeTokens
 from sealroom.config import Settings
+from sealroom.counters import Counters
 from sealroom.errors import ErrorCode, ProtocolError
 from sealroom.hub import Hub, Member
 from sealroom.messages import MessageLog
@@ -52,6 +53,7 @@ class Services:
     tokens: ResumeTokens
     login_buckets: KeyedBuckets
     clock: Clock
+    counters: Counters = field(default_factory=Counters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,7 @@ class Session:
         if command.rate_limited and self.member is not None:
             wait = self._messages.take()
             if wait:
+                self.services.counters.messages_rate_limited += 1
                 raise ProtocolError(ErrorCode.RATE_LIMITED, retry_after_text(wait))
         return command.handler(self, request)
 
@@ -290,11 +293,13 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
     if account is not None and client_ca is not None and session.client_cn != account.name:
         account = None
     if account is None:
+        services.counters.logins_failed += 1
         log.info("%s: login failed for %r", session.describe(), escape_for_log(raw_name[:64]))
         raise ProtocolError(ErrorCode.AUTH_FAILED, "wrong name or password")
     member = Member(account.name, session.outbox, is_admin=account.is_admin)
     session.member = member
     stored = services.messages.attach_and_claim(member, session.outbox.limit // 4)
+    services.counters.logins_ok += 1
     log.info("%s: logged in", session.describe())
     default = services.settings.rooms.default
     reply = encode_line("OK", "login", account.name, default)
@@ -302,7 +307,7 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
         services.hub.join(member, default, reply)
         session.current_room = default
     except ProtocolError as error:
-        log.warning("%s: could not join %s: %s", session.describe(), default, error.text)
+        log.info("%s: could not join %s: %s", session.describe(), default, error.text)
         session.push_line(f"OK login {account.name}")
     session.deliver_stored(stored)
     return None
@@ -327,6 +332,7 @@ def _say(session: Session, room: str, text: str) -> Reply:
     if not text.strip():
         raise ProtocolError(ErrorCode.BAD_ARGUMENT, "empty message")
     message_id = session.services.messages.say(session.require_member(), room, text)
+    session.services.counters.messages_room += 1
     return f"OK say {room} {message_id}"
 
 
@@ -352,6 +358,7 @@ def cmd_msg(session: Session, request: Request) -> Reply:
         raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {recipient}")
     sender = session.require_member().name
     message_id = services.messages.send_private(sender, recipient, text)
+    services.counters.messages_private += 1
     return f"OK msg {recipient} {message_id}"
 
 

@@ -356,7 +356,7 @@ class Store:
             conn.execute(
                 "DELETE FROM resume_tokens WHERE account = ? AND (expires_at <= ? OR digest IN ("
                 " SELECT digest FROM resume_tokens WHERE account = ?"
-                " ORDER BY expires_at DESC LIMIT -1 OFFSET ?))",
+                " ORDER BY expires_at DESC, rowid DESC LIMIT -1 OFFSET ?))",
                 (name, now, name, MAX_TOKENS_PER_ACCOUNT),
             )
 
