@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 60
 SOAK_MINUTES ?= 5
 SSLYZE_VENV := .venv-sslyze
 
-.PHONY: run test lint typecheck clean system-deps fuzz scan soak
+.PHONY: run test lint typecheck clean system-deps fuzz scan soak bench
 
 # Debian packages the tests use (openssl for s_client); installed only when missing.
 system-deps:
@@ -66,6 +66,11 @@ scan: $(VENV)/.installed
 # come back near the baseline.
 soak: $(VENV)/.installed
 	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES)
+
+# The benchmark suite against servers it starts; figures in docs/benchmarks.md.
+bench: $(VENV)/.installed
+	@mkdir -p var
+	$(BIN)/python -m bench --json var/bench.json
 
 clean:
 	rm -rf $(VENV) $(SSLYZE_VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
