@@ -14,8 +14,9 @@ Two paths with two promises:
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ ID_BLOCK = 1000  # ids reserved per durable write; a crash skips at most this ma
 QUEUE_LIMIT = 10_000  # room messages waiting for the writer (about 5 MB at worst)
 BATCH_LIMIT = 500  # messages per group commit
 SUBMIT_WAIT_S = 1.0  # a full queue makes the *publisher* wait this long, then drops history
+COMMIT_INTERVAL_S = 0.05  # how long accepted room messages gather before one commit
 PENDING_BATCH = 100  # stored private messages claimed and delivered at a time
 HIST_OVERHEAD = 120  # bytes a HIST line adds to its text: names, id, time
 
@@ -57,16 +59,21 @@ class MessageIds:
 
 
 class HistoryWriter:
-    """A thread that commits accepted messages in batches from a bounded queue."""
+    """A thread that commits accepted messages in batches, off the fan-out path.
+
+    Publishers append to a deque (atomic, no lock) and wake the writer only when the deque
+    was empty or a batch is full; the writer then lets messages gather for
+    ``COMMIT_INTERVAL_S`` and commits them in one transaction. Waking a thread per message
+    would cost more CPU than the message itself.
+    """
 
     def __init__(self, path: Path, per_room: int, per_user: int) -> None:
         self._store = Store(path)
         self.per_room = per_room
         self.per_user = per_user
-        self._queue: queue.Queue[StoredMessage | None] = queue.Queue(QUEUE_LIMIT)
-        self._cond = threading.Condition()
-        self._submitted = 0
-        self._committed = 0
+        self._pending: deque[StoredMessage | threading.Event] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="history writer", daemon=True)
 
@@ -76,64 +83,79 @@ class HistoryWriter:
     @property
     def lag(self) -> int:
         """Messages accepted but not yet committed."""
-        return self._submitted - self._committed
+        return len(self._pending)
 
     def submit(self, message: StoredMessage) -> None:
-        try:
-            self._queue.put(message, timeout=SUBMIT_WAIT_S)
-        except queue.Full:
+        if len(self._pending) >= QUEUE_LIMIT and not self._wait_for_room():
             self.dropped += 1
             log.warning("history writer is behind: message %d not stored", message.id)
             return
-        with self._cond:
-            self._submitted += 1
+        was_empty = not self._pending
+        self._pending.append(message)
+        if was_empty or len(self._pending) >= BATCH_LIMIT:
+            self._wake.set()
+
+    def _wait_for_room(self) -> bool:
+        """The disk is behind: the *publisher* waits a little (never the fan-out)."""
+        self._wake.set()
+        deadline = time.monotonic() + SUBMIT_WAIT_S
+        while len(self._pending) >= QUEUE_LIMIT:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything submitted so far is committed (for ``/history``)."""
-        with self._cond:
-            target = self._submitted
-            return self._cond.wait_for(lambda: self._committed >= target, timeout)
+        if not self._thread.is_alive():
+            return not self._pending
+        marker = threading.Event()
+        self._pending.append(marker)
+        self._wake.set()
+        return marker.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then end the thread and close its connection."""
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._stopping = True
+            self._wake.set()
             self._thread.join(timeout)
         self._store.close()
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            # The timeout only bounds a wake-up lost to a race between two publishers.
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if len(self._pending) < BATCH_LIMIT and not self._stopping:
+                time.sleep(COMMIT_INTERVAL_S)  # let a batch gather
+            stopping = self._stopping
+            self._drain()
+            if stopping:
+                return
+
+    def _drain(self) -> None:
+        while self._pending:
             batch: list[StoredMessage] = []
-            stop = first is None
-            if first is not None:
-                batch.append(first)
-            while not stop and len(batch) < BATCH_LIMIT:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+            marker = None
+            while self._pending and len(batch) < BATCH_LIMIT:
+                item = self._pending.popleft()
+                if isinstance(item, threading.Event):
+                    marker = item
                     break
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
+                batch.append(item)
             if batch:
                 self._commit(batch)
-            if stop:
-                return
+            if marker is not None:
+                marker.set()  # everything submitted before the flush is committed
 
     def _commit(self, batch: list[StoredMessage]) -> None:
         try:
-            self._store.add_messages(batch)
-            for room in {m.room for m in batch if m.room is not None}:
-                self._store.prune_room(room, self.per_room)
-            for recipient in {m.recipient for m in batch if m.recipient is not None}:
-                self._store.prune_private(recipient, self.per_user)
+            self._store.add_messages(
+                batch, keep_per_room=self.per_room, keep_per_recipient=self.per_user
+            )
         except Exception:
             log.exception("history writer could not store %d messages", len(batch))
-        with self._cond:
-            self._committed += len(batch)
-            self._cond.notify_all()
 
 
 class MessageLog:

@@ -108,6 +108,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 MAX_TOKENS_PER_ACCOUNT: Final = 20  # older tokens of the account are dropped beyond this
 
+_PRUNE_ROOM: Final = (
+    "DELETE FROM messages WHERE room = ? AND id < ("
+    " SELECT coalesce(min(id), 0) FROM ("
+    "  SELECT id FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?))"
+)
+_PRUNE_PRIVATE: Final = (
+    "DELETE FROM messages WHERE recipient = ? AND delivered = 1 AND id < ("
+    " SELECT coalesce(min(id), 0) FROM ("
+    "  SELECT id FROM messages WHERE recipient = ? AND delivered = 1"
+    "  ORDER BY id DESC LIMIT ?))"
+)
+
 _MESSAGE_COLUMNS: Final = "id, room, recipient, sender, body, created_at"
 
 _ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login"
@@ -405,8 +417,16 @@ class Store:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def add_messages(self, messages: Sequence[StoredMessage], *, delivered: bool = True) -> None:
-        """Store messages in one transaction (the history writer's group commit)."""
+    def add_messages(
+        self,
+        messages: Sequence[StoredMessage],
+        *,
+        delivered: bool = True,
+        keep_per_room: int | None = None,
+        keep_per_recipient: int | None = None,
+    ) -> None:
+        """Store messages in one transaction (the history writer's group commit), and in the
+        same transaction trim the rooms and recipients they touch to their retention."""
         rows = [
             (m.id, m.room, m.recipient, m.sender, m.body, m.created_at, int(delivered))
             for m in messages
@@ -418,27 +438,22 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            if keep_per_room is not None:
+                for room in {m.room for m in messages if m.room is not None}:
+                    conn.execute(_PRUNE_ROOM, (room, room, keep_per_room))
+            if keep_per_recipient is not None:
+                for name in {m.recipient for m in messages if m.recipient is not None}:
+                    conn.execute(_PRUNE_PRIVATE, (name, name, keep_per_recipient))
 
     def prune_room(self, room: str, keep: int) -> int:
         """Delete all but the newest ``keep`` messages of ``room``; returns how many went."""
         with self._transaction() as conn:
-            return conn.execute(
-                "DELETE FROM messages WHERE room = ? AND id < ("
-                " SELECT coalesce(min(id), 0) FROM ("
-                "  SELECT id FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?))",
-                (room, room, keep),
-            ).rowcount
+            return conn.execute(_PRUNE_ROOM, (room, room, keep)).rowcount
 
     def prune_private(self, recipient: str, keep: int) -> int:
         """Delete all but the newest ``keep`` delivered private messages to ``recipient``."""
         with self._transaction() as conn:
-            return conn.execute(
-                "DELETE FROM messages WHERE recipient = ? AND delivered = 1 AND id < ("
-                " SELECT coalesce(min(id), 0) FROM ("
-                "  SELECT id FROM messages WHERE recipient = ? AND delivered = 1"
-                "  ORDER BY id DESC LIMIT ?))",
-                (recipient, recipient, keep),
-            ).rowcount
+            return conn.execute(_PRUNE_PRIVATE, (recipient, recipient, keep)).rowcount
 
     def room_history(self, room: str, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages of ``room``, oldest first."""
