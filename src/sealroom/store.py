@@ -17,6 +17,7 @@ schema by the same path.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -108,6 +109,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 MAX_TOKENS_PER_ACCOUNT: Final = 20  # older tokens of the account are dropped beyond this
 
+_INSERT_BATCH: Final = (
+    "INSERT OR IGNORE INTO messages (id, room, recipient, sender, body, created_at, delivered)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
+    " json_extract(value, '$[5]'), ? FROM json_each(?)"
+)
 _PRUNE_ROOM: Final = (
     "DELETE FROM messages WHERE room = ? AND id < ("
     " SELECT coalesce(min(id), 0) FROM ("
@@ -427,17 +434,13 @@ class Store:
     ) -> None:
         """Store messages in one transaction (the history writer's group commit), and in the
         same transaction trim the rooms and recipients they touch to their retention."""
-        rows = [
-            (m.id, m.room, m.recipient, m.sender, m.body, m.created_at, int(delivered))
-            for m in messages
-        ]
+        # One statement for the whole batch: executemany would release and re-take the GIL
+        # around every row, and each release hands the GIL to another connection thread.
+        rows = json.dumps(
+            [(m.id, m.room, m.recipient, m.sender, m.body, m.created_at) for m in messages]
+        )
         with self._transaction() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO messages"
-                " (id, room, recipient, sender, body, created_at, delivered)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            conn.execute(_INSERT_BATCH, (int(delivered), rows))
             if keep_per_room is not None:
                 for room in {m.room for m in messages if m.room is not None}:
                     conn.execute(_PRUNE_ROOM, (room, room, keep_per_room))
