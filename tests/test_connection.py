@@ -111,3 +111,20 @@ def test_graceful_shutdown_says_bye(make_server: ServerFactory) -> None:
     assert waiting.closed()[-1] == "BYE shutting-down"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+def test_sessions_resume_until_the_ticket_key_is_renewed(server: Server) -> None:
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    first = Client(server.port, server.ca_file, context=ctx)
+    ticket = first.sock.session  # arrived with the HELLO line
+    first.close()
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    again = ctx.wrap_socket(raw, server_hostname="localhost", session=ticket)
+    assert again.session_reused
+    again.close()
+    server.app.renew_ticket_key()
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    after = ctx.wrap_socket(raw, server_hostname="localhost", session=ticket)
+    assert not after.session_reused  # the old key is gone: a full handshake
+    after.close()

@@ -52,6 +52,7 @@ from sealroom.tls import build_server_context
 
 log = logging.getLogger("sealroom")
 
+TICKET_KEY_LIFETIME_S = 24 * 3600  # the TLS context (and its ticket key) is rebuilt daily
 HOUSEKEEPING_INTERVAL_S = 0.5  # account changes from the CLI must reach sessions within 2 s
 THREAD_STACK_BYTES = 512 * 1024  # a connection thread needs little; 8 MiB default is waste
 MAX_KICK_REASON = 200  # characters of an operator's kick reason
@@ -67,6 +68,7 @@ class App:
         self.notifier = Notifier({}) if notifier is None else notifier
         self.started_at = datetime.now(UTC)
         self._started = time.monotonic()
+        self._context_built = self._started
         clock = time.monotonic
         limits, rate = settings.limits, settings.rate
         context = build_server_context(
@@ -188,6 +190,8 @@ class App:
                 self.apply_account_changes()
                 self.shared.services.login_buckets.sweep()
                 self.shared.admission.buckets.sweep()
+                if time.monotonic() - self._context_built >= TICKET_KEY_LIFETIME_S:
+                    self.renew_ticket_key()
             except Exception:
                 log.exception("housekeeping failed")
             self._tend_service_manager()
@@ -213,6 +217,20 @@ class App:
         if status != self._last_status:
             self._last_status = status
             self.notifier.status(status)
+
+    def renew_ticket_key(self) -> None:
+        """Rebuild the TLS context from the running settings: a fresh context has a fresh
+        session-ticket key, so a stolen key can decrypt at most a day of resumed sessions.
+        Tickets issued before stop resuming; those clients do one full handshake."""
+        tls = self.settings.tls
+        try:
+            context = build_server_context(tls.cert, tls.key, tls.client_ca, tls.profile)
+        except (UserError, ValueError) as error:
+            log.warning("could not renew the session-ticket key (the old one stays): %s", error)
+            return
+        self.shared.context = context
+        self._context_built = time.monotonic()
+        log.info("renewed the TLS session-ticket key")
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -288,6 +306,7 @@ class App:
         # timeouts, message and error buckets); every new connection gets the new ones.
         shared.services = dataclasses.replace(services, settings=settings)
         shared.context = context  # the next accepted connection handshakes with it
+        self._context_built = time.monotonic()  # and it brings a new session-ticket key
         self.settings = settings
 
     # -- status, metrics and the control channel ---------------------------------------------
