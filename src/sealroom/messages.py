@@ -191,9 +191,7 @@ class MessageLog:
     def say(self, member: Member, room: str, text: str) -> int:
         message_id = self.hub.say(member, room, text)
         if self.store_rooms:
-            self.writer.submit(
-                StoredMessage(message_id, room, None, member.name, text, self.now())
-            )
+            self.writer.submit(StoredMessage(message_id, room, None, member.name, text, self.now()))
         return message_id
 
     def room_history(self, room: str, limit: int) -> list[StoredMessage]:
