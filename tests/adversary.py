@@ -112,19 +112,7 @@ class SourcedClient(Client):
     """The tests' line client, connecting from a chosen loopback address."""
 
     def __init__(self, server: Server, source: str, timeout: float = 5.0) -> None:
-        ctx = ssl.create_default_context(cafile=str(server.ca_file))
-        raw = raw_connection(server.port, source, timeout)
-        try:
-            self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
-        except BaseException:
-            raw.close()
-            raise
-        self._buf = b""
-        try:
-            self.hello = self.line()
-        except BaseException:
-            self.sock.close()
-            raise
+        super().__init__(server.port, server.ca_file, timeout=timeout, source=source)
 
 
 def closed_by_server(sock: socket.socket, timeout: float) -> bool:

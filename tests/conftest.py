@@ -119,9 +119,11 @@ class Client:
         host: str = "127.0.0.1",
         context: ssl.SSLContext | None = None,
         timeout: float = 5.0,
+        source: str | None = None,
     ) -> None:
         ctx = context or ssl.create_default_context(cafile=str(ca_file))
-        raw = socket.create_connection((host, port), timeout=timeout)
+        source_address = (source, 0) if source else None
+        raw = socket.create_connection((host, port), timeout=timeout, source_address=source_address)
         try:
             self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
         except BaseException:
