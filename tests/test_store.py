@@ -287,25 +287,6 @@ def test_iso_utc() -> None:
 # -- change detection and concurrency -----------------------------------------------------
 
 
-def test_data_version_sees_commits_from_another_connection(db_path: Path) -> None:
-    with Store(db_path) as server, Store(db_path) as cli:
-        before = server.data_version()
-        server.list_accounts()
-        server.get_account("alice")
-        assert server.data_version() == before  # own reads
-        server.add_account("bob", "hash-b")
-        assert server.data_version() == before  # own writes
-        cli.add_account("alice", "hash-a")
-        after = server.data_version()
-        assert after != before
-        assert server.data_version() == after  # stable until the next foreign commit
-        cli.set_enabled("alice", False)
-        assert server.data_version() != after
-        account = server.get_account("alice")
-        assert account is not None
-        assert not account.enabled
-
-
 def test_one_store_from_many_threads(store: Store) -> None:
     errors: list[BaseException] = []
     start = threading.Barrier(8, timeout=30)

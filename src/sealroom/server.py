@@ -17,7 +17,7 @@ import socketserver
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sealroom.admission import Admission
@@ -91,7 +91,6 @@ class Shared:
     registry: Registry
     context: ssl.SSLContext
     handshake_failures: int = 0
-    stats: dict[str, int] = field(default_factory=dict)
 
 
 class SealroomServer(socketserver.ThreadingMixIn, socketserver.TCPServer):

@@ -5,10 +5,10 @@ in WAL mode (readers never block the writer) with a busy timeout, and every writ
 explicit ``BEGIN IMMEDIATE`` transaction: a writer takes the write lock up front instead of
 failing half way through when it tries to upgrade a read lock.
 
-One connection serves every thread of a process, behind one lock. SQLite serialises writers
-per file anyway, and a single connection keeps ``PRAGMA data_version`` meaningful: it
-changes exactly when another process (the CLI) has committed, which is how the server
-notices account changes without a restart.
+One connection serves every thread of a process, behind one lock (the history writer has
+its own); SQLite serialises writers per file anyway. Triggers count account changes in
+``meta.accounts_version``, which is how the server notices what the CLI changed without a
+restart.
 
 The schema grows by appending steps to ``MIGRATIONS``; ``PRAGMA user_version`` records how
 many have run. Steps already released are never edited, so every database reaches the same
@@ -389,17 +389,11 @@ class Store:
 
     # -- change detection -----------------------------------------------------------------
 
-    def data_version(self) -> int:
-        """A number that changes whenever another connection commits to the file."""
-        with self._connection() as conn:
-            (version,) = conn.execute("PRAGMA data_version").fetchone()
-        return int(version)
-
     def accounts_version(self) -> int:
         """A counter that triggers bump on every disable, enable, password change and removal.
 
-        The server polls it to apply CLI changes to live sessions; unlike ``data_version`` it
-        ignores the message traffic that the server's own history writer commits.
+        The server polls it to apply CLI changes to live sessions. (``PRAGMA data_version``
+        would also change with every batch the server's own history writer commits.)
         """
         with self._connection() as conn:
             (version,) = conn.execute(
@@ -447,16 +441,6 @@ class Store:
             if keep_per_recipient is not None:
                 for name in {m.recipient for m in messages if m.recipient is not None}:
                     conn.execute(_PRUNE_PRIVATE, (name, name, keep_per_recipient))
-
-    def prune_room(self, room: str, keep: int) -> int:
-        """Delete all but the newest ``keep`` messages of ``room``; returns how many went."""
-        with self._transaction() as conn:
-            return conn.execute(_PRUNE_ROOM, (room, room, keep)).rowcount
-
-    def prune_private(self, recipient: str, keep: int) -> int:
-        """Delete all but the newest ``keep`` delivered private messages to ``recipient``."""
-        with self._transaction() as conn:
-            return conn.execute(_PRUNE_PRIVATE, (recipient, recipient, keep)).rowcount
 
     def room_history(self, room: str, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages of ``room``, oldest first."""
