@@ -44,7 +44,7 @@ from sealroom.reload import (
     check_certificate_dates,
     effective_settings,
 )
-from sealroom.server import Registry, SealroomServer, Shared
+from sealroom.server import Reactor, Registry, SealroomServer, Shared
 from sealroom.session import Services
 from sealroom.store import Store
 from sealroom.text import has_forbidden_chars, user_name
@@ -111,7 +111,7 @@ class App:
             clock=clock,
             max_tracked_addresses=limits.max_tracked_addresses,
         )
-        self.shared = Shared(services, admission, Registry(), context)
+        self.shared = Shared(services, admission, Registry(), context, Reactor())
         self.counters = services.counters
         self.certificate: Validity | None = _startup_certificate(settings)
         self.reloads = {"ok": 0, "failed": 0}
@@ -152,6 +152,8 @@ class App:
         _raise_fd_limit()
         threading.stack_size(THREAD_STACK_BYTES)
         self.writer.start()
+        if self.shared.reactor is not None:
+            self.shared.reactor.start()
         for server in self.servers:
             thread = threading.Thread(
                 target=server.serve_forever,
@@ -204,7 +206,10 @@ class App:
         interval = self.notifier.watchdog_interval
         if interval is not None and now >= self._next_watchdog:
             # A listener that stopped turning is a wedged server: let the watchdog fire.
-            stale = [s.bound for s in self.servers if now - s.heartbeat > max(interval, 1.5)]
+            loops = [(s.bound, s.heartbeat) for s in self.servers]
+            if self.shared.reactor is not None:
+                loops.append(("reactor", self.shared.reactor.heartbeat))
+            stale = [name for name, beat in loops if now - beat > max(interval, 1.5)]
             if stale and not self._stuck:
                 log.error("serving loop of %s is stuck; not feeding the watchdog", stale)
             elif not stale:
@@ -422,6 +427,8 @@ class App:
             log.warning("%d connections did not close in %.0fs; forcing", len(registry), grace)
             registry.force_close()
             registry.wait_empty(1.0)
+        if self.shared.reactor is not None:
+            self.shared.reactor.stop()
         for thread in self._threads:
             thread.join(timeout=2.0)
         for thread in (*ending, *self._side_threads) if self._side_threads else ():
@@ -434,6 +441,8 @@ class App:
         for side in (self.control, self.metrics):
             if side is not None:
                 side.server_close()
+        if self.shared.reactor is not None:
+            self.shared.reactor.stop()
         self.writer.stop()  # commits what is queued
         self.store.close()
         self.notifier.close()

@@ -8,6 +8,7 @@ reply, pushed whole so no event can fall between a reply's data lines and its la
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,17 @@ class Command:
     login: bool = True
     admin: bool = False
     rate_limited: bool = True
+    # May block for milliseconds (argon2, a SQLite read or commit): never run on the reactor,
+    # where it would hold up every connection it owns.
+    blocking: bool = False
+
+
+class Pending(enum.Enum):
+    """Why :meth:`Session.process` stopped."""
+
+    NOTHING = "nothing"  # every complete line is handled
+    BACKLOG = "backlog"  # replies pile up unread: handle the rest once they drain
+    BLOCKING = "blocking"  # the next line blocks; run it on a thread of its own
 
 
 class Session:
@@ -93,6 +105,7 @@ class Session:
         self.member: Member | None = None
         self.current_room: str | None = None
         self._in_delivery: set[int] = set()  # stored messages queued but not yet written
+        self._held: bytes | None = None  # a blocking line that ``process(inline=True)`` left
 
     @property
     def name(self) -> str | None:
@@ -119,12 +132,20 @@ class Session:
         """False while our own replies are piling up unread: stop reading, not drop."""
         return self.outbox.closing is None and self.outbox.size < self._high_water
 
-    def process(self) -> None:
-        """Handle buffered lines while the client keeps up with the replies."""
+    def process(self, *, inline: bool = False) -> Pending:
+        """Handle buffered lines while the client keeps up with the replies.
+
+        ``inline``: the caller must not block (the reactor), so stop before a blocking
+        request and keep it for the next call, which its own thread makes.
+        """
         while self.wants_input:
-            event = self._lines.next_event()
+            event = self._held or self._lines.next_event()
+            self._held = None
             if event is None:
-                return
+                return Pending.NOTHING
+            if inline and isinstance(event, bytes) and _blocks(event):
+                self._held = event
+                return Pending.BLOCKING
             self._last_activity = self.services.clock()
             if event is Framing.LINE_TOO_LONG:
                 limit = self.services.settings.limits.max_line_bytes
@@ -133,6 +154,7 @@ class Session:
                 )
             elif event:
                 self._handle_line(event)
+        return Pending.BACKLOG
 
     def check_timeouts(self) -> float:
         """Close the session if a deadline passed; returns the next deadline."""
@@ -461,6 +483,7 @@ COMMANDS: dict[str, Command] = {
         "log in",
         login=False,
         rate_limited=False,
+        blocking=True,
     ),
     "join": Command(Syntax("/join #ROOM", 1), cmd_join, "join a room; it becomes current"),
     "part": Command(Syntax("/part [#ROOM]", 0, 1), cmd_part, "leave a room (default: current)"),
@@ -473,25 +496,35 @@ COMMANDS: dict[str, Command] = {
         Syntax("TEXT", rest=Rest.REQUIRED), cmd_say_current, "send TEXT to the current room"
     ),
     "msg": Command(
-        Syntax("/msg NAME TEXT", 1, rest=Rest.REQUIRED), cmd_msg, "private message to NAME"
+        Syntax("/msg NAME TEXT", 1, rest=Rest.REQUIRED),
+        cmd_msg,
+        "private message to NAME",
+        blocking=True,
     ),
     "history": Command(
         Syntax("/history #ROOM|NAME [N]", 1, 1),
         cmd_history,
         "the last N messages of a room or of your conversation with NAME",
+        blocking=True,
     ),
     "who": Command(Syntax("/who [#ROOM]", 0, 1), cmd_who, "members of a room"),
     "rooms": Command(Syntax("/rooms"), cmd_rooms, "rooms you are in"),
-    "token": Command(Syntax("/token"), cmd_token, "a resume token for this account"),
+    "token": Command(
+        Syntax("/token"), cmd_token, "a resume token for this account", blocking=True
+    ),
     "resume": Command(
         Syntax("/resume NAME TOKEN", 2),
         cmd_resume,
         "log in with a resume token",
         login=False,
         rate_limited=False,
+        blocking=True,
     ),
     "passwd": Command(
-        Syntax("/passwd OLD NEW", 1, rest=Rest.REQUIRED), cmd_passwd, "change your password"
+        Syntax("/passwd OLD NEW", 1, rest=Rest.REQUIRED),
+        cmd_passwd,
+        "change your password",
+        blocking=True,
     ),
     "ping": Command(
         Syntax("/ping [TOKEN]", rest=Rest.OPTIONAL), cmd_ping, "liveness check", login=False
@@ -509,6 +542,7 @@ COMMANDS: dict[str, Command] = {
         cmd_kick,
         "admins: disconnect all of NAME's sessions",
         admin=True,
+        blocking=True,
     ),
     "wall": Command(
         Syntax("/wall TEXT", rest=Rest.REQUIRED),
@@ -517,3 +551,17 @@ COMMANDS: dict[str, Command] = {
         admin=True,
     ),
 }
+
+_BLOCKING_VERBS = frozenset(verb.encode() for verb, command in COMMANDS.items() if command.blocking)
+
+
+def _blocks(raw: bytes) -> bool:
+    """Whether the request on this raw line may block, judged before it is validated.
+
+    A guess on the safe side: a verb that is not plain ASCII might still lower-case to a
+    blocking one (``str.lower`` maps the Kelvin sign to ``k``), so it counts as blocking.
+    """
+    if not raw.startswith(b"/") or raw.startswith(b"//"):
+        return False
+    verb = raw[1:].split(b" ", 1)[0]
+    return not verb.isascii() or verb.lower() in _BLOCKING_VERBS
