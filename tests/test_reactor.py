@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -19,8 +19,8 @@ import pytest
 from conftest import Client, Server, ServerFactory
 from sealroom.config import settings_from_mapping
 from sealroom.outbox import Outbox
-from sealroom.session import Pending, Services, Session
 from sealroom.server import Reactor
+from sealroom.session import Pending, Services, Session
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:

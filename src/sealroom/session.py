@@ -509,9 +509,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "who": Command(Syntax("/who [#ROOM]", 0, 1), cmd_who, "members of a room"),
     "rooms": Command(Syntax("/rooms"), cmd_rooms, "rooms you are in"),
-    "token": Command(
-        Syntax("/token"), cmd_token, "a resume token for this account", blocking=True
-    ),
+    "token": Command(Syntax("/token"), cmd_token, "a resume token for this account", blocking=True),
     "resume": Command(
         Syntax("/resume NAME TOKEN", 2),
         cmd_resume,
