@@ -27,7 +27,12 @@ TICKS = os.sysconf("SC_CLK_TCK")
 BENCH_CONFIG: dict[str, Any] = {
     "listen": ["127.0.0.1:0"],
     "auth": {"argon2": CHEAP_ARGON2},
-    "limits": {"max_connections_per_ip": 20000, "idle_timeout_s": 3600, "login_timeout_s": 600},
+    "limits": {
+        "max_connections": 20000,
+        "max_connections_per_ip": 20000,
+        "idle_timeout_s": 3600,
+        "login_timeout_s": 600,
+    },
     "rate": {
         "messages": {"rate": 1e6, "burst": 1e6},
         "logins_per_ip": {"rate": 1e6, "burst": 1e6},

@@ -23,7 +23,7 @@ class Sizes:
     saturated_messages: int = 10000  # per publisher
     steady_rate: float = 10_000.0  # deliveries per second
     steady_seconds: float = 10.0
-    idle_connections: int = 5000
+    idle_connections: int = 10000  # RSS is also measured at half of them
     handshakes: int = 400
     storm_accounts: int = 5000
     flood_connections: int = 100
@@ -149,10 +149,12 @@ CAPPED_LOBBY = {"limits": {"max_room_members": 50}}
 
 
 def idle_connections(sizes: Sizes) -> dict[str, Any]:
+    """Log in half the connections and measure, then the other half and measure again."""
     with workspace() as space:
         space.configure(CAPPED_LOBBY)
         names = [f"idle{i}" for i in range(sizes.idle_connections)]
         space.add_accounts(names)
+        halves = [names[: len(names) // 2], names[len(names) // 2 :]]
         with server(space) as proc:
             warm = loadgen.Line(proc.port, loadgen.client_context(space.ca))  # warm the caches
             warm.login(names[0], PASSWORD)
@@ -160,27 +162,33 @@ def idle_connections(sizes: Sizes) -> dict[str, Any]:
             time.sleep(0.5)
             rss0, threads0 = proc.rss_kib(), proc.threads()
             ready, release = mp.Queue(), mp.Event()
-            groups = [names[i::4] for i in range(4)]
-            workers = [
-                loadgen.spawn(loadgen.idle_holder, proc.port, space.ca, g, PASSWORD, ready, release)
-                for g in groups
-                if g
-            ]
+            workers, durations, rss, threads = [], [], [], []
             t0 = time.monotonic()
-            durations = _collect(ready, len(workers))
-            elapsed = time.monotonic() - t0
-            time.sleep(1.0)  # let every connection settle into its idle poll
-            rss1, threads1 = proc.rss_kib(), proc.threads()
+            for half in halves:
+                groups = [g for g in (half[i::4] for i in range(4)) if g]
+                workers += [
+                    loadgen.spawn(
+                        loadgen.idle_holder, proc.port, space.ca, g, PASSWORD, ready, release
+                    )
+                    for g in groups
+                ]
+                durations += _collect(ready, len(groups))
+                time.sleep(1.0)  # let every connection settle
+                rss.append(proc.rss_kib())
+                threads.append(proc.threads())
+            elapsed = time.monotonic() - t0 - len(halves)
             release.set()
             for worker in workers:
                 worker.join(60)
             wait_for(lambda: proc.threads() <= threads0 + 2, 30, 0.1)
             rss_after = proc.rss_kib()
+    first = len(halves[0])
     return {
         "connections": sizes.idle_connections,
-        "rss_kib_per_connection": round((rss1 - rss0) / sizes.idle_connections, 2),
-        "server_rss_mib": round(rss1 / 1024, 1),
-        "threads": threads1,
+        f"rss_kib_per_connection_at_{first}": round((rss[0] - rss0) / first, 2),
+        "rss_kib_per_connection": round((rss[1] - rss0) / sizes.idle_connections, 2),
+        "server_rss_mib": round(rss[1] / 1024, 1),
+        "threads": threads[1],
         "logins_per_s": round(sizes.idle_connections / elapsed),
         "slowest_worker_s": round(max(durations), 2),
         "rss_mib_after_close": round(rss_after / 1024, 1),

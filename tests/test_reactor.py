@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -118,14 +119,25 @@ def test_shutdown_says_bye_to_parked_sessions(server: Server) -> None:
 # -- the session's side: which lines the reactor may run ----------------------------------------
 
 
+@dataclass
+class History:
+    backed_up: bool = False
+
+
 @pytest.fixture
-def lone_session() -> tuple[Session, Outbox]:
+def history() -> History:
+    return History()
+
+
+@pytest.fixture
+def lone_session(history: History) -> tuple[Session, Outbox]:
     """A session before login: enough to see what ``process(inline=True)`` holds back.
 
     Every request below is refused before it reaches a service: it needs a login."""
     settings = settings_from_mapping({}, Path("."))
     absent = cast(Any, None)  # no request below reaches the hub, store or authenticator
-    services = Services(settings, absent, absent, absent, absent, absent, absent, lambda: 0.0)
+    messages = cast(Any, history)
+    services = Services(settings, absent, absent, absent, messages, absent, absent, lambda: 0.0)
     outbox = Outbox(65536, lambda: None)
     return Session(services, outbox, "127.0.0.1"), outbox
 
@@ -156,3 +168,14 @@ def test_inline_processing_holds_back_blocking_lines(
     replies = outbox.take()[0].decode().splitlines()
     assert len(replies) == 2
     assert replies[-1] == "OK ping after"
+
+
+def test_every_line_waits_for_a_thread_while_history_is_backed_up(
+    lone_session: tuple[Session, Outbox], history: History
+) -> None:
+    session, outbox = lone_session
+    history.backed_up = True  # storing a message would wait up to SUBMIT_WAIT_S for the disk
+    session.feed(b"/ping\n")
+    assert session.process(inline=True) is Pending.BLOCKING
+    assert session.process() is Pending.NOTHING
+    assert outbox.take()[0] == b"OK ping\n"

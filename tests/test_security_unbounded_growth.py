@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 import ssl
+from pathlib import Path
 
 import pytest
 
 from adversary import ATTACKER_ADDRESSES, SourcedClient
 from conftest import PASSWORD, Client, ServerFactory
+from sealroom import messages
+from sealroom.store import Store, StoredMessage
 
 # So that the bound under test, not the message or error bucket, is what stops the client.
 UNTHROTTLED = {
@@ -162,3 +165,24 @@ def test_tracked_addresses_are_capped_and_fail_closed(make_server: ServerFactory
     assert first.request("/ping") == "OK ping"
     assert second.request(f"/login alice {PASSWORD}").startswith("OK login")
     second.close()
+
+
+def test_history_writer_queue_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk that stops keeping up: the queue stops at QUEUE_LIMIT, the publisher waits
+    SUBMIT_WAIT_S at most, then that message goes unstored (and is said so in the log)."""
+    monkeypatch.setattr(messages, "SUBMIT_WAIT_S", 0.05)
+    Store(tmp_path / "history.db").close()  # the schema; the writer is never started
+    writer = messages.HistoryWriter(tmp_path / "history.db", 100, 100)
+    try:
+        for number in range(messages.QUEUE_LIMIT):
+            writer.submit(StoredMessage(number + 1, "#lobby", None, "alice", "hi", "t"))
+        assert writer.backed_up
+        assert writer.dropped == 0
+        writer.submit(StoredMessage(0, "#lobby", None, "alice", "one too many", "t"))
+        assert writer.lag == messages.QUEUE_LIMIT
+        assert writer.dropped == 1
+        assert "history writer is behind: message 0 not stored" in caplog.text
+    finally:
+        writer.stop(timeout=0)

@@ -85,6 +85,11 @@ class HistoryWriter:
         """Messages accepted but not yet committed."""
         return len(self._pending)
 
+    @property
+    def backed_up(self) -> bool:
+        """The queue is full: the next :meth:`submit` waits for the disk."""
+        return len(self._pending) >= QUEUE_LIMIT
+
     def submit(self, message: StoredMessage) -> None:
         if len(self._pending) >= QUEUE_LIMIT and not self._wait_for_room():
             self.dropped += 1
@@ -185,6 +190,11 @@ class MessageLog:
 
     def now(self) -> str:
         return iso_utc(self._wall_clock())
+
+    @property
+    def backed_up(self) -> bool:
+        """Storing a message would make its sender wait for the history writer."""
+        return self.writer.backed_up
 
     # -- rooms ------------------------------------------------------------------------------
 

@@ -143,7 +143,7 @@ class Session:
             self._held = None
             if event is None:
                 return Pending.NOTHING
-            if inline and isinstance(event, bytes) and _blocks(event):
+            if inline and isinstance(event, bytes) and self._may_block(event):
                 self._held = event
                 return Pending.BLOCKING
             self._last_activity = self.services.clock()
@@ -155,6 +155,10 @@ class Session:
             elif event:
                 self._handle_line(event)
         return Pending.BACKLOG
+
+    def _may_block(self, raw: bytes) -> bool:
+        # While the history writer is backed up, storing a message waits for the disk.
+        return _blocks(raw) or self.services.messages.backed_up
 
     def check_timeouts(self) -> float:
         """Close the session if a deadline passed; returns the next deadline."""
