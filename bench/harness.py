@@ -141,7 +141,7 @@ class ServerProcess:
         if profile:  # py-spy's collapsed stacks of the server, for the optimisation notes
             self._profiler = subprocess.Popen(
                 [
-                    "py-spy",
+                    _py_spy(),
                     "record",
                     "--pid",
                     str(self.pid),
@@ -215,3 +215,9 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def _py_spy() -> str:
+    """The venv's py-spy (``make bench`` does not put the venv on PATH), else PATH's."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else "py-spy"

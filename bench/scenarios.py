@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import loadgen
+from bench import loadgen, tlscost
 from bench.harness import PASSWORD, ServerProcess, Workspace, server, wait_for, workspace
 from sealroom.auth import ResumeTokens, password_hasher
 from sealroom.config import Argon2Settings
@@ -212,6 +212,10 @@ def handshakes(sizes: Sizes) -> dict[str, Any]:
             out[f"{kind}_per_s"] = round(sizes.handshakes / result["seconds"])
             if resume:
                 out["resumed_fraction"] = round(result["reused"] / sizes.handshakes, 3)
+            # OpenSSL's share alone, in this process: what resumption can save at most.
+            out[f"{kind}_openssl_us"] = round(
+                tlscost.server_handshake_us(space.config, space.ca, sizes.handshakes, resume=resume)
+            )
     return out
 
 
