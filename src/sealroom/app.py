@@ -54,7 +54,7 @@ log = logging.getLogger("sealroom")
 
 TICKET_KEY_LIFETIME_S = 24 * 3600  # the TLS context (and its ticket key) is rebuilt daily
 HOUSEKEEPING_INTERVAL_S = 0.5  # account changes from the CLI must reach sessions within 2 s
-THREAD_STACK_BYTES = 512 * 1024  # a connection thread needs little; 8 MiB default is waste
+THREAD_STACK_BYTES = 512 * 1024  # a connection's thread needs little; 8 MiB default is waste
 MAX_KICK_REASON = 200  # characters of an operator's kick reason
 
 

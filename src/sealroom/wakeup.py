@@ -1,4 +1,5 @@
-"""A connection thread's wake-up signal: an eventfd that other threads can set cheaply.
+"""A thread's wake-up signal (a connection's own thread, or the reactor): an eventfd that
+other threads can set cheaply.
 
 A fan-out sets the wake-ups of a hundred recipients in a row. ``os.eventfd_write`` would
 release and re-take the GIL around every one of those writes, handing the GIL to each
