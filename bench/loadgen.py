@@ -110,7 +110,13 @@ def subscriber(
     remaining = len(conns)
     deadline = time.monotonic() + timeout
     while remaining and time.monotonic() < deadline:
-        for key, _ in selector.select(1.0):
+        events = selector.select(1.0)
+        # A line counts as delivered when select() saw its socket readable, not after this
+        # process has decrypted and parsed the sockets ahead of it in the batch: that
+        # would time the load generator. A line sent after select() returned arrived later
+        # and is timed when read.
+        ready_at = time.monotonic_ns()
+        for key, _ in events:
             conn = key.data
             while True:
                 try:
@@ -129,8 +135,9 @@ def subscriber(
                     if line.startswith(prefix):
                         counts[conn] += 1
                         if len(latencies) < 2_000_000:
-                            stamp = line.split(b" ", 4)[3]
-                            latencies.append(now - int(stamp))
+                            sent_at = int(line.split(b" ", 4)[3])
+                            arrived = ready_at if sent_at <= ready_at else now
+                            latencies.append(arrived - sent_at)
                 if before < expected <= counts[conn]:
                     remaining -= 1
     results.put({"counts": list(counts.values()), "latencies_ns": latencies})
