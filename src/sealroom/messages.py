@@ -97,7 +97,8 @@ class HistoryWriter:
             return
         was_empty = not self._pending
         self._pending.append(message)
-        if was_empty or len(self._pending) >= BATCH_LIMIT:
+        # Event.set takes a lock and may hand the GIL to the writer: only if it would wake it.
+        if (was_empty or len(self._pending) >= BATCH_LIMIT) and not self._wake.is_set():
             self._wake.set()
 
     def _wait_for_room(self) -> bool:
@@ -183,13 +184,24 @@ class MessageLog:
         self.private_quota = private_quota
         self.store_rooms = store_rooms
         self._wall_clock = wall_clock
+        self._now: tuple[int, str] = (-1, "")
         # Delivery and "is the recipient online?" decisions are made under this lock, so a
         # message stored for an offline account cannot slip past a login happening meanwhile.
         self._mail_lock = threading.Lock()
         self._claimed: set[int] = set()
 
     def now(self) -> str:
-        return iso_utc(self._wall_clock())
+        """The time in the wire format, made once per millisecond: a busy room sends many
+        messages in one, and formatting a datetime costs more than storing the message."""
+        if self._wall_clock is not _utc_now:
+            return iso_utc(self._wall_clock())
+        millis = time.time_ns() // 1_000_000
+        cached = self._now  # one tuple: another thread never sees half an update
+        if cached[0] != millis:
+            seconds, rest = divmod(millis, 1000)
+            moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest * 1000)
+            cached = self._now = (millis, iso_utc(moment))
+        return cached[1]
 
     @property
     def backed_up(self) -> bool:
