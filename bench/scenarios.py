@@ -24,7 +24,7 @@ class Sizes:
     steady_rate: float = 10_000.0  # deliveries per second
     steady_seconds: float = 10.0
     idle_connections: int = 10000  # RSS is also measured at half of them
-    handshakes: int = 400
+    handshakes: int = 2000  # the CPU clock ticks at 10 ms: 5 µs resolution per handshake
     storm_accounts: int = 5000
     flood_connections: int = 100
     flood_seconds: float = 10.0
