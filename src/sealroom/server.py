@@ -245,7 +245,7 @@ class Connection:
         self.wakeup: Wakeup | None = Wakeup()
         self.outbox = Outbox(self.services.settings.limits.outbound_queue_bytes, self.wakeup.set)
         self.session: Session | None = None
-        self.unsent: memoryview | None = None  # handed to SSL_write, to retry as is
+        self.unsent: bytes | memoryview | None = None  # handed to SSL_write, to retry as is
         self.receipts: list[Receipt] = []  # run once ``unsent`` is all written
         # OpenSSL may have read more records from the socket than it has decrypted, where
         # neither poll nor SSL_pending can see them: after data, read again until WantRead.
@@ -335,7 +335,7 @@ class Connection:
                 data, self.receipts = self.outbox.take()
                 if not data:
                     return True
-                self.unsent = memoryview(data)
+                self.unsent = data
             try:
                 sent = self.sock.send(self.unsent)
                 self.services.counters.bytes_sent += sent
@@ -345,7 +345,7 @@ class Connection:
                 log.debug("%s: write failed: %s", self.peer, error)
                 return False
             if sent < len(self.unsent):
-                self.unsent = self.unsent[sent:]
+                self.unsent = memoryview(self.unsent)[sent:]
                 continue
             self.unsent = None
             for receipt in self.receipts:
@@ -545,7 +545,7 @@ class Reactor:
         for _ in range(len(self._ready)):  # those pushed to while serving wait a turn
             connection = self._ready.popleft()
             if connection.in_reactor:
-                self._serve(connection)
+                self._write(connection)
         for _ in range(len(self._again)):
             connection = self._again.popleft()
             if connection.in_reactor:
@@ -581,6 +581,28 @@ class Reactor:
         connection.events = select.EPOLLIN
         connection.deadline = -_NEVER
         self._epoll.register(fd, select.EPOLLIN)
+
+    def _write(self, connection: Connection) -> None:
+        """A push woke this connection: write its queue.
+
+        The fast path of a broadcast, taken once per recipient: nothing but the queue can
+        have changed, unless the connection is closing, waits for POLLOUT, reads nothing
+        for now, or holds unprocessed input. Those take the whole turn, :meth:`_serve`.
+        """
+        session, outbox = connection.session, connection.outbox
+        assert session is not None  # noqa: S101 - only logged-in sessions are parked
+        if connection.events == select.EPOLLIN and not session.has_input:
+            try:
+                written = connection.flush()
+            except Exception:
+                log.exception("%s: unexpected error in connection", connection.peer)
+                self._close(connection)
+                return
+            if written and connection.unsent is None and outbox.closing is None:
+                if not outbox.sleep():
+                    self._ready.append(connection)  # pushed to while we wrote: write again
+                return
+        self._serve(connection)
 
     def _serve(self, connection: Connection, *, readable: bool = False) -> None:
         """One turn for one connection; a failure closes that connection, not the reactor."""

@@ -128,6 +128,11 @@ class Session:
         self._lines.feed(data)
 
     @property
+    def has_input(self) -> bool:
+        """Bytes are buffered that :meth:`process` has not turned into requests yet."""
+        return self._held is not None or self._lines.buffered > 0
+
+    @property
     def wants_input(self) -> bool:
         """False while our own replies are piling up unread: stop reading, not drop."""
         return self.outbox.closing is None and self.outbox.size < self._high_water
