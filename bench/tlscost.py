@@ -3,15 +3,21 @@
 No sockets, threads or Python connection objects — only ``do_handshake`` on the server's
 real context (``sealroom.tls.build_server_context``), timed on the thread's CPU clock. Set
 against the whole-server figure of the handshakes scenario it shows how much of a
-connection's cost resumption could ever save.
+connection's cost resumption could ever save; :func:`plain_connection_us` measures the
+floor beneath both, a connection with no TLS at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
+import os
+import socket
+import socketserver
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 from sealroom.config import load_settings
 from sealroom.tls import build_server_context
@@ -63,3 +69,49 @@ def server_handshake_us(config: Path, ca: Path, count: int, *, resume: bool) -> 
             costs.append(spent)
     costs.sort()
     return costs[len(costs) // 2] * 1e6
+
+
+class _Hello(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(b"HELLO\n")
+
+
+class _PlainServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+
+def _serve_plain(port: Any) -> None:
+    with _PlainServer(("127.0.0.1", 0), _Hello) as plain:
+        port.put(plain.server_address[1])
+        plain.serve_forever(0.5)
+
+
+def plain_connection_us(count: int) -> float:
+    """Server CPU (µs) per connection of a bare ThreadingMixIn TCP server that writes one
+    line and closes: no TLS, no Sealroom. The floor under any handshake figure here."""
+    port: Any = mp.Queue()
+    server = mp.Process(target=_serve_plain, args=(port,), daemon=True)
+    server.start()
+    try:
+        number = port.get(timeout=30)
+        stat = Path(f"/proc/{server.pid}/stat")
+
+        def cpu() -> float:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu()
+        for _ in range(count):
+            with socket.create_connection(("127.0.0.1", number)) as sock:
+                sock.recv(16)
+        return (cpu() - before) / count * 1e6
+    finally:
+        server.terminate()
+        server.join(10)
