@@ -216,6 +216,8 @@ def handshakes(sizes: Sizes) -> dict[str, Any]:
             out[f"{kind}_openssl_us"] = round(
                 tlscost.server_handshake_us(space.config, space.ca, sizes.handshakes, resume=resume)
             )
+    # The floor: a bare ThreadingMixIn TCP server, no TLS, writing one line per connection.
+    out["plain_tcp_cpu_us"] = round(tlscost.plain_connection_us(sizes.handshakes))
     return out
 
 
