@@ -152,8 +152,7 @@ class App:
         _raise_fd_limit()
         threading.stack_size(THREAD_STACK_BYTES)
         self.writer.start()
-        if self.shared.reactor is not None:
-            self.shared.reactor.start()
+        self.shared.reactor.start()
         for server in self.servers:
             thread = threading.Thread(
                 target=server.serve_forever,
@@ -207,8 +206,7 @@ class App:
         if interval is not None and now >= self._next_watchdog:
             # A listener that stopped turning is a wedged server: let the watchdog fire.
             loops = [(s.bound, s.heartbeat) for s in self.servers]
-            if self.shared.reactor is not None:
-                loops.append(("reactor", self.shared.reactor.heartbeat))
+            loops.append(("reactor", self.shared.reactor.heartbeat))
             stale = [name for name, beat in loops if now - beat > max(interval, 1.5)]
             if stale and not self._stuck:
                 log.error("serving loop of %s is stuck; not feeding the watchdog", stale)
@@ -427,8 +425,7 @@ class App:
             log.warning("%d connections did not close in %.0fs; forcing", len(registry), grace)
             registry.force_close()
             registry.wait_empty(1.0)
-        if self.shared.reactor is not None:
-            self.shared.reactor.stop()
+        self.shared.reactor.stop()
         for thread in self._threads:
             thread.join(timeout=2.0)
         for thread in (*ending, *self._side_threads) if self._side_threads else ():
@@ -441,8 +438,7 @@ class App:
         for side in (self.control, self.metrics):
             if side is not None:
                 side.server_close()
-        if self.shared.reactor is not None:
-            self.shared.reactor.stop()
+        self.shared.reactor.stop()
         self.writer.stop()  # commits what is queued
         self.store.close()
         self.notifier.close()

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,12 +34,6 @@ SUBMIT_WAIT_S = 1.0  # a full queue makes the *publisher* wait this long, then d
 COMMIT_INTERVAL_S = 0.05  # how long accepted room messages gather before one commit
 PENDING_BATCH = 100  # stored private messages claimed and delivered at a time
 HIST_OVERHEAD = 120  # bytes a HIST line adds to its text: names, id, time
-
-WallClock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class MessageIds:
@@ -175,7 +169,6 @@ class MessageLog:
         *,
         private_quota: int,
         store_rooms: bool = True,
-        wall_clock: WallClock = _utc_now,
     ) -> None:
         """``hub`` must draw its message ids from a :class:`MessageIds` on ``store``."""
         self.store = store
@@ -183,7 +176,6 @@ class MessageLog:
         self.writer = writer
         self.private_quota = private_quota
         self.store_rooms = store_rooms
-        self._wall_clock = wall_clock
         self._now: tuple[int, str] = (-1, "")
         # Delivery and "is the recipient online?" decisions are made under this lock, so a
         # message stored for an offline account cannot slip past a login happening meanwhile.
@@ -193,8 +185,6 @@ class MessageLog:
     def now(self) -> str:
         """The time in the wire format, made once per millisecond: a busy room sends many
         messages in one, and formatting a datetime costs more than storing the message."""
-        if self._wall_clock is not _utc_now:
-            return iso_utc(self._wall_clock())
         millis = time.time_ns() // 1_000_000
         cached = self._now  # one tuple: another thread never sees half an update
         if cached[0] != millis:

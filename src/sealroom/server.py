@@ -109,7 +109,7 @@ class Shared:
     admission: Admission
     registry: Registry
     context: ssl.SSLContext
-    reactor: Reactor | None = None  # None: every connection keeps its thread
+    reactor: Reactor
     handshake_failures: int = 0
 
 
@@ -424,12 +424,7 @@ class _ThreadLoop:
     def _park(self) -> bool:
         """Hand a quiet, logged-in connection to the reactor; True if it took it."""
         connection = self.connection
-        if (
-            self.reactor is None
-            or self.session.member is None
-            or connection.maybe_readable
-            or connection.unsent is not None
-        ):
+        if self.session.member is None or connection.maybe_readable or connection.unsent:
             return False
         return self.reactor.adopt(connection)
 
@@ -545,7 +540,7 @@ class Reactor:
         for _ in range(len(self._ready)):  # those pushed to while serving wait a turn
             connection = self._ready.popleft()
             if connection.in_reactor:
-                self._write(connection)
+                self._serve(connection, woken=True)
         for _ in range(len(self._again)):
             connection = self._again.popleft()
             if connection.in_reactor:
@@ -582,36 +577,35 @@ class Reactor:
         connection.deadline = -_NEVER
         self._epoll.register(fd, select.EPOLLIN)
 
-    def _write(self, connection: Connection) -> None:
-        """A push woke this connection: write its queue.
-
-        The fast path of a broadcast, taken once per recipient: nothing but the queue can
-        have changed, unless the connection is closing, waits for POLLOUT, reads nothing
-        for now, or holds unprocessed input. Those take the whole turn, :meth:`_serve`.
-        """
-        session, outbox = connection.session, connection.outbox
-        assert session is not None  # noqa: S101 - only logged-in sessions are parked
-        if connection.events == select.EPOLLIN and not session.has_input:
-            try:
-                written = connection.flush()
-            except Exception:
-                log.exception("%s: unexpected error in connection", connection.peer)
-                self._close(connection)
-                return
-            if written and connection.unsent is None and outbox.closing is None:
-                if not outbox.sleep():
-                    self._ready.append(connection)  # pushed to while we wrote: write again
-                return
-        self._serve(connection)
-
-    def _serve(self, connection: Connection, *, readable: bool = False) -> None:
+    def _serve(
+        self, connection: Connection, *, readable: bool = False, woken: bool = False
+    ) -> None:
         """One turn for one connection; a failure closes that connection, not the reactor."""
         try:
-            self._serve_turn(connection, readable)
+            if not (woken and self._write_only(connection)):
+                self._serve_turn(connection, readable)
         except Exception:
             log.exception("%s: unexpected error in connection", connection.peer)
             if connection.in_reactor:
                 self._close(connection)
+
+    def _write_only(self, connection: Connection) -> bool:
+        """A push woke this connection: write its queue; False if it needs a whole turn.
+
+        The fast path of a broadcast, taken once per recipient: nothing but the queue can
+        have changed, unless the connection is closing, waits for POLLOUT, reads nothing for
+        now, or holds unprocessed input.
+        """
+        assert connection.session is not None  # noqa: S101 - only logged-in ones are parked
+        if connection.events != select.EPOLLIN or connection.session.has_input:
+            return False
+        if not connection.flush():
+            self._close(connection)
+            return True
+        if connection.unsent is not None or connection.outbox.closing is not None:
+            return False
+        self._rearm(connection)
+        return True
 
     def _serve_turn(self, connection: Connection, readable: bool) -> None:
         """Read, handle, write."""
@@ -643,8 +637,13 @@ class Reactor:
         if events != connection.events:
             self._epoll.modify(connection.sock.fileno(), events)
             connection.events = events
-        if not writing and outbox.closing is None and not outbox.sleep():
-            self._ready.append(connection)  # pushed to while we wrote: write again
+        if not writing and outbox.closing is None:
+            self._rearm(connection)
+
+    def _rearm(self, connection: Connection) -> None:
+        """Written out: let the next push wake us, or write again if one came meanwhile."""
+        if not connection.outbox.sleep():
+            self._ready.append(connection)
 
     def _sweep(self, now: float) -> None:
         """Enforce idle timeouts and close deadlines; a second late at most."""
