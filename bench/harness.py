@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from sealroom.auth import password_hasher
+from sealroom.policy.auth import password_hasher
 
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}
 PASSWORD = "bench password"

@@ -10,9 +10,9 @@ from typing import Any
 
 from bench import loadgen, tlscost
 from bench.harness import PASSWORD, ServerProcess, Workspace, server, wait_for, workspace
-from sealroom.auth import ResumeTokens, password_hasher
 from sealroom.config import Argon2Settings
-from sealroom.store import Store
+from sealroom.policy.auth import ResumeTokens, password_hasher
+from sealroom.store.sqlite import SqliteStore
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def reconnect_storm(sizes: Sizes) -> dict[str, Any]:
             space.configure(CAPPED_LOBBY)
             password_hash = None
         space.add_accounts(names, password_hash)
-        with Store(space.database) as store:  # what each client got from /token before
+        with SqliteStore(space.database) as store:  # what each client got from /token before
             issuer = ResumeTokens(store, 7)
             pairs = [(name, issuer.issue(name)[0]) for name in names]
         with server(space) as proc:

@@ -1,7 +1,7 @@
 """OpenSSL's own share of a handshake: the server side driven through memory BIOs.
 
 No sockets, threads or Python connection objects — only ``do_handshake`` on the server's
-real context (``sealroom.tls.build_server_context``), timed on the thread's CPU clock. Set
+real context (``sealroom.net.tls.build_server_context``), timed on the thread's CPU clock. Set
 against the whole-server figure of the handshakes scenario it shows how much of a
 connection's cost resumption could ever save; :func:`plain_connection_us` measures the
 floor beneath both, a connection with no TLS at all.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sealroom.config import load_settings
-from sealroom.tls import build_server_context
+from sealroom.net.tls import build_server_context
 
 
 def _pump(source: ssl.MemoryBIO, sink: ssl.MemoryBIO) -> None:

@@ -22,10 +22,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sealroom.errors import ErrorCode, ProtocolError
-from sealroom.protocol import Framing, LineBuffer, Rest, decode_line, parse_arguments, split_request
-from sealroom.session import COMMANDS
-from sealroom.text import ROOM_NAME, USER_NAME, has_forbidden_chars, room_name, user_name
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.protocol import (
+    Framing,
+    LineBuffer,
+    Rest,
+    decode_line,
+    parse_arguments,
+    split_request,
+)
+from sealroom.core.text import ROOM_NAME, USER_NAME, has_forbidden_chars, room_name, user_name
+from sealroom.session.machine import COMMANDS
 
 SYNTAXES = tuple(command.syntax for command in COMMANDS.values())
 DECODE_CODES = frozenset({ErrorCode.BAD_ENCODING, ErrorCode.BAD_INPUT})

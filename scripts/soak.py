@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 from liveserver import Cost, Serve, sealroom
 
-from sealroom.auth import password_hasher
-from sealroom.store import Store
+from sealroom.policy.auth import password_hasher
+from sealroom.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "soak password 1"
@@ -288,7 +288,7 @@ def prepare(folder: Path) -> tuple[Path, Path]:
         )
     )
     hashed = password_hasher(**ARGON2).hash(PASSWORD)
-    with Store(folder / "sealroom.db") as store:
+    with SqliteStore(folder / "sealroom.db") as store:
         for name in USERS:
             store.add_account(name, hashed)
     return config, folder / "certs" / "ca.crt"

@@ -18,8 +18,8 @@ import pytest
 import trustme
 import yaml
 
-from sealroom.app import App
 from sealroom.config import Settings, load_settings
+from sealroom.ops.app import App
 
 PASSWORD = "correct horse battery"
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}

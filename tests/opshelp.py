@@ -22,9 +22,9 @@ import trustme
 import yaml
 
 from conftest import CHEAP_ARGON2, PASSWORD, LineReader
-from sealroom.auth import password_hasher
-from sealroom.logs import configure_logging
-from sealroom.store import Store
+from sealroom.ops.logs import configure_logging
+from sealroom.policy.auth import password_hasher
+from sealroom.store.sqlite import SqliteStore
 
 
 class NotifyListener:
@@ -187,7 +187,7 @@ def serve_process(
         )
     )
     hasher = password_hasher(**CHEAP_ARGON2)
-    with Store(folder / "var" / "sealroom.db") as store:
+    with SqliteStore(folder / "var" / "sealroom.db") as store:
         for name in accounts:
             store.add_account(name, hasher.hash(PASSWORD), is_admin=False)
     ca_file = folder / "ca.pem"

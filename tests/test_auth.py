@@ -13,9 +13,9 @@ import argon2
 import pytest
 from argon2.profiles import CHEAPEST
 
-from sealroom.auth import Authenticator, ServerBusy
-from sealroom.errors import ErrorCode
-from sealroom.store import Store
+from sealroom.core.errors import ErrorCode
+from sealroom.policy.auth import Authenticator, ServerBusy
+from sealroom.store.sqlite import SqliteStore
 
 PASSWORD = "correct horse battery"
 WRONG = "wrong horse battery"
@@ -23,21 +23,21 @@ EVENT_TIMEOUT_S = 30  # only a guard against a hung test; never reached when thi
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "sealroom.db") as opened:
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    with SqliteStore(tmp_path / "sealroom.db") as opened:
         yield opened
 
 
 @pytest.fixture
-def auth(store: Store) -> Authenticator:
+def auth(store: SqliteStore) -> Authenticator:
     return Authenticator.for_tests(store)
 
 
-def add_user(auth: Authenticator, store: Store, name: str = "alice") -> None:
+def add_user(auth: Authenticator, store: SqliteStore, name: str = "alice") -> None:
     store.add_account(name, auth.hash_password(PASSWORD))
 
 
-def stored_hash(store: Store, name: str) -> str:
+def stored_hash(store: SqliteStore, name: str) -> str:
     account = store.get_account(name)
     assert account is not None
     return account.password_hash
@@ -68,7 +68,7 @@ def recording(auth: Authenticator) -> RecordingHasher:
 # -- the answers --------------------------------------------------------------------------
 
 
-def test_login_succeeds_and_is_recorded(auth: Authenticator, store: Store) -> None:
+def test_login_succeeds_and_is_recorded(auth: Authenticator, store: SqliteStore) -> None:
     add_user(auth, store)
     account = auth.verify_login("alice", PASSWORD)
     assert account is not None
@@ -79,7 +79,7 @@ def test_login_succeeds_and_is_recorded(auth: Authenticator, store: Store) -> No
     assert stored.last_login == account.last_login
 
 
-def test_wrong_password(auth: Authenticator, store: Store) -> None:
+def test_wrong_password(auth: Authenticator, store: SqliteStore) -> None:
     add_user(auth, store)
     assert auth.verify_login("alice", WRONG) is None
     stored = store.get_account("alice")
@@ -92,7 +92,7 @@ def test_unknown_name(auth: Authenticator) -> None:
 
 
 def test_disabled_account_fails_even_with_the_right_password(
-    auth: Authenticator, store: Store
+    auth: Authenticator, store: SqliteStore
 ) -> None:
     add_user(auth, store)
     store.set_enabled("alice", False)
@@ -104,7 +104,7 @@ def test_disabled_account_fails_even_with_the_right_password(
     assert auth.verify_login("alice", PASSWORD) is not None
 
 
-def test_verify_password(auth: Authenticator, store: Store) -> None:
+def test_verify_password(auth: Authenticator, store: SqliteStore) -> None:
     add_user(auth, store)
     assert auth.verify_password("alice", PASSWORD)
     assert not auth.verify_password("alice", WRONG)
@@ -119,7 +119,9 @@ def test_verify_password(auth: Authenticator, store: Store) -> None:
 # -- every failure does the same work -----------------------------------------------------
 
 
-def test_each_failure_runs_exactly_one_verification(auth: Authenticator, store: Store) -> None:
+def test_each_failure_runs_exactly_one_verification(
+    auth: Authenticator, store: SqliteStore
+) -> None:
     add_user(auth, store)
     add_user(auth, store, "bob")
     store.set_enabled("bob", False)
@@ -133,14 +135,14 @@ def test_each_failure_runs_exactly_one_verification(auth: Authenticator, store: 
     assert hasher.verified_hashes == [auth._dummy_hash, real_hash, auth._dummy_hash]
 
 
-def test_dummy_hash_has_the_real_parameters(auth: Authenticator, store: Store) -> None:
+def test_dummy_hash_has_the_real_parameters(auth: Authenticator, store: SqliteStore) -> None:
     add_user(auth, store)
     real_hash = stored_hash(store, "alice")
     assert argon2.extract_parameters(auth._dummy_hash) == argon2.extract_parameters(real_hash)
 
 
 def test_disabled_password_is_never_checked_against_the_real_hash(
-    auth: Authenticator, store: Store
+    auth: Authenticator, store: SqliteStore
 ) -> None:
     add_user(auth, store)
     store.set_enabled("alice", False)
@@ -152,7 +154,7 @@ def test_disabled_password_is_never_checked_against_the_real_hash(
 
 
 def test_corrupt_stored_hash_fails_and_is_logged_without_the_password(
-    auth: Authenticator, store: Store, caplog: pytest.LogCaptureFixture
+    auth: Authenticator, store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.add_account("alice", "not-an-argon2-hash")
     with caplog.at_level(logging.WARNING, logger="sealroom.auth"):
@@ -161,7 +163,7 @@ def test_corrupt_stored_hash_fails_and_is_logged_without_the_password(
     assert PASSWORD not in caplog.text
 
 
-def test_unexpected_errors_propagate_and_free_the_slot(store: Store) -> None:
+def test_unexpected_errors_propagate_and_free_the_slot(store: SqliteStore) -> None:
     auth = Authenticator.for_tests(store, max_concurrent=1, wait_s=0)
 
     class BrokenHasher(RecordingHasher):
@@ -179,7 +181,7 @@ def test_unexpected_errors_propagate_and_free_the_slot(store: Store) -> None:
 # -- rehash on login ----------------------------------------------------------------------
 
 
-def stronger(store: Store) -> Authenticator:
+def stronger(store: SqliteStore) -> Authenticator:
     return Authenticator(
         store,
         time_cost=CHEAPEST.time_cost + 1,
@@ -191,7 +193,7 @@ def stronger(store: Store) -> Authenticator:
 
 
 def test_login_upgrades_a_hash_made_with_older_parameters(
-    auth: Authenticator, store: Store
+    auth: Authenticator, store: SqliteStore
 ) -> None:
     add_user(auth, store)
     old_hash = stored_hash(store, "alice")
@@ -205,14 +207,14 @@ def test_login_upgrades_a_hash_made_with_older_parameters(
     assert stronger(store).verify_login("alice", PASSWORD) is not None
 
 
-def test_failed_login_does_not_rehash(auth: Authenticator, store: Store) -> None:
+def test_failed_login_does_not_rehash(auth: Authenticator, store: SqliteStore) -> None:
     add_user(auth, store)
     old_hash = stored_hash(store, "alice")
     assert stronger(store).verify_login("alice", WRONG) is None
     assert stored_hash(store, "alice") == old_hash
 
 
-def test_current_hash_is_left_alone(auth: Authenticator, store: Store) -> None:
+def test_current_hash_is_left_alone(auth: Authenticator, store: SqliteStore) -> None:
     add_user(auth, store)
     old_hash = stored_hash(store, "alice")
     assert auth.verify_login("alice", PASSWORD) is not None
@@ -220,7 +222,7 @@ def test_current_hash_is_left_alone(auth: Authenticator, store: Store) -> None:
 
 
 def test_rehash_does_not_overwrite_a_password_changed_meanwhile(
-    auth: Authenticator, store: Store
+    auth: Authenticator, store: SqliteStore
 ) -> None:
     add_user(auth, store)
     changed_hash = auth.hash_password("a brand new password")
@@ -238,7 +240,7 @@ def test_rehash_does_not_overwrite_a_password_changed_meanwhile(
 
 @pytest.mark.parametrize("change", ["disable", "remove"])
 def test_account_changed_during_verification_does_not_log_in(
-    auth: Authenticator, store: Store, change: str
+    auth: Authenticator, store: SqliteStore, change: str
 ) -> None:
     add_user(auth, store)
 
@@ -272,7 +274,7 @@ class BlockingHasher(RecordingHasher):
         return super().verify(hash, password)
 
 
-def test_server_busy_when_every_slot_is_taken(store: Store) -> None:
+def test_server_busy_when_every_slot_is_taken(store: SqliteStore) -> None:
     auth = Authenticator.for_tests(store, max_concurrent=1, wait_s=0.01)
     add_user(auth, store)
     blocking = BlockingHasher()
@@ -300,7 +302,7 @@ def test_server_busy_when_every_slot_is_taken(store: Store) -> None:
     assert auth.verify_login("alice", PASSWORD) is not None
 
 
-def test_a_waiting_caller_gets_the_slot_when_it_frees(store: Store) -> None:
+def test_a_waiting_caller_gets_the_slot_when_it_frees(store: SqliteStore) -> None:
     auth = Authenticator.for_tests(store, max_concurrent=1, wait_s=EVENT_TIMEOUT_S)
     add_user(auth, store)
     blocking = BlockingHasher()
@@ -321,7 +323,7 @@ def test_a_waiting_caller_gets_the_slot_when_it_frees(store: Store) -> None:
     assert all(result is not None for result in results)
 
 
-def test_never_more_verifications_than_slots(store: Store) -> None:
+def test_never_more_verifications_than_slots(store: SqliteStore) -> None:
     auth = Authenticator.for_tests(store, max_concurrent=2, wait_s=EVENT_TIMEOUT_S)
     add_user(auth, store)
     lock = threading.Lock()
@@ -354,7 +356,7 @@ def test_never_more_verifications_than_slots(store: Store) -> None:
 # -- hashing and construction -------------------------------------------------------------
 
 
-def test_hash_password_uses_argon2id_with_the_given_parameters(store: Store) -> None:
+def test_hash_password_uses_argon2id_with_the_given_parameters(store: SqliteStore) -> None:
     @dataclass(frozen=True)
     class Settings:
         time_cost: int = 2
@@ -380,6 +382,6 @@ def test_hash_password_refuses_passwords_outside_the_rules(
 
 
 @pytest.mark.parametrize(("max_concurrent", "wait_s"), [(0, 1.0), (1, -1.0)])
-def test_bad_construction(store: Store, max_concurrent: int, wait_s: float) -> None:
+def test_bad_construction(store: SqliteStore, max_concurrent: int, wait_s: float) -> None:
     with pytest.raises(ValueError, match="must"):
         Authenticator.for_tests(store, max_concurrent=max_concurrent, wait_s=wait_s)

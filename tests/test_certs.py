@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sealroom import certs
-from sealroom.errors import UserError
+from sealroom.core.errors import UserError
+from sealroom.ops import certs
 
 TIMEOUT = 5.0
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)

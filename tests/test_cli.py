@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import CHEAP_ARGON2, Server, ServerFactory
-from sealroom.cli import main
+from sealroom.cli.main import main
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, Server, ServerFactory
-from sealroom.app import App
 from sealroom.client import (
     Backoff,
     Bye,
@@ -36,7 +35,8 @@ from sealroom.client import (
     parse_event,
 )
 from sealroom.config import load_settings
-from sealroom.errors import ErrorCode
+from sealroom.core.errors import ErrorCode
+from sealroom.ops.app import App
 
 FAST = Backoff(initial_s=0.01, max_s=0.2, max_attempts=60)
 

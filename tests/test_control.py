@@ -16,9 +16,9 @@ import pytest
 
 from conftest import Server, ServerFactory
 from opshelp import captured_lines, pristine_sealroom_logger
-from sealroom.cli import main
-from sealroom.control import ControlServer, request
-from sealroom.errors import UserError
+from sealroom.cli.main import main
+from sealroom.core.errors import UserError
+from sealroom.ops.control import ControlServer, request
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ import yaml
 from argon2 import PasswordHasher
 
 from conftest import CHEAP_ARGON2, PASSWORD, Client, LineReader
-from sealroom.store import Store
+from sealroom.store.sqlite import SqliteStore
 
 ROUNDS = 10
 SENDERS = ("s0", "s1", "s2")
@@ -109,7 +109,7 @@ def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
     )
     ca = tmp_path / "certs" / "ca.crt"
     hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-    with Store(tmp_path / "var" / "sealroom.db") as store:
+    with SqliteStore(tmp_path / "var" / "sealroom.db") as store:
         for name in SENDERS + RECIPIENTS:
             store.add_account(name, hasher.hash(PASSWORD))
     rng = random.Random(int(os.environ.get("CRASH_SEED", time.time_ns())))

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ServerFactory
 from opshelp import sealroom_logs
-from sealroom.logs import logs_to_journal
+from sealroom.ops.logs import logs_to_journal
 
 log = logging.getLogger("sealroom.test")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import Server, ServerFactory
 from opshelp import captured_lines
-from sealroom.errors import UserError
-from sealroom.metrics import Family, MetricsServer, render
+from sealroom.core.errors import UserError
+from sealroom.ops.metrics import Family, MetricsServer, render
 
 SAMPLE = re.compile(r'^([a-z_:][a-z0-9_:]*)(\{(?:[a-z_]+="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
 

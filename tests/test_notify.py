@@ -12,9 +12,9 @@ import pytest
 
 from conftest import Server, ServerFactory, write_config
 from opshelp import NotifyListener, captured_lines
-from sealroom.app import App
 from sealroom.config import load_settings
-from sealroom.notify import Notifier
+from sealroom.ops.app import App
+from sealroom.ops.notify import Notifier
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, Client, Server, ServerFactory
-from sealroom.store import MIGRATIONS, Store, StoredMessage
+from sealroom.core.model import StoredMessage
+from sealroom.store.sqlite import MIGRATIONS, SqliteStore
 
 HIST = re.compile(r"HIST (\S+) ([1-9][0-9]*) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\S+) (.*)")
 
@@ -60,7 +61,7 @@ def test_history_bounds_and_permissions(make_server: ServerFactory) -> None:
     assert bob.request("/history #nowhere").startswith("ERR not-in-room")
     assert bob.request("/history nobody").startswith("ERR no-such-user")
     # Retention: only the newest per_room messages are kept.
-    with Store(server.settings.storage.database) as store:
+    with SqliteStore(server.settings.storage.database) as store:
         assert len(store.room_history("#lobby", 100)) == 5
 
 
@@ -134,7 +135,7 @@ def test_connection_killed_during_delivery_gets_them_again(make_server: ServerFa
     # Die abruptly (RST) while the server is still writing the stored messages.
     first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     first.close()
-    with Store(server.settings.storage.database) as store:
+    with SqliteStore(server.settings.storage.database) as store:
         waiting = {m.id for m in store.pending("bob", count)}
     assert waiting  # some were not written yet
     bob = server.client()
@@ -143,7 +144,7 @@ def test_connection_killed_during_delivery_gets_them_again(make_server: ServerFa
     assert sorted(got) == sorted(waiting)
     assert len(set(got)) == len(got)
     assert bob.request("/ping", timeout=20) == "OK ping"
-    with Store(server.settings.storage.database) as store:
+    with SqliteStore(server.settings.storage.database) as store:
         assert store.pending("bob", count) == []
 
 
@@ -154,7 +155,7 @@ def test_removing_an_account_removes_its_messages(server: Server) -> None:
     alice.request("/msg bob private words")
     server.app.writer.flush()
     server.app.store.remove_account("alice")
-    with Store(server.settings.storage.database) as store:
+    with SqliteStore(server.settings.storage.database) as store:
         assert store.room_history("#lobby", 10) == []
         assert store.pending("bob", 10) == []
 
@@ -162,7 +163,7 @@ def test_removing_an_account_removes_its_messages(server: Server) -> None:
 def test_migration_from_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     path.touch()
-    with Store(path) as store:
+    with SqliteStore(path) as store:
         assert store.check() == []
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
@@ -181,7 +182,7 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    with Store(path) as store:
+    with SqliteStore(path) as store:
         assert store.get_account("old") is not None
         assert list(store.reserve_ids(2)) == [1, 2]
         assert store.accounts_version() == 0
@@ -191,9 +192,9 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
 
 def test_ids_are_reserved_in_blocks_and_never_reused(tmp_path: Path) -> None:
     path = tmp_path / "ids.db"
-    with Store(path) as store:
+    with SqliteStore(path) as store:
         first = store.reserve_ids(10)
-    with Store(path) as store:  # a "crash" after using only part of the block
+    with SqliteStore(path) as store:  # a "crash" after using only part of the block
         assert store.reserve_ids(10).start == first.stop
 
 
@@ -201,7 +202,7 @@ def test_ids_are_reserved_in_blocks_and_never_reused(tmp_path: Path) -> None:
 def test_db_commands(
     server: Server, tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sealroom.cli import main
+    from sealroom.cli.main import main
 
     alice = server.user("alice")
     alice.request("keep me")
@@ -210,7 +211,7 @@ def test_db_commands(
     assert main(["db", "backup", str(backup), "-c", str(server.config)]) == 0
     assert main(["db", "backup", str(backup), "-c", str(server.config)]) == 1  # no overwrite
     assert "exists" in capsys.readouterr().err
-    with Store(backup) as copy:
+    with SqliteStore(backup) as copy:
         assert [m.body for m in copy.room_history("#lobby", 5)] == ["keep me"]
     assert main([*command, "-c", str(server.config)]) == 0
     assert "ok" in capsys.readouterr().out
@@ -250,7 +251,7 @@ def test_tokens_are_stored_as_digests_and_revoked(server: Server) -> None:
 def test_token_expiry(make_server: ServerFactory) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from sealroom.auth import ResumeTokens
+    from sealroom.policy.auth import ResumeTokens
 
     server = make_server()
     server.add_user("alice")

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealroom.errors import ErrorCode, ProtocolError
-from sealroom.protocol import (
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.protocol import (
     SAY_CURRENT,
     Framing,
     LineBuffer,

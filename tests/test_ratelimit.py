@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sealroom.ratelimit import KeyedBuckets, TokenBucket, retry_after_text
+from sealroom.policy.ratelimit import KeyedBuckets, TokenBucket, retry_after_text
 
 
 class FakeClock:

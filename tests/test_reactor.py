@@ -19,9 +19,9 @@ import pytest
 
 from conftest import Client, Server, ServerFactory
 from sealroom.config import settings_from_mapping
-from sealroom.outbox import Outbox
-from sealroom.server import Reactor
-from sealroom.session import Pending, Services, Session
+from sealroom.net.server import Reactor
+from sealroom.session.machine import Pending, Services, Session
+from sealroom.state.outbox import Outbox
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import CHEAP_ARGON2, PASSWORD, ServerFactory
-from sealroom.cli import main
-from sealroom.text import ROOM_NAME, USER_NAME, room_name, user_name
+from sealroom.cli.main import main
+from sealroom.core.text import ROOM_NAME, USER_NAME, room_name, user_name
 
 # Each looks like (or folds into) an ASCII name an attacker would like to be.
 HOSTILE_NAMES = {

@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from conftest import ServerFactory
-from sealroom.cli import main as sealroom
+from sealroom.cli.main import main as sealroom
 
 SSLYZE = Path(__file__).resolve().parent.parent / ".venv-sslyze" / "bin" / "sslyze"
 

@@ -16,8 +16,9 @@ import pytest
 
 from adversary import ATTACKER_ADDRESSES, SourcedClient
 from conftest import PASSWORD, Client, ServerFactory
-from sealroom import messages
-from sealroom.store import Store, StoredMessage
+from sealroom.core.model import StoredMessage
+from sealroom.state import messages
+from sealroom.store.sqlite import SqliteStore
 
 # So that the bound under test, not the message or error bucket, is what stops the client.
 UNTHROTTLED = {
@@ -173,8 +174,8 @@ def test_history_writer_queue_is_bounded(
     """A disk that stops keeping up: the queue stops at QUEUE_LIMIT, the publisher waits
     SUBMIT_WAIT_S at most, then that message goes unstored (and is said so in the log)."""
     monkeypatch.setattr(messages, "SUBMIT_WAIT_S", 0.05)
-    Store(tmp_path / "history.db").close()  # the schema; the writer is never started
-    writer = messages.HistoryWriter(tmp_path / "history.db", 100, 100)
+    # The writer is never started: nothing drains its queue.
+    writer = messages.HistoryWriter(SqliteStore(tmp_path / "history.db"), 100, 100)
     try:
         for number in range(messages.QUEUE_LIMIT):
             writer.submit(StoredMessage(number + 1, "#lobby", None, "alice", "hi", "t"))

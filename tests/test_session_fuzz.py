@@ -33,16 +33,16 @@ from hypothesis.stateful import (
     rule,
 )
 
-from sealroom.auth import Authenticator, ResumeTokens
 from sealroom.config import settings_from_mapping
-from sealroom.errors import ProtocolError
-from sealroom.hub import Hub, HubLimits
-from sealroom.messages import HistoryWriter, MessageIds, MessageLog
-from sealroom.outbox import Outbox
-from sealroom.protocol import Framing, LineBuffer, decode_line, split_request
-from sealroom.ratelimit import KeyedBuckets
-from sealroom.session import COMMANDS, Pending, Services, Session
-from sealroom.store import Store
+from sealroom.core.errors import ProtocolError
+from sealroom.core.protocol import Framing, LineBuffer, decode_line, split_request
+from sealroom.policy.auth import Authenticator, ResumeTokens
+from sealroom.policy.ratelimit import KeyedBuckets
+from sealroom.session.machine import COMMANDS, Pending, Services, Session
+from sealroom.state.hub import Hub, HubLimits
+from sealroom.state.messages import HistoryWriter, MessageIds, MessageLog
+from sealroom.state.outbox import Outbox
+from sealroom.store.sqlite import SqliteStore
 
 PASSWORD = "correct horse battery"
 USERS = ("alice", "bob", "root")
@@ -165,7 +165,7 @@ class SessionMachine(RuleBasedStateMachine):
             Path(self._folder.name),
         )
         self.clock = FakeClock()
-        self.store = Store(database)
+        self.store = SqliteStore(database)
         auth = Authenticator.for_tests(self.store)
         hashed = auth.hash_password(PASSWORD)
         for name in USERS:
@@ -182,7 +182,9 @@ class SessionMachine(RuleBasedStateMachine):
             next_id=MessageIds(self.store).next,
         )
         history = self.settings.history
-        self.writer = HistoryWriter(database, history.per_room, history.private_per_user)
+        self.writer = HistoryWriter(
+            SqliteStore(database), history.per_room, history.private_per_user
+        )
         self.writer.start()
         rate = self.settings.rate.logins_per_ip
         self.services = Services(

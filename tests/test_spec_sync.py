@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sealroom.cli import _build_parser
+from sealroom.cli.main import _build_parser
 from sealroom.config import Settings, settings_from_mapping
-from sealroom.errors import ErrorCode
-from sealroom.session import COMMANDS
+from sealroom.core.errors import ErrorCode
+from sealroom.session.machine import COMMANDS
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "SPEC.md"
 pytestmark = pytest.mark.skipif(not SPEC.exists(), reason="SPEC.md is not beside the repository")

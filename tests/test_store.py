@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sealroom import store as store_module
-from sealroom.store import (
-    MIGRATIONS,
-    AccountExists,
-    NoSuchAccount,
-    SchemaTooNew,
-    Store,
-    StoreError,
-    iso_utc,
-)
+from sealroom.core.model import AccountExists, NoSuchAccount, SchemaTooNew, StoreError, iso_utc
+from sealroom.store import sqlite as store_module
+from sealroom.store.sqlite import MIGRATIONS, SqliteStore
 
 
 @pytest.fixture
@@ -29,13 +22,13 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    with Store(db_path) as opened:
+def store(db_path: Path) -> Iterator[SqliteStore]:
+    with SqliteStore(db_path) as opened:
         yield opened
 
 
 def raw_query(path: Path, sql: str) -> list[tuple[object, ...]]:
-    """Look at the file with a connection of our own, not through the Store."""
+    """Look at the file with a connection of our own, not through the SqliteStore."""
     with closing(sqlite3.connect(path)) as conn:
         return conn.execute(sql).fetchall()
 
@@ -59,7 +52,7 @@ class FixedClock:
 
 def test_new_file_is_created_with_parent_dirs_and_migrated(db_path: Path) -> None:
     assert not db_path.parent.exists()
-    with Store(db_path) as store:
+    with SqliteStore(db_path) as store:
         assert store.count_accounts() == 0
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     assert raw_query(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -70,21 +63,21 @@ def test_new_file_is_created_with_parent_dirs_and_migrated(db_path: Path) -> Non
 def test_empty_existing_file_is_migrated(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     db_path.touch()
-    with Store(db_path) as store:
+    with SqliteStore(db_path) as store:
         assert store.list_accounts() == []
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
 
 
-def test_connection_settings(store: Store) -> None:
+def test_connection_settings(store: SqliteStore) -> None:
     with store._connection() as conn:
         assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
         assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
 
 
 def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
-    with Store(db_path) as store:
+    with SqliteStore(db_path) as store:
         store.add_account("alice", "hash-a", is_admin=True)
-    with Store(db_path) as store:
+    with SqliteStore(db_path) as store:
         account = store.get_account("alice")
     assert account is not None
     assert account.is_admin
@@ -95,11 +88,11 @@ def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
 def test_later_migration_step_is_applied_on_open(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Store(db_path) as store:
+    with SqliteStore(db_path) as store:
         store.add_account("alice", "hash-a")
     step = ("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",)
     monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, step))
-    with Store(db_path) as store:
+    with SqliteStore(db_path) as store:
         assert store.get_account("alice") is not None
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS) + 1,)]
     assert raw_query(db_path, "SELECT count(*) FROM notes") == [(0,)]
@@ -108,23 +101,23 @@ def test_later_migration_step_is_applied_on_open(
 def test_failing_migration_leaves_the_file_untouched(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Store(db_path) as store:
+    with SqliteStore(db_path) as store:
         store.add_account("alice", "hash-a")
     good = ("CREATE TABLE notes (id INTEGER PRIMARY KEY)",)
     bad = ("THIS IS NOT SQL",)
     monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, good, bad))
     with pytest.raises(StoreError, match="cannot open database"):
-        Store(db_path)
+        SqliteStore(db_path)
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     tables = raw_query(db_path, "SELECT name FROM sqlite_master WHERE name = 'notes'")
     assert tables == []
 
 
 def test_newer_schema_is_refused(db_path: Path) -> None:
-    Store(db_path).close()
+    SqliteStore(db_path).close()
     set_user_version(db_path, len(MIGRATIONS) + 1)
     with pytest.raises(SchemaTooNew, match="newer Sealroom") as caught:
-        Store(db_path)
+        SqliteStore(db_path)
     assert str(db_path) in str(caught.value)
     # Refusing must not have changed the file.
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS) + 1,)]
@@ -138,7 +131,7 @@ def test_non_database_file_is_refused(db_path: Path, content: bytes) -> None:
     db_path.parent.mkdir(parents=True)
     db_path.write_bytes(content)
     with pytest.raises(StoreError) as caught:
-        Store(db_path)
+        SqliteStore(db_path)
     message = str(caught.value)
     assert str(db_path) in message
     assert "\n" not in message
@@ -148,11 +141,11 @@ def test_non_database_file_is_refused(db_path: Path, content: bytes) -> None:
 
 def test_directory_instead_of_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot open database"):
-        Store(tmp_path)
+        SqliteStore(tmp_path)
 
 
 def test_closed_store_refuses_calls(db_path: Path) -> None:
-    store = Store(db_path)
+    store = SqliteStore(db_path)
     store.close()
     store.close()  # closing twice is harmless
     with pytest.raises(StoreError, match="closed"):
@@ -164,7 +157,7 @@ def test_closed_store_refuses_calls(db_path: Path) -> None:
 
 def test_add_and_get(db_path: Path) -> None:
     clock = FixedClock(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
-    with Store(db_path, clock=clock) as store:
+    with SqliteStore(db_path, clock=clock) as store:
         added = store.add_account("alice", "hash-a")
         assert added.name == "alice"
         assert not added.is_admin
@@ -175,7 +168,7 @@ def test_add_and_get(db_path: Path) -> None:
         assert store.get_account("bob") is None
 
 
-def test_add_duplicate(store: Store) -> None:
+def test_add_duplicate(store: SqliteStore) -> None:
     store.add_account("alice", "hash-a")
     with pytest.raises(AccountExists, match="alice"):
         store.add_account("alice", "hash-b", is_admin=True)
@@ -186,13 +179,13 @@ def test_add_duplicate(store: Store) -> None:
 
 
 @pytest.mark.parametrize("name", ["Alice", "", "bad name", "-x", "a" * 33])
-def test_add_refuses_non_canonical_names(store: Store, name: str) -> None:
+def test_add_refuses_non_canonical_names(store: SqliteStore, name: str) -> None:
     with pytest.raises(ValueError, match="canonical"):
         store.add_account(name, "hash")
     assert store.count_accounts() == 0
 
 
-def test_set_password_hash(store: Store) -> None:
+def test_set_password_hash(store: SqliteStore) -> None:
     store.add_account("alice", "hash-a")
     store.set_password_hash("alice", "hash-b")
     account = store.get_account("alice")
@@ -202,7 +195,7 @@ def test_set_password_hash(store: Store) -> None:
         store.set_password_hash("bob", "hash")
 
 
-def test_replace_password_hash_only_if_unchanged(store: Store) -> None:
+def test_replace_password_hash_only_if_unchanged(store: SqliteStore) -> None:
     store.add_account("alice", "hash-a")
     assert store.replace_password_hash("alice", "hash-a", "hash-b")
     assert not store.replace_password_hash("alice", "hash-a", "hash-c")
@@ -212,7 +205,7 @@ def test_replace_password_hash_only_if_unchanged(store: Store) -> None:
     assert not store.replace_password_hash("bob", "hash-a", "hash-c")
 
 
-def test_enable_and_disable(store: Store) -> None:
+def test_enable_and_disable(store: SqliteStore) -> None:
     store.add_account("alice", "hash-a")
     store.set_enabled("alice", False)
     account = store.get_account("alice")
@@ -226,7 +219,7 @@ def test_enable_and_disable(store: Store) -> None:
         store.set_enabled("bob", False)
 
 
-def test_remove(store: Store) -> None:
+def test_remove(store: SqliteStore) -> None:
     store.add_account("alice", "hash-a")
     store.remove_account("alice")
     assert store.get_account("alice") is None
@@ -238,7 +231,7 @@ def test_remove(store: Store) -> None:
     assert store.count_accounts() == 1
 
 
-def test_list_is_sorted_by_name(store: Store) -> None:
+def test_list_is_sorted_by_name(store: SqliteStore) -> None:
     for name in ["carol", "alice", "bob.x", "bob", "0zed"]:
         store.add_account(name, f"hash-{name}", is_admin=name == "carol")
     accounts = store.list_accounts()
@@ -249,7 +242,7 @@ def test_list_is_sorted_by_name(store: Store) -> None:
 
 def test_record_login(db_path: Path) -> None:
     clock = FixedClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
-    with Store(db_path, clock=clock) as store:
+    with SqliteStore(db_path, clock=clock) as store:
         store.add_account("alice", "hash-a")
         clock.now += timedelta(hours=1, milliseconds=7)
         store.record_login("alice")
@@ -261,13 +254,13 @@ def test_record_login(db_path: Path) -> None:
             store.record_login("bob")
 
 
-def test_repr_hides_the_hash(store: Store) -> None:
+def test_repr_hides_the_hash(store: SqliteStore) -> None:
     account = store.add_account("alice", "$argon2id$secret-hash-material")
     assert "secret-hash-material" not in repr(account)
     assert "alice" in repr(account)
 
 
-def test_names_are_parameters_not_sql(store: Store) -> None:
+def test_names_are_parameters_not_sql(store: SqliteStore) -> None:
     store.add_account("alice", "hash-a")
     assert store.get_account("alice' OR '1'='1") is None
     with pytest.raises(NoSuchAccount):
@@ -287,7 +280,7 @@ def test_iso_utc() -> None:
 # -- change detection and concurrency -----------------------------------------------------
 
 
-def test_one_store_from_many_threads(store: Store) -> None:
+def test_one_store_from_many_threads(store: SqliteStore) -> None:
     errors: list[BaseException] = []
     start = threading.Barrier(8, timeout=30)
 
@@ -318,7 +311,7 @@ def test_two_stores_on_one_file_from_threads(db_path: Path) -> None:
 
     def work(prefix: str) -> None:
         try:
-            with Store(db_path) as own:
+            with SqliteStore(db_path) as own:
                 start.wait()
                 for i in range(50):
                     own.add_account(f"{prefix}{i}", "hash")
@@ -332,7 +325,7 @@ def test_two_stores_on_one_file_from_threads(db_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    with Store(db_path) as store:
+    with SqliteStore(db_path) as store:
         accounts = store.list_accounts()
     assert len(accounts) == 100
     assert not any(a.enabled for a in accounts)
@@ -348,7 +341,7 @@ def test_many_processes_opening_a_new_file_at_once(tmp_path: Path) -> None:
         def open_and_close(path: Path = path, start: threading.Barrier = start) -> None:
             try:
                 start.wait()
-                Store(path).close()
+                SqliteStore(path).close()
             except BaseException as exc:  # handed to the main thread below
                 errors.append(exc)
 

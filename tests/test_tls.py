@@ -24,8 +24,8 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from sealroom import tls
-from sealroom.errors import UserError
+from sealroom.core.errors import UserError
+from sealroom.net import tls
 
 TIMEOUT = 5.0
 GREETING = b"hello\n"

@@ -21,8 +21,8 @@ import pytest
 
 from conftest import PASSWORD, Server
 from conftest import Client as RawClient
+from sealroom.cli.tools import LineEditor, as_json, render, safe
 from sealroom.client import Bye, History, Message, PrivateMessage, Wall
-from sealroom.tools import LineEditor, as_json, render, safe
 from test_client import Peer, ScriptedServer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -2,6 +2,6 @@
 
 import sys
 
-from sealroom.cli import main
+from sealroom.cli.main import main
 
 sys.exit(main())

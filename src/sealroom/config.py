@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from sealroom.text import escape_for_log, has_forbidden_chars, room_name
+from sealroom.core.text import escape_for_log, has_forbidden_chars, room_name
 
 
 class ConfigError(Exception):

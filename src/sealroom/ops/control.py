@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sealroom.errors import UserError
+from sealroom.core.errors import UserError
 
 log = logging.getLogger("sealroom.control")
 

@@ -23,13 +23,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, NamedTuple
+from typing import Final, Self
 
-from sealroom.text import user_name
+from sealroom.core.model import (
+    Account,
+    AccountExists,
+    NoSuchAccount,
+    SchemaTooNew,
+    StoredMessage,
+    StoreError,
+    iso_utc,
+    utc_now,
+)
+from sealroom.core.text import user_name
 
 Clock = Callable[[], datetime]
 
@@ -132,47 +141,6 @@ _MESSAGE_COLUMNS: Final = "id, room, recipient, sender, body, created_at"
 _ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login"
 
 
-class StoreError(Exception):
-    """The database cannot be used: wrong file, newer schema, I/O or lock failure."""
-
-
-class SchemaTooNew(StoreError):  # noqa: N818 -- names the condition, as callers read it
-    """The file was migrated by a newer Sealroom; writing to it could corrupt its data."""
-
-
-class AccountExists(StoreError):  # noqa: N818 -- names the condition, as callers read it
-    pass
-
-
-class NoSuchAccount(StoreError):  # noqa: N818 -- names the condition, as callers read it
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    name: str
-    # Kept out of repr so an account can be logged or shown in a traceback safely.
-    password_hash: str = field(repr=False)
-    is_admin: bool
-    enabled: bool
-    created_at: str
-    last_login: str | None
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso_utc(moment: datetime) -> str:
-    """The one time format of the wire protocol and the database: ``2024-05-01T12:00:00.000Z``.
-
-    Fixed width and always UTC, so stored times also sort correctly as text.
-    """
-    if moment.tzinfo is None:
-        raise ValueError("a naive datetime has no defined UTC time")
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _account(row: tuple[str, str, int, int, str, str | None]) -> Account:
     name, password_hash, is_admin, enabled, created_at, last_login = row
     return Account(
@@ -185,28 +153,8 @@ def _account(row: tuple[str, str, int, int, str, str | None]) -> Account:
     )
 
 
-class StoredMessage(NamedTuple):
-    """A room message (``room`` set) or a private message (``recipient`` set).
-
-    A named tuple, not a dataclass: one is made per room message on the fan-out path, where
-    a frozen dataclass costs twice as much, and a batch goes to SQLite as JSON arrays as is.
-    """
-
-    id: int
-    room: str | None
-    recipient: str | None
-    sender: str
-    body: str
-    created_at: str
-
-    @property
-    def target(self) -> str:
-        """The TARGET field of a ``HIST`` line: the room, or the private recipient."""
-        return self.room if self.room is not None else str(self.recipient)
-
-
-class Store:
-    """The Sealroom database; safe to call from any thread."""
+class SqliteStore:
+    """The Sealroom database in one SQLite file; safe to call from any thread."""
 
     def __init__(self, path: Path, *, clock: Clock = utc_now) -> None:
         self.path = path
@@ -227,13 +175,17 @@ class Store:
             raise
         self._conn: sqlite3.Connection | None = conn
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

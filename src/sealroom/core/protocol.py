@@ -1,7 +1,8 @@
 """The wire protocol without I/O: framing, validation and request syntax (h11's model).
 
 Bytes go in, validated lines and parsed requests come out. Nothing here touches a socket or a
-clock. Parsing raises only :class:`~sealroom.errors.ProtocolError`; any other exception is a bug.
+clock. Parsing raises only :class:`~sealroom.core.errors.ProtocolError`; any other
+exception is a bug.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sealroom.errors import ErrorCode, ProtocolError
-from sealroom.text import has_forbidden_chars
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.text import has_forbidden_chars
 
 
 class Framing(enum.Enum):

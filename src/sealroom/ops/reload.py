@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 
 from sealroom.config import Settings
-from sealroom.errors import UserError
+from sealroom.core.errors import UserError
 
 # Sections whose new values need a restart; everything else applies on reload.
 RESTART_ONLY = ("listen", "storage", "auth", "metrics", "control")

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TextIO
 
-from sealroom.text import escape_for_log
+from sealroom.core.text import escape_for_log
 
 _LEVELS = {
     "debug": logging.DEBUG,

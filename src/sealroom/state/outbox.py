@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from sealroom.protocol import encode_line
+from sealroom.core.protocol import encode_line
 
 Receipt = Callable[[], None]
 _NO_RECEIPTS: list[Receipt] = []  # shared, never appended to: take() hands it out read-only

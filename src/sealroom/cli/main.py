@@ -20,17 +20,19 @@ from pathlib import Path
 import argon2
 
 from sealroom import __version__
-from sealroom.app import serve
-from sealroom.auth import password_hasher
-from sealroom.certs import init_certs
+from sealroom.cli.tools import add_client_commands
 from sealroom.config import ConfigError, Settings, load_settings
-from sealroom.control import request as control_request
-from sealroom.errors import UserError
-from sealroom.logs import configure_logging
-from sealroom.observe import status_text
-from sealroom.store import AccountExists, Store, StoreError
-from sealroom.text import escape_for_log, password_problem, user_name
-from sealroom.tools import add_client_commands
+from sealroom.core.errors import UserError
+from sealroom.core.model import AccountExists, StoreError
+from sealroom.core.storage import Store
+from sealroom.core.text import escape_for_log, password_problem, user_name
+from sealroom.ops.app import serve
+from sealroom.ops.certs import init_certs
+from sealroom.ops.control import request as control_request
+from sealroom.ops.logs import configure_logging
+from sealroom.ops.observe import status_text
+from sealroom.policy.auth import password_hasher
+from sealroom.store.sqlite import SqliteStore
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -120,7 +122,7 @@ def _hash_password(settings: Settings, password: str) -> str:
 
 
 def _open_store(settings: Settings) -> Store:
-    return Store(settings.storage.database)
+    return SqliteStore(settings.storage.database)
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -273,7 +275,7 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
     destination = Path(args.path)
     with _open_store(_settings(args)) as store:
         store.backup(destination)
-    print(f"backed up {store.path} to {destination}")
+    print(f"backed up {store.location} to {destination}")
     return 0
 
 
@@ -284,7 +286,7 @@ def cmd_db_check(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    print(f"database ok ({store.path})")
+    print(f"database ok ({store.location})")
     return 0
 
 

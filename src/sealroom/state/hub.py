@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from sealroom.errors import ErrorCode, ProtocolError
-from sealroom.outbox import Outbox
-from sealroom.protocol import encode_line
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.protocol import encode_line
+from sealroom.state.outbox import Outbox
 
 
 @dataclass(eq=False, slots=True)

@@ -1,6 +1,6 @@
 """What an operator sees: one snapshot of the server's numbers, as status and as metrics.
 
-:meth:`App.snapshot <sealroom.app.App.snapshot>` reads every number once; the functions here
+:meth:`App.snapshot <sealroom.ops.app.App.snapshot>` reads every number once; the functions here
 only reshape it, for ``sealroom status`` (a JSON object) and for Prometheus (metric families),
 so the two can never disagree about what a number means.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sealroom.metrics import Family
+from sealroom.ops.metrics import Family
 
 
 @dataclass(frozen=True, slots=True)

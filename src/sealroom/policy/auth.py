@@ -28,11 +28,12 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.profiles import CHEAPEST
 
-from sealroom.errors import ErrorCode, ProtocolError
-from sealroom.store import Account, NoSuchAccount, Store, iso_utc, utc_now
-from sealroom.text import escape_for_log, password_problem
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.model import Account, NoSuchAccount, iso_utc, utc_now
+from sealroom.core.storage import Store
+from sealroom.core.text import escape_for_log, password_problem
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sealroom.auth")
 
 
 class Argon2Parameters(Protocol):

@@ -33,12 +33,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from sealroom.admission import Admission
-from sealroom.outbox import Outbox, Receipt
-from sealroom.session import Pending, Services, Session
-from sealroom.text import escape_for_log
-from sealroom.tls import client_common_name
-from sealroom.wakeup import Wakeup
+from sealroom.core.text import escape_for_log
+from sealroom.net.tls import client_common_name
+from sealroom.net.wakeup import Wakeup
+from sealroom.policy.admission import Admission
+from sealroom.session.machine import Pending, Services, Session
+from sealroom.state.outbox import Outbox, Receipt
 
 log = logging.getLogger("sealroom.server")
 

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sealroom.errors import UserError
-from sealroom.text import user_name
+from sealroom.core.errors import UserError
+from sealroom.core.text import user_name
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"

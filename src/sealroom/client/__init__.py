@@ -14,7 +14,7 @@ timeout and every buffer a bound.
                 client.say(f"{event.sender} said {event.text}", room=event.room)
 
 Errors form one tree under :class:`SealroomError`: :class:`RequestError` is the server's
-``ERR`` with its :class:`~sealroom.errors.ErrorCode`; :class:`ConnectionClosed` means the
+``ERR`` with its :class:`~sealroom.core.errors.ErrorCode`; :class:`ConnectionClosed` means the
 connection ended (:class:`RequestTimeout` and :class:`ReconnectFailed` are kinds of it);
 :class:`ConnectError` means it could not be opened; :class:`InvalidArgument` is a request
 this client refuses to send (it would be refused, or would smuggle a second line).
@@ -47,10 +47,10 @@ from types import TracebackType
 from typing import Final, Self, TypeAlias
 
 from sealroom import PROTOCOL_VERSION
-from sealroom.errors import ErrorCode, UserError
-from sealroom.protocol import Framing, LineBuffer
-from sealroom.text import escape_for_log, has_forbidden_chars, room_name, user_name
-from sealroom.tls import build_client_context
+from sealroom.core.errors import ErrorCode, UserError
+from sealroom.core.protocol import Framing, LineBuffer
+from sealroom.core.text import escape_for_log, has_forbidden_chars, room_name, user_name
+from sealroom.net.tls import build_client_context
 
 __all__ = [
     "DEFAULT_PORT",

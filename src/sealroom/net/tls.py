@@ -29,9 +29,9 @@ from typing import Final, NoReturn
 
 from cryptography import x509
 
-from sealroom.errors import UserError
+from sealroom.core.errors import UserError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sealroom.tls")
 
 PROFILES: Final = ("intermediate", "modern")
 

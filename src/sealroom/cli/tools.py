@@ -8,7 +8,7 @@ every ``sealroom`` command takes, supplies only the default address: the server
 configuration's first ``listen`` entry.
 
 Text from the server is untrusted: everything shown on a terminal passes through
-:func:`~sealroom.text.escape_for_log` (a server that relays an escape sequence cannot drive
+:func:`~sealroom.core.text.escape_for_log` (a server that relays an escape sequence cannot drive
 the terminal), and ``--json`` output escapes everything outside printable ASCII.
 
 ``chat`` edits its input line itself (a small emacs-style editor with history on termios and
@@ -60,8 +60,8 @@ from sealroom.client import (
     Wall,
 )
 from sealroom.config import load_settings, parse_address
-from sealroom.errors import ErrorCode, UserError
-from sealroom.text import escape_for_log, has_forbidden_chars, room_name, user_name
+from sealroom.core.errors import ErrorCode, UserError
+from sealroom.core.text import escape_for_log, has_forbidden_chars, room_name, user_name
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 # A string: argparse's private action class is not subscriptable at run time.

@@ -14,14 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sealroom import PROTOCOL_VERSION
-from sealroom.auth import Authenticator, ResumeTokens
 from sealroom.config import Settings
-from sealroom.counters import Counters
-from sealroom.errors import ErrorCode, ProtocolError
-from sealroom.hub import Hub, Member
-from sealroom.messages import MessageLog
-from sealroom.outbox import Outbox
-from sealroom.protocol import (
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.model import Account, StoredMessage
+from sealroom.core.protocol import (
     SAY_CURRENT,
     Framing,
     LineBuffer,
@@ -33,9 +29,14 @@ from sealroom.protocol import (
     parse_arguments,
     split_request,
 )
-from sealroom.ratelimit import Clock, KeyedBuckets, TokenBucket, retry_after_text
-from sealroom.store import Account, Store, StoredMessage
-from sealroom.text import escape_for_log, password_problem, room_name, user_name
+from sealroom.core.storage import Store
+from sealroom.core.text import escape_for_log, password_problem, room_name, user_name
+from sealroom.policy.auth import Authenticator, ResumeTokens
+from sealroom.policy.ratelimit import Clock, KeyedBuckets, TokenBucket, retry_after_text
+from sealroom.state.counters import Counters
+from sealroom.state.hub import Hub, Member
+from sealroom.state.messages import MessageLog
+from sealroom.state.outbox import Outbox
 
 log = logging.getLogger("sealroom.session")
 

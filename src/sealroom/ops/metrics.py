@@ -18,8 +18,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sealroom.errors import UserError
-from sealroom.text import escape_for_log
+from sealroom.core.errors import UserError
+from sealroom.core.text import escape_for_log
 
 log = logging.getLogger("sealroom.metrics")
 

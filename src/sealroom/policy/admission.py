@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from sealroom.ratelimit import Clock, KeyedBuckets
+from sealroom.policy.ratelimit import Clock, KeyedBuckets
 
 
 class Admission:

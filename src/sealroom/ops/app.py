@@ -4,7 +4,7 @@ Shutdown follows uvicorn's order: stop accepting, tell every connection ``BYE
 shutting-down``, wait for them with a deadline, then force what is left. Signal handlers only
 record the signal; the main thread notices through the wake-up descriptor and does the work:
 SIGHUP becomes :meth:`App.reload`, SIGTERM and SIGINT :meth:`App.stop`. The service manager
-hears about each step (:mod:`sealroom.notify`), and the housekeeping thread feeds its watchdog
+hears about each step (:mod:`sealroom.ops.notify`), and the housekeeping thread feeds its watchdog
 only while every listener's serving loop keeps turning.
 """
 
@@ -26,29 +26,30 @@ from types import FrameType
 from typing import Any
 
 from sealroom import __version__
-from sealroom.admission import Admission
-from sealroom.auth import Authenticator, ResumeTokens
 from sealroom.config import ConfigError, Settings, load_settings, parse_address
-from sealroom.control import ControlError, ControlServer
-from sealroom.errors import UserError
-from sealroom.hub import Hub, HubLimits
-from sealroom.logs import set_level
-from sealroom.messages import HistoryWriter, MessageIds, MessageLog
-from sealroom.metrics import Family, MetricsServer
-from sealroom.notify import Notifier
-from sealroom.observe import Snapshot, metric_families, status_report
-from sealroom.ratelimit import KeyedBuckets
-from sealroom.reload import (
+from sealroom.core.errors import UserError
+from sealroom.core.storage import Store
+from sealroom.core.text import has_forbidden_chars, user_name
+from sealroom.net.server import Reactor, Registry, SealroomServer, Shared
+from sealroom.net.tls import build_server_context
+from sealroom.ops.control import ControlError, ControlServer
+from sealroom.ops.logs import set_level
+from sealroom.ops.metrics import Family, MetricsServer
+from sealroom.ops.notify import Notifier
+from sealroom.ops.observe import Snapshot, metric_families, status_report
+from sealroom.ops.reload import (
     Validity,
     certificate_validity,
     check_certificate_dates,
     effective_settings,
 )
-from sealroom.server import Reactor, Registry, SealroomServer, Shared
-from sealroom.session import Services
-from sealroom.store import Store
-from sealroom.text import has_forbidden_chars, user_name
-from sealroom.tls import build_server_context
+from sealroom.policy.admission import Admission
+from sealroom.policy.auth import Authenticator, ResumeTokens
+from sealroom.policy.ratelimit import KeyedBuckets
+from sealroom.session.machine import Services
+from sealroom.state.hub import Hub, HubLimits
+from sealroom.state.messages import HistoryWriter, MessageIds, MessageLog
+from sealroom.store.sqlite import SqliteStore
 
 log = logging.getLogger("sealroom")
 
@@ -74,7 +75,7 @@ class App:
         context = build_server_context(
             settings.tls.cert, settings.tls.key, settings.tls.client_ca, settings.tls.profile
         )
-        self.store = Store(settings.storage.database)
+        self.store: Store = SqliteStore(settings.storage.database)
         auth = Authenticator.from_settings(
             self.store,
             settings.auth.argon2,
@@ -84,7 +85,7 @@ class App:
         self.hub = Hub(_hub_limits(settings), next_id=MessageIds(self.store).next)
         history = settings.history
         self.writer = HistoryWriter(
-            settings.storage.database, history.per_room, history.private_per_user
+            SqliteStore(settings.storage.database), history.per_room, history.private_per_user
         )
         messages = MessageLog(
             self.store,

@@ -19,11 +19,11 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
-from sealroom.errors import ErrorCode, ProtocolError
-from sealroom.hub import Hub, Member
-from sealroom.store import Store, StoredMessage, iso_utc
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.model import StoredMessage, iso_utc
+from sealroom.core.storage import Store
+from sealroom.state.hub import Hub, Member
 
 log = logging.getLogger("sealroom.messages")
 
@@ -61,8 +61,9 @@ class HistoryWriter:
     would cost more CPU than the message itself.
     """
 
-    def __init__(self, path: Path, per_room: int, per_user: int) -> None:
-        self._store = Store(path)
+    def __init__(self, store: Store, per_room: int, per_user: int) -> None:
+        """``store`` is the writer's own connection: it is closed by :meth:`stop`."""
+        self._store = store
         self.per_room = per_room
         self.per_user = per_user
         self._pending: deque[StoredMessage | threading.Event] = deque()

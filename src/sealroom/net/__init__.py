@@ -1,0 +1,1 @@
+"""The only layer that owns server sockets: listeners, TLS, the reactor."""

@@ -1,0 +1,1 @@
+"""Process life: wiring, reload, systemd, control socket, metrics, logs."""

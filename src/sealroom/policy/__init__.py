@@ -1,0 +1,1 @@
+"""Policies that decide without doing I/O of their own: passwords, rate limits, admission."""
