@@ -32,7 +32,7 @@ from sealroom.core.protocol import (
     split_request,
 )
 from sealroom.core.text import ROOM_NAME, USER_NAME, has_forbidden_chars, room_name, user_name
-from sealroom.session.machine import COMMANDS
+from sealroom.session import COMMANDS
 
 SYNTAXES = tuple(command.syntax for command in COMMANDS.values())
 DECODE_CODES = frozenset({ErrorCode.BAD_ENCODING, ErrorCode.BAD_INPUT})

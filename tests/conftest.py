@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import socket
@@ -20,6 +21,10 @@ import yaml
 
 from sealroom.config import Settings, load_settings
 from sealroom.ops.app import App
+
+# A database or argon2 call on the reactor thread raises instead of being logged: in this
+# process and in every `sealroom serve` the tests start (they inherit the environment).
+os.environ["SEALROOM_STRICT_BLOCKING"] = "1"
 
 PASSWORD = "correct horse battery"
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}

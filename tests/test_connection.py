@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from conftest import PASSWORD, Client, Server, ServerFactory
-from sealroom.session.machine import COMMANDS, Command
+from sealroom.session import COMMANDS, Command
 
 
 def test_tls_1_1_is_refused(server: Server) -> None:

@@ -1,8 +1,10 @@
-"""Quiet logged-in connections are owned by the reactor thread; blocking requests are not.
+"""The reactor drives every connection, from handshake to close; blocking work never runs on
+it.
 
-The shape (server.py): a connection's own thread handshakes and logs in, then hands the
-connection to the reactor and ends. The reactor must never run a request that blocks —
-argon2, SQLite — so those go back to a thread of their own, which parks the connection again.
+The shape (net/): listeners accept and wrap sockets and hand them to the reactor thread,
+which runs each connection's state machine. What a request needs from the database or argon2
+runs on the worker pools and comes back to the reactor. The test suite runs with
+``SEALROOM_STRICT_BLOCKING=1``: a store or argon2 call on the reactor thread raises there.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,8 +20,13 @@ import pytest
 
 from conftest import Client, Server, ServerFactory
 from sealroom.config import settings_from_mapping
-from sealroom.net.server import Reactor
-from sealroom.session.machine import Pending, Services, Session
+from sealroom.core.blocking import BlockingCallError, check_may_block, forbid_blocking
+from sealroom.net.connection import OwnershipError
+from sealroom.net.reactor import Reactor
+from sealroom.policy.ratelimit import KeyedBuckets
+from sealroom.session import COMMANDS, Command, Outcome, Pool, Services, Session
+from sealroom.state.hub import Hub, HubLimits, Member
+from sealroom.state.messages import MessageIds
 from sealroom.state.outbox import Outbox
 
 
@@ -44,45 +50,89 @@ def skip_to(client: Client, prefix: str) -> str:
 
 
 def reactor_of(server: Server) -> Reactor:
-    reactor = server.app.shared.reactor
-    assert reactor is not None
-    return reactor
+    return server.app.reactor
 
 
-def test_quiet_sessions_are_parked_and_their_threads_end(server: Server) -> None:
+def test_no_thread_per_connection(server: Server) -> None:
     reactor = reactor_of(server)
+    server.user("warmup").close()
     baseline = threading.active_count()
     clients = [server.user(f"user{i}") for i in range(20)]
-    assert wait_for(lambda: len(reactor) == 20)
-    assert wait_for(lambda: threading.active_count() <= baseline)  # no thread per session
+    assert wait_for(lambda: len(reactor) >= 20)  # handshake, login and chat: on the reactor
+    assert threading.active_count() == baseline  # not one thread more for 20 connections
 
-    # A broadcast among parked sessions: the reactor reads it, fans it out, writes it.
+    # A broadcast: the reactor reads it, fans it out, writes it.
     sent = clients[0].request("hello, everyone")
     assert sent.startswith("OK say #lobby ")
     for client in clients[1:]:
         assert skip_to(client, "MSG #lobby ").endswith("hello, everyone")
-    assert len(reactor) == 20
+    assert threading.active_count() == baseline
 
 
-def test_blocking_requests_run_off_the_reactor_and_come_back(
-    server: Server, caplog: pytest.LogCaptureFixture
-) -> None:
-    reactor = reactor_of(server)
+def test_every_blocking_request_runs_off_the_reactor(server: Server) -> None:
+    """Strict mode is on: had any of these touched SQLite or argon2 on the reactor thread,
+    the session would have ended with BYE internal-error."""
     server.add_user("alice", "old-secret-1")
     alice, bob = server.client(), server.user("bob")
     alice.login("alice", "old-secret-1")
-    assert wait_for(lambda: len(reactor) == 2)
-    with caplog.at_level(logging.INFO, logger="sealroom"):
-        assert alice.request("/passwd old-secret-1 new password 1") == "OK passwd"
-    changed = [r for r in caplog.records if r.getMessage().endswith("password changed")]
-    assert len(changed) == 1
-    assert changed[0].threadName != "reactor"  # argon2 ran on a thread of its own
-
+    assert alice.request("/passwd old-secret-1 new password 1") == "OK passwd"
     assert alice.request("/msg bob psst").startswith("OK msg bob ")
     assert skip_to(bob, "DM alice ") == "DM alice psst"
+    assert alice.request("/msg nobody-here hi").startswith("ERR no-such-user")
     assert alice.request("/history bob").endswith("OK history bob 1")
-    assert wait_for(lambda: len(reactor) == 2)  # parked again once quiet
+    assert alice.request("/history #lobby").startswith("OK history #lobby")
+    token = alice.request("/token").split()[2]
+    again = server.client()
+    assert again.request(f"/resume alice {token}").startswith("OK login alice")
     assert alice.request("/ping back").startswith("OK ping back")
+
+
+def test_a_blocking_call_on_the_reactor_fails_loudly(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guard itself: a handler that reads the store inline is caught on the reactor."""
+
+    def reads_the_store_inline(session: Session, request: object) -> str:
+        session.services.store.get_account("alice")
+        return "OK ping"
+
+    original = COMMANDS["ping"]
+    patched = Command(original.syntax, reads_the_store_inline, "broken", login=False)
+    monkeypatch.setitem(COMMANDS, "ping", patched)
+    victim = server.client()
+    with caplog.at_level(logging.ERROR, logger="sealroom"):
+        victim.send("/ping")
+        assert victim.closed() == ["BYE internal-error"]
+    caught = [r for r in caplog.records if r.exc_info and r.exc_info[0] is BlockingCallError]
+    assert caught
+
+
+def test_the_guard_raises_only_on_a_marked_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEALROOM_STRICT_BLOCKING", "1")
+    check_may_block("SQLite")  # an unmarked thread may block
+    failures: list[BaseException] = []
+
+    def marked() -> None:
+        forbid_blocking("test")
+        try:
+            check_may_block("SQLite")
+        except BlockingCallError as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=marked)
+    thread.start()
+    thread.join()
+    assert len(failures) == 1
+
+
+def test_only_the_owner_touches_a_tls_socket(server: Server) -> None:
+    server.user("alice")
+    (connection,) = list(server.app.shared.registry._live)
+    assert connection.owner == reactor_of(server).thread.ident
+    with pytest.raises(OwnershipError):
+        connection.flush()  # from the test's thread, not the reactor
+    with pytest.raises(OwnershipError):
+        connection.read()
 
 
 def test_pipelined_lines_keep_their_order_across_hand_overs(server: Server) -> None:
@@ -116,66 +166,83 @@ def test_shutdown_says_bye_to_parked_sessions(server: Server) -> None:
     assert len(server.app.shared.registry) == 0
 
 
-# -- the session's side: which lines the reactor may run ----------------------------------------
 
 
-@dataclass
-class History:
-    backed_up: bool = False
+# -- the session's side: which requests need which effects -----------------------------------
 
 
 @pytest.fixture
-def history() -> History:
-    return History()
-
-
-@pytest.fixture
-def lone_session(history: History) -> tuple[Session, Outbox]:
-    """A session before login: enough to see what ``process(inline=True)`` holds back.
-
-    Every request below is refused before it reaches a service: it needs a login."""
+def alice_session() -> tuple[Session, Outbox, MessageIds]:
+    """A logged-in session over a real hub, with fakes for what blocks: the effects it asks
+    for are inspected, never run."""
     settings = settings_from_mapping({}, Path("."))
-    absent = cast(Any, None)  # no request below reaches the hub, store or authenticator
-    messages = cast(Any, history)
-    services = Services(settings, absent, absent, absent, messages, absent, absent, lambda: 0.0)
+    ids = MessageIds(cast(Any, None))  # nothing reserved yet: the first message must wait
+    hub = Hub(HubLimits(100, 10, 100, True, "#lobby"), next_id=ids.take)
+
+    class Messages:
+        backed_up = False
+        writer = None
+
+        def __init__(self) -> None:
+            self.ids = ids
+
+        def say(self, member: Member, room: str, text: str) -> int:
+            return hub.say(member, room, text)
+
+    absent = cast(Any, None)
+    messages = cast(Any, Messages())
+    buckets = KeyedBuckets(100, 100, lambda: 0.0, max_keys=10)
+    services = Services(settings, hub, absent, absent, messages, absent, buckets, lambda: 0.0)
     outbox = Outbox(65536, lambda: None)
-    return Session(services, outbox, "127.0.0.1"), outbox
+    session = Session(services, outbox, "127.0.0.1")
+    member = Member("alice", outbox)
+    hub.attach(member)
+    session.member = member
+    hub.join(member, "#lobby", b"")
+    session.current_room = "#lobby"
+    return session, outbox, ids
 
 
 @pytest.mark.parametrize(
-    ("line", "blocks"),
+    ("line", "pool"),
     [
-        (b"/token", True),
-        (b"/MSG bob hi", True),
-        (b"/history #lobby 5", True),
-        (b"/\xe2\x84\xaaick bob", True),  # KELVIN SIGN lower-cases to "k": /kick
-        (b"/ping", False),
-        (b"/nonsense", False),
-        (b"//history is a message", False),
-        (b"hello", False),
+        (b"/token", Pool.STORE),
+        (b"/MSG bob hi", Pool.STORE),
+        (b"/history #lobby 5", Pool.STORE),
+        (b"/history bob", Pool.STORE),
+        (b"/passwd old-secret new-secret-1", Pool.ARGON2),
+        (b"hello", Pool.STORE),  # no id reserved yet: reserve a block first
+        (b"/ping", None),
+        (b"/who", None),
+        (b"/join #other", None),
+        (b"/nonsense", None),
+        (b"/\xe2\x84\xaaick bob", None),  # KELVIN SIGN: parsed, not guessed; not an admin
     ],
 )
-def test_inline_processing_holds_back_blocking_lines(
-    lone_session: tuple[Session, Outbox], line: bytes, blocks: bool
+def test_what_a_request_needs_decides_where_it_runs(
+    alice_session: tuple[Session, Outbox, MessageIds], line: bytes, pool: Pool | None
 ) -> None:
-    session, outbox = lone_session
+    session, outbox, _ids = alice_session
     session.feed(line + b"\n/ping after\n")
-    if blocks:
-        assert session.process(inline=True) is Pending.BLOCKING
-        assert outbox.take()[0] == b""  # nothing handled yet, the line is kept
-        assert session.process(inline=True) is Pending.BLOCKING  # still first in line
-    assert session.process() is Pending.NOTHING
-    replies = outbox.take()[0].decode().splitlines()
-    assert len(replies) == 2
-    assert replies[-1] == "OK ping after"
+    session.process()
+    effects = session.take_effects()
+    if pool is None:
+        assert effects == []
+        assert outbox.take()[0].decode().splitlines()[-1] == "OK ping after"
+    else:
+        assert [effect.pool for effect in effects] == [pool]
+        assert session.awaiting  # the next line waits for this one's reply
+        assert b"OK ping after" not in outbox.take()[0]
 
 
-def test_every_line_waits_for_a_thread_while_history_is_backed_up(
-    lone_session: tuple[Session, Outbox], history: History
+def test_a_message_waits_for_ids_then_goes_out(
+    alice_session: tuple[Session, Outbox, MessageIds],
 ) -> None:
-    session, outbox = lone_session
-    history.backed_up = True  # storing a message would wait up to SUBMIT_WAIT_S for the disk
-    session.feed(b"/ping\n")
-    assert session.process(inline=True) is Pending.BLOCKING
-    assert session.process() is Pending.NOTHING
-    assert outbox.take()[0] == b"OK ping\n"
+    session, outbox, ids = alice_session
+    session.feed(b"hello\n/ping after\n")
+    session.process()
+    (effect,) = session.take_effects()
+    ids._blocks.append(range(41, 1041))  # what the worker's refill would have reserved
+    session.complete(effect, Outcome(None))
+    session.process()
+    assert outbox.take()[0].decode().splitlines()[-2:] == ["OK say #lobby 41", "OK ping after"]

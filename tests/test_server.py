@@ -161,7 +161,7 @@ def test_rate_limit(make_server) -> None:  # type: ignore[no-untyped-def]
 
 def test_too_many_errors_closes(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(rate={"errors": {"rate": 0.01, "burst": 3}})
-    client = server.client()
+    client = server.user("alice")
     for _ in range(3):
         assert client.request("/nope").startswith("ERR bad-command")
     client.send("/nope")

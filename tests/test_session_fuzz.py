@@ -38,7 +38,7 @@ from sealroom.core.errors import ProtocolError
 from sealroom.core.protocol import Framing, LineBuffer, decode_line, split_request
 from sealroom.policy.auth import Authenticator, ResumeTokens
 from sealroom.policy.ratelimit import KeyedBuckets
-from sealroom.session.machine import COMMANDS, Pending, Services, Session
+from sealroom.session import COMMANDS, Outcome, Services, Session
 from sealroom.state.hub import Hub, HubLimits
 from sealroom.state.messages import HistoryWriter, MessageIds, MessageLog
 from sealroom.state.outbox import Outbox
@@ -171,6 +171,7 @@ class SessionMachine(RuleBasedStateMachine):
         for name in USERS:
             self.store.add_account(name, hashed, is_admin=name == "root")
         limits = self.settings.limits
+        self.ids = MessageIds(self.store)
         self.hub = Hub(
             HubLimits(
                 max_rooms=limits.max_rooms,
@@ -179,7 +180,7 @@ class SessionMachine(RuleBasedStateMachine):
                 allow_create=True,
                 default_room="#lobby",
             ),
-            next_id=MessageIds(self.store).next,
+            next_id=self.ids.take,
         )
         history = self.settings.history
         self.writer = HistoryWriter(
@@ -193,7 +194,11 @@ class SessionMachine(RuleBasedStateMachine):
             auth=auth,
             store=self.store,
             messages=MessageLog(
-                self.store, self.hub, self.writer, private_quota=history.private_per_user
+                self.store,
+                self.hub,
+                self.writer,
+                self.ids,
+                private_quota=history.private_per_user,
             ),
             tokens=ResumeTokens(self.store, 7),
             login_buckets=KeyedBuckets(rate.rate, rate.burst, self.clock, max_keys=100),
@@ -315,12 +320,16 @@ class SessionMachine(RuleBasedStateMachine):
             if conn.closed is not None:
                 self._finish(conn)  # after BYE, the server closes the connection
                 return
-            # As the reactor does: what may not block runs inline, then a thread runs the
-            # blocking line it left. The oracle checks nothing is lost or reordered by it.
-            if conn.session.process(inline=True) is Pending.BLOCKING:
-                conn.session.process()
+            # As the shell does: handle lines, run the effects they ask for (here, inline),
+            # hand back their outcomes. The oracle checks nothing is lost or reordered by it.
+            conn.session.process()
+            effects = conn.session.take_effects()
+            for effect in effects:
+                conn.session.complete(effect, Outcome.of(effect.work))
             data, receipts = conn.outbox.take()
             if not data:
+                if effects:
+                    continue
                 return
             self._check_output(conn, data)
             for receipt in receipts:  # the bytes are "on the wire"

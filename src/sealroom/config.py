@@ -52,6 +52,7 @@ class TlsSettings:
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
     database: Path = Path("var/sealroom.db")
+    workers: int = 4  # threads for database calls, which the reactor never makes itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +392,7 @@ _SCHEMA = _Section(
                 "profile": _choice("intermediate", "modern"),
             }
         ),
-        "storage": _Section({"database": _path()}),
+        "storage": _Section({"database": _path(), "workers": _integer(1, 64)}),
         "auth": _Section(
             {
                 "argon2": _Section(

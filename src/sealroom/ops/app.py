@@ -30,8 +30,11 @@ from sealroom.config import ConfigError, Settings, load_settings, parse_address
 from sealroom.core.errors import UserError
 from sealroom.core.storage import Store
 from sealroom.core.text import has_forbidden_chars, user_name
-from sealroom.net.server import Reactor, Registry, SealroomServer, Shared
+from sealroom.net.connection import Registry, Shared
+from sealroom.net.listener import SealroomServer
+from sealroom.net.reactor import Reactor
 from sealroom.net.tls import build_server_context
+from sealroom.net.workers import WorkerPool
 from sealroom.ops.control import ControlError, ControlServer
 from sealroom.ops.logs import set_level
 from sealroom.ops.metrics import Family, MetricsServer
@@ -44,8 +47,9 @@ from sealroom.ops.reload import (
     effective_settings,
 )
 from sealroom.policy.admission import Admission
-from sealroom.policy.auth import Authenticator, ResumeTokens
+from sealroom.policy.auth import Authenticator, ResumeTokens, ServerBusy
 from sealroom.policy.ratelimit import KeyedBuckets
+from sealroom.session.effects import Outcome, Pool
 from sealroom.session.machine import Services
 from sealroom.state.hub import Hub, HubLimits
 from sealroom.state.messages import HistoryWriter, MessageIds, MessageLog
@@ -55,7 +59,7 @@ log = logging.getLogger("sealroom")
 
 TICKET_KEY_LIFETIME_S = 24 * 3600  # the TLS context (and its ticket key) is rebuilt daily
 HOUSEKEEPING_INTERVAL_S = 0.5  # account changes from the CLI must reach sessions within 2 s
-THREAD_STACK_BYTES = 512 * 1024  # a connection's thread needs little; 8 MiB default is waste
+THREAD_STACK_BYTES = 512 * 1024  # our threads (workers, listeners) need little; 8 MiB is waste
 MAX_KICK_REASON = 200  # characters of an operator's kick reason
 
 
@@ -82,7 +86,22 @@ class App:
             max_concurrent=settings.auth.max_concurrent_verifications,
             wait_s=settings.auth.verification_wait_s,
         )
-        self.hub = Hub(_hub_limits(settings), next_id=MessageIds(self.store).next)
+        # Blocking work runs here, never on the reactor: argon2 on exactly as many threads
+        # as verifications may run at once, database calls on a few of their own.
+        self.pools = {
+            Pool.ARGON2: WorkerPool(
+                "argon2",
+                settings.auth.max_concurrent_verifications,
+                max_wait_s=settings.auth.verification_wait_s,
+                overloaded=ServerBusy,
+            ),
+            Pool.STORE: WorkerPool("store", settings.storage.workers),
+        }
+        store_pool = self.pools[Pool.STORE]
+        ids = MessageIds(
+            self.store, prefetch=lambda refill: store_pool.submit(refill, _ignore_outcome)
+        )
+        self.hub = Hub(_hub_limits(settings), next_id=ids.take)
         history = settings.history
         self.writer = HistoryWriter(
             SqliteStore(settings.storage.database), history.per_room, history.private_per_user
@@ -91,6 +110,7 @@ class App:
             self.store,
             self.hub,
             self.writer,
+            ids,
             private_quota=history.private_per_user,
             store_rooms=history.rooms,
         )
@@ -112,7 +132,10 @@ class App:
             clock=clock,
             max_tracked_addresses=limits.max_tracked_addresses,
         )
-        self.shared = Shared(services, admission, Registry(), context, Reactor())
+        self.reactor = Reactor()
+        self.shared = Shared(
+            services, admission, Registry(), context, self.pools, complete=self.reactor.complete
+        )
         self.counters = services.counters
         self.certificate: Validity | None = _startup_certificate(settings)
         self.reloads = {"ok": 0, "failed": 0}
@@ -130,7 +153,8 @@ class App:
         try:
             for address in settings.listen:
                 try:
-                    self.servers.append(SealroomServer(parse_address(address), self.shared))
+                    server = SealroomServer(parse_address(address), self.shared, self.reactor)
+                    self.servers.append(server)
                 except OSError as error:
                     raise UserError(f"cannot listen on {address}: {error.strerror}") from None
             if settings.control.socket is not None:
@@ -153,7 +177,9 @@ class App:
         _raise_fd_limit()
         threading.stack_size(THREAD_STACK_BYTES)
         self.writer.start()
-        self.shared.reactor.start()
+        for pool in self.pools.values():
+            pool.start()
+        self.reactor.start()
         for server in self.servers:
             thread = threading.Thread(
                 target=server.serve_forever,
@@ -207,7 +233,7 @@ class App:
         if interval is not None and now >= self._next_watchdog:
             # A listener that stopped turning is a wedged server: let the watchdog fire.
             loops = [(s.bound, s.heartbeat) for s in self.servers]
-            loops.append(("reactor", self.shared.reactor.heartbeat))
+            loops.append(("reactor", self.reactor.heartbeat))
             stale = [name for name, beat in loops if now - beat > max(interval, 1.5)]
             if stale and not self._stuck:
                 log.error("serving loop of %s is stuck; not feeding the watchdog", stale)
@@ -426,7 +452,7 @@ class App:
             log.warning("%d connections did not close in %.0fs; forcing", len(registry), grace)
             registry.force_close()
             registry.wait_empty(1.0)
-        self.shared.reactor.stop()
+        self.reactor.stop()
         for thread in self._threads:
             thread.join(timeout=2.0)
         for thread in (*ending, *self._side_threads) if self._side_threads else ():
@@ -439,10 +465,18 @@ class App:
         for side in (self.control, self.metrics):
             if side is not None:
                 side.server_close()
-        self.shared.reactor.stop()
+        self.reactor.stop()
+        for pool in self.pools.values():
+            pool.stop()
         self.writer.stop()  # commits what is queued
         self.store.close()
         self.notifier.close()
+
+
+def _ignore_outcome(outcome: Outcome) -> None:
+    """Background work whose result nobody waits for; a failure is logged where it happens."""
+    if outcome.error is not None:
+        log.error("background work failed: %s", outcome.error)
 
 
 def _refused(problem: str) -> str:

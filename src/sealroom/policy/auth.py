@@ -28,6 +28,7 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.profiles import CHEAPEST
 
+from sealroom.core.blocking import check_may_block
 from sealroom.core.errors import ErrorCode, ProtocolError
 from sealroom.core.model import Account, NoSuchAccount, iso_utc, utc_now
 from sealroom.core.storage import Store
@@ -131,6 +132,7 @@ class Authenticator:
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
+        check_may_block("argon2")
         started = time.monotonic()
         with self._stats_lock:
             self.waiting += 1

@@ -17,9 +17,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from sealroom.core.blocking import check_may_block
 from sealroom.core.errors import ErrorCode, ProtocolError
 from sealroom.core.model import StoredMessage, iso_utc
 from sealroom.core.storage import Store
@@ -36,20 +37,78 @@ PENDING_BATCH = 100  # stored private messages claimed and delivered at a time
 HIST_OVERHEAD = 120  # bytes a HIST line adds to its text: names, id, time
 
 
-class MessageIds:
-    """Unique, increasing message ids, reserved durably in blocks."""
+class IdsExhausted(Exception):  # noqa: N818 -- names the condition, as callers read it
+    """No reserved id is left in memory: reserve a block (blocking) before trying again."""
 
-    def __init__(self, store: Store) -> None:
+
+class MessageIds:
+    """Unique, increasing message ids, reserved durably in blocks ahead of need.
+
+    :meth:`take` never touches the database: it hands out ids from blocks reserved before.
+    When the current block is half used, the next one is reserved in the background (through
+    ``prefetch``, which runs :meth:`refill` on a worker), so the fan-out path and the hub lock
+    never wait for a commit. Only a burst that outruns the prefetch finds nothing left; then
+    :meth:`take` raises :class:`IdsExhausted` and the caller runs :meth:`refill` where it may
+    block.
+    """
+
+    def __init__(
+        self, store: Store, prefetch: Callable[[Callable[[], None]], object] | None = None
+    ) -> None:
         self._store = store
-        self._lock = threading.Lock()
-        self._block = iter(range(0))
+        self._prefetch = prefetch
+        self._lock = threading.Lock()  # guards the blocks; never held across I/O
+        self._refill_lock = threading.Lock()  # one reservation at a time
+        self._blocks: deque[range] = deque()
+        self._position = 0  # the next id's index in _blocks[0]
+        self._prefetching = False
+
+    def take(self) -> int:
+        """The next id, from memory; raises :class:`IdsExhausted` when none is reserved."""
+        with self._lock:
+            while self._blocks and self._position >= len(self._blocks[0]):
+                self._blocks.popleft()
+                self._position = 0
+            if not self._blocks:
+                raise IdsExhausted
+            block = self._blocks[0]
+            message_id = block[self._position]
+            self._position += 1
+            ahead = len(self._blocks) > 1
+            low = not ahead and self._position * 2 >= len(block)
+            if low and self._prefetch is not None and not self._prefetching:
+                self._prefetching = True
+                if self._prefetch(self._background_refill) is False:  # the pool is stopping
+                    self._prefetching = False
+            return message_id
 
     def next(self) -> int:
-        with self._lock:
-            for message_id in self._block:
-                return message_id
-            self._block = iter(self._store.reserve_ids(ID_BLOCK))
-            return next(self._block)
+        """An id, reserving a block first if needed: for threads that may block."""
+        while True:
+            try:
+                return self.take()
+            except IdsExhausted:
+                self.refill()
+
+    def refill(self) -> None:
+        """Reserve the next block unless ids are left (blocks on the database)."""
+        with self._refill_lock:
+            with self._lock:
+                left = sum(len(block) for block in self._blocks) - self._position
+            if left > 0:
+                return  # another thread reserved a block while we waited for the lock
+            block = self._store.reserve_ids(ID_BLOCK)
+            with self._lock:
+                self._blocks.append(block)
+
+    def _background_refill(self) -> None:
+        try:
+            with self._refill_lock:
+                block = self._store.reserve_ids(ID_BLOCK)
+                with self._lock:
+                    self._blocks.append(block)
+        finally:
+            self._prefetching = False
 
 
 class HistoryWriter:
@@ -82,12 +141,19 @@ class HistoryWriter:
 
     @property
     def backed_up(self) -> bool:
-        """The queue is full: the next :meth:`submit` waits for the disk."""
+        """The queue is full: a message submitted now would go unstored."""
         return len(self._pending) >= QUEUE_LIMIT
 
     def submit(self, message: StoredMessage) -> None:
-        if len(self._pending) >= QUEUE_LIMIT and not self._wait_for_room():
+        """Queue ``message`` for the next commit; never waits (the reactor calls this).
+
+        A publisher that may block calls :meth:`wait_for_room` first; one that finds the
+        queue full anyway loses the message's *history* (live delivery happened), said in
+        the log, rather than stall the fan-out.
+        """
+        if len(self._pending) >= QUEUE_LIMIT:
             self.dropped += 1
+            self._wake.set()
             log.warning("history writer is behind: message %d not stored", message.id)
             return
         was_empty = not self._pending
@@ -96,8 +162,12 @@ class HistoryWriter:
         if (was_empty or len(self._pending) >= BATCH_LIMIT) and not self._wake.is_set():
             self._wake.set()
 
-    def _wait_for_room(self) -> bool:
-        """The disk is behind: the *publisher* waits a little (never the fan-out)."""
+    def wait_for_room(self) -> bool:
+        """The disk is behind: wait up to ``SUBMIT_WAIT_S`` for room (on a worker thread).
+
+        This is how a full queue slows the *publisher* that filled it, never the fan-out.
+        """
+        check_may_block("waiting for the history writer")
         self._wake.set()
         deadline = time.monotonic() + SUBMIT_WAIT_S
         while len(self._pending) >= QUEUE_LIMIT:
@@ -160,27 +230,37 @@ class HistoryWriter:
 
 
 class MessageLog:
-    """The session's door to ids, history and stored private messages."""
+    """The session's door to ids, history and stored private messages.
+
+    :meth:`say`, :meth:`release` and :meth:`now` never block: the reactor calls them. Every
+    other method reads or writes the database and runs on a worker thread.
+    """
 
     def __init__(
         self,
         store: Store,
         hub: Hub,
         writer: HistoryWriter,
+        ids: MessageIds,
         *,
         private_quota: int,
         store_rooms: bool = True,
     ) -> None:
-        """``hub`` must draw its message ids from a :class:`MessageIds` on ``store``."""
+        """``hub`` must draw its message ids from ``ids`` (``ids.take``)."""
         self.store = store
         self.hub = hub
         self.writer = writer
+        self.ids = ids
         self.private_quota = private_quota
         self.store_rooms = store_rooms
         self._now: tuple[int, str] = (-1, "")
-        # Delivery and "is the recipient online?" decisions are made under this lock, so a
-        # message stored for an offline account cannot slip past a login happening meanwhile.
+        # "Is the recipient online?" and storing for an offline one are one step under this
+        # lock, and so is claiming stored messages at login: a message stored for an offline
+        # account cannot slip past a login happening meanwhile. Held across database I/O.
         self._mail_lock = threading.Lock()
+        # Stored messages some session is delivering right now. Its own lock, never held
+        # across I/O, so that a closing connection gives its claims back without waiting.
+        self._claimed_lock = threading.Lock()
         self._claimed: set[int] = set()
 
     def now(self) -> str:
@@ -196,12 +276,14 @@ class MessageLog:
 
     @property
     def backed_up(self) -> bool:
-        """Storing a message would make its sender wait for the history writer."""
+        """The history writer's queue is full: wait for room before storing more."""
         return self.writer.backed_up
 
     # -- rooms ------------------------------------------------------------------------------
 
     def say(self, member: Member, room: str, text: str) -> int:
+        """Relay and queue for storage; raises :class:`IdsExhausted` before relaying if no
+        id is reserved (the caller then runs ``ids.refill`` where it may block)."""
         message_id = self.hub.say(member, room, text)
         if self.store_rooms:
             self.writer.submit(StoredMessage(message_id, room, None, member.name, text, self.now()))
@@ -219,8 +301,14 @@ class MessageLog:
 
     def send_private(self, sender: str, recipient: str, text: str) -> int:
         """Deliver live, or store durably for an offline account; returns the id."""
+        self.writer.wait_for_room()
         with self._mail_lock:
-            message_id, reached = self.hub.direct(sender, recipient, text)
+            while True:
+                try:
+                    message_id, reached = self.hub.direct(sender, recipient, text)
+                    break
+                except IdsExhausted:
+                    self.ids.refill()
             message = StoredMessage(message_id, None, recipient, sender, text, self.now())
             if reached:
                 self.writer.submit(message)
@@ -233,39 +321,36 @@ class MessageLog:
             self.store.add_messages([message], delivered=False)
             return message_id
 
-    def attach_and_claim(self, member: Member, max_bytes: int) -> list[StoredMessage]:
-        """Put a new session in the hub and claim the first messages stored for it."""
-        with self._mail_lock:
-            self.hub.attach(member)
-            return self._claim_locked(member.name, max_bytes)
-
     def claim(self, name: str, max_bytes: int) -> list[StoredMessage]:
-        """The next batch of stored messages for ``name``, about ``max_bytes`` at most."""
-        with self._mail_lock:
-            return self._claim_locked(name, max_bytes)
+        """The next batch of stored messages for ``name``, about ``max_bytes`` at most,
+        that no other session of ``name`` is delivering right now.
 
-    def _claim_locked(self, name: str, max_bytes: int) -> list[StoredMessage]:
-        """Pending messages that no other session of ``name`` is delivering right now."""
-        limit = PENDING_BATCH + len(self._claimed)
-        batch: list[StoredMessage] = []
-        size = 0
-        for message in self.store.pending(name, limit):
-            if message.id in self._claimed:
-                continue
-            size += len(message.body.encode()) + HIST_OVERHEAD
-            if batch and (size > max_bytes or len(batch) >= PENDING_BATCH):
-                break
-            batch.append(message)
-        self._claimed.update(m.id for m in batch)
-        return batch
+        A session claims after it is attached to the hub, so every message is either
+        delivered live or found here.
+        """
+        with self._mail_lock:
+            with self._claimed_lock:
+                limit = PENDING_BATCH + len(self._claimed)
+            found = self.store.pending(name, limit)
+            batch: list[StoredMessage] = []
+            size = 0
+            with self._claimed_lock:
+                for message in found:
+                    if message.id in self._claimed:
+                        continue
+                    size += len(message.body.encode()) + HIST_OVERHEAD
+                    if batch and (size > max_bytes or len(batch) >= PENDING_BATCH):
+                        break
+                    batch.append(message)
+                self._claimed.update(m.id for m in batch)
+            return batch
 
     def delivered(self, ids: Sequence[int]) -> None:
         """The lines of ``ids`` were written to the socket: never deliver them again."""
         self.store.mark_delivered(ids)
-        with self._mail_lock:
-            self._claimed.difference_update(ids)
+        self.release(ids)
 
     def release(self, ids: Sequence[int]) -> None:
         """A session died before writing these: leave them for the next login."""
-        with self._mail_lock:
+        with self._claimed_lock:
             self._claimed.difference_update(ids)

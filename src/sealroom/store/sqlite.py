@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from sealroom.core.blocking import check_may_block
 from sealroom.core.model import (
     Account,
     AccountExists,
@@ -201,6 +202,7 @@ class SqliteStore:
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
+        check_may_block("SQLite")
         with self._lock:
             if self._conn is None:
                 raise StoreError("the database is closed")

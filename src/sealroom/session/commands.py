@@ -1,0 +1,393 @@
+"""The requests of protocol version 1: one handler per verb, and the table that routes them.
+
+A handler decides from memory. What needs the database or argon2 it returns as an
+:class:`~sealroom.session.effects.Effect` whose ``work`` runs on a worker and whose ``then``
+finishes the request back on the session's thread — so a handler that blocks cannot be
+written by accident: the store and the hasher are only ever named inside ``work``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.model import Account, StoredMessage
+from sealroom.core.protocol import SAY_CURRENT, Request, Rest, Syntax, encode_line
+from sealroom.core.text import escape_for_log, password_problem, room_name, user_name
+from sealroom.policy.ratelimit import retry_after_text
+from sealroom.session.effects import Effect, Pool, Reply, Step
+from sealroom.session.machine import Command, Session, hist_line
+from sealroom.state.hub import Member
+from sealroom.state.messages import IdsExhausted
+
+log = logging.getLogger("sealroom.session")
+
+DEFAULT_HISTORY = 20
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def room_arg(session: Session, request: Request, index: int = 0) -> str:
+    """The room named in the request, else the current room."""
+    if len(request.args) > index:
+        name = room_name(request.args[index])
+        if name is None:
+            raise ProtocolError(ErrorCode.BAD_ARGUMENT, "a room is # then [a-z0-9_-]")
+        return name
+    if session.current_room is None:
+        raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room; /join #ROOM")
+    return session.current_room
+
+
+def require_member(session: Session) -> Member:
+    assert session.member is not None  # the dispatch table guarantees it  # noqa: S101
+    return session.member
+
+
+def take_login_token(session: Session) -> None:
+    """Every credential check draws on the client address's bucket, before any hashing."""
+    wait = session.services.login_buckets.take(session.peer)
+    if wait:
+        text = f"too many login attempts; {retry_after_text(wait)}"
+        raise ProtocolError(ErrorCode.RATE_LIMITED, text)
+
+
+def _user_arg(raw: str) -> str:
+    name = user_name(raw)
+    if name is None:
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, "a user name is [a-z0-9][a-z0-9_.-]")
+    return name
+
+
+def _account_exists(session: Session, name: str) -> bool:
+    """Blocking: for an effect's work."""
+    services = session.services
+    return services.hub.is_online(name) or services.store.get_account(name) is not None
+
+
+# -- logging in -------------------------------------------------------------------------------
+
+
+def cmd_login(session: Session, request: Request) -> Step:
+    if session.member is not None:
+        raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"you are {session.member.name}")
+    take_login_token(session)
+    auth = session.services.auth
+    raw_name, password = request.args[0], request.text or ""
+    # An invalid name cannot exist: it takes the unknown-account path, same reply, same time.
+    name = user_name(raw_name) or ""
+    return Effect(
+        Pool.ARGON2,
+        lambda: auth.verify_login(name, password),  # ServerBusy is an ERR server-busy
+        lambda account: _complete_login(session, account, raw_name),
+    )
+
+
+def cmd_resume(session: Session, request: Request) -> Step:
+    if session.member is not None:
+        raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"you are {session.member.name}")
+    take_login_token(session)
+    raw_name, token = request.args
+    tokens = session.services.tokens
+    name = user_name(raw_name) or ""
+    return Effect(
+        Pool.STORE,
+        lambda: tokens.verify(name, token),
+        lambda account: _complete_login(session, account, raw_name),
+    )
+
+
+def cmd_token(session: Session, request: Request) -> Step:
+    tokens, name = session.services.tokens, require_member(session).name
+    return Effect(
+        Pool.STORE, lambda: tokens.issue(name), lambda issued: f"OK token {issued[0]} {issued[1]}"
+    )
+
+
+def _complete_login(session: Session, account: Account | None, raw_name: str) -> Step:
+    """Shared by /login and /resume: the checks after the credential, then the session."""
+    services = session.services
+    if session.member is not None:  # two logins pipelined: the first one won
+        raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"you are {session.member.name}")
+    client_ca = services.settings.tls.client_ca
+    if account is not None and client_ca is not None and session.client_cn != account.name:
+        account = None
+    if account is None:
+        services.counters.logins_failed += 1
+        log.info("%s: login failed for %r", session.describe(), escape_for_log(raw_name[:64]))
+        raise ProtocolError(ErrorCode.AUTH_FAILED, "wrong name or password")
+    member = Member(account.name, session.outbox, is_admin=account.is_admin)
+    # Attached before stored messages are claimed: each is then delivered live or claimed.
+    services.hub.attach(member)
+    session.member = member
+    services.counters.logins_ok += 1
+    log.info("%s: logged in", session.describe())
+    default = services.settings.rooms.default
+    try:
+        services.hub.join(member, default, encode_line("OK", "login", account.name, default))
+        session.current_room = default
+    except ProtocolError as error:
+        log.info("%s: could not join %s: %s", session.describe(), default, error.text)
+        session.push_line(f"OK login {account.name}")
+    messages, batch = services.messages, session.outbox.limit // 4
+
+    def deliver(found: list[StoredMessage]) -> Reply:
+        session.deliver_stored(found)
+        return None
+
+    # The first batch of stored messages is part of the login: it comes before the reply
+    # to the client's next request. Later batches follow as the client reads.
+    return Effect(
+        Pool.STORE,
+        lambda: messages.claim(account.name, batch),
+        deliver,
+        abandon=lambda found: messages.release([m.id for m in found]),
+    )
+
+
+# -- rooms --------------------------------------------------------------------------------------
+
+
+def cmd_join(session: Session, request: Request) -> Step:
+    name = room_arg(session, request)
+    session.services.hub.join(require_member(session), name, encode_line("OK", "join", name))
+    session.current_room = name
+    return None
+
+
+def cmd_part(session: Session, request: Request) -> Step:
+    name = room_arg(session, request)
+    session.services.hub.part(require_member(session), name)
+    if session.current_room == name:
+        session.current_room = None
+    return f"OK part {name}"
+
+
+def _say(session: Session, room: str, text: str) -> Step:
+    if not text.strip():
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, "empty message")
+    messages = session.services.messages
+    if messages.backed_up:
+        # The disk is behind: this sender waits for room on a worker, nobody else does.
+        wait = messages.writer.wait_for_room
+        return Effect(Pool.STORE, wait, lambda _: _say(session, room, text))
+    try:
+        message_id = messages.say(require_member(session), room, text)
+    except IdsExhausted:  # a burst outran the ids reserved ahead: reserve, then say
+        return Effect(Pool.STORE, messages.ids.refill, lambda _: _say(session, room, text))
+    session.services.counters.messages_room += 1
+    return f"OK say {room} {message_id}"
+
+
+def cmd_say(session: Session, request: Request) -> Step:
+    return _say(session, room_arg(session, request), request.text or "")
+
+
+def cmd_say_current(session: Session, request: Request) -> Step:
+    if session.current_room is None:
+        raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room; /join #ROOM")
+    return _say(session, session.current_room, request.text or "")
+
+
+def cmd_who(session: Session, request: Request) -> Step:
+    name = room_arg(session, request)
+    return " ".join(["OK", "who", name, *session.services.hub.who(name)])
+
+
+def cmd_rooms(session: Session, request: Request) -> Step:
+    return " ".join(["OK", "rooms", *sorted(require_member(session).rooms)])
+
+
+# -- private messages and history ---------------------------------------------------------------
+
+
+def cmd_msg(session: Session, request: Request) -> Step:
+    recipient = _user_arg(request.args[0])
+    text = request.text or ""
+    if not text.strip():
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, "empty message")
+    sender = require_member(session).name
+    services = session.services
+
+    def send() -> int:
+        if not _account_exists(session, recipient):
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {recipient}")
+        return services.messages.send_private(sender, recipient, text)
+
+    def sent(message_id: int) -> Reply:
+        services.counters.messages_private += 1
+        return f"OK msg {recipient} {message_id}"
+
+    return Effect(Pool.STORE, send, sent)
+
+
+def cmd_history(session: Session, request: Request) -> Step:
+    services = session.services
+    member = require_member(session)
+    target = request.args[0]
+    limit = _history_limit(
+        request.args[1] if len(request.args) > 1 else None, services.settings.history.max_query
+    )
+    messages = services.messages
+    if target.startswith("#"):
+        room = room_arg(session, request)
+        if room not in member.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room} to read its history")
+        return Effect(
+            Pool.STORE,
+            lambda: messages.room_history(room, limit),
+            lambda found: _history_reply(room, found),
+        )
+    other = user_name(target)
+    if other is None:
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, "usage: /history #ROOM|NAME [N]")
+
+    def read() -> list[StoredMessage]:
+        if not _account_exists(session, other):
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {other}")
+        return messages.conversation(member.name, other, limit)
+
+    return Effect(Pool.STORE, read, lambda found: _history_reply(other, found))
+
+
+def _history_reply(target: str, found: list[StoredMessage]) -> Reply:
+    return [*(hist_line(m) for m in found), f"OK history {target} {len(found)}"]
+
+
+def _history_limit(raw: str | None, maximum: int) -> int:
+    if raw is None:
+        return min(DEFAULT_HISTORY, maximum)
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, f"N is a number from 1 to {maximum}")
+    return int(raw)
+
+
+# -- the account --------------------------------------------------------------------------------
+
+
+def cmd_passwd(session: Session, request: Request) -> Step:
+    member = require_member(session)
+    old, new = request.args[0], request.text or ""
+    problem = password_problem(new)
+    if problem:
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, problem)
+    take_login_token(session)
+    services = session.services
+    auth, store = services.auth, services.store
+
+    def change() -> None:
+        if not auth.verify_password(member.name, old):
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "wrong password")
+        store.set_password_hash(member.name, auth.hash_password(new))
+
+    def changed(_: None) -> Reply:
+        log.info("%s: password changed", session.describe())
+        return "OK passwd"
+
+    return Effect(Pool.ARGON2, change, changed)
+
+
+# -- the rest -----------------------------------------------------------------------------------
+
+
+def cmd_ping(session: Session, request: Request) -> Step:
+    return f"OK ping {request.text}" if request.text else "OK ping"
+
+
+def cmd_help(session: Session, request: Request) -> Step:
+    lines = [f"INFO {c.syntax.usage} - {c.summary}" for verb, c in COMMANDS.items() if verb]
+    return [*lines, "OK help"]
+
+
+def cmd_quit(session: Session, request: Request) -> Step:
+    session.push_line("OK quit")
+    session.outbox.close("quit", wake=False)
+    return None
+
+
+def cmd_kick(session: Session, request: Request) -> Step:
+    target = _user_arg(request.args[0])
+    reason = f"kicked by {require_member(session).name}"
+    if request.text and request.text.strip():
+        reason += f": {request.text.strip()}"
+    hub = session.services.hub
+
+    def kick(exists: bool) -> Reply:
+        if not exists:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {target}")
+        closed = hub.disconnect(target, reason)
+        log.info("%s: kicked %s (%d sessions)", session.describe(), target, closed)
+        return f"OK kick {target}"
+
+    return Effect(Pool.STORE, lambda: _account_exists(session, target), kick)
+
+
+def cmd_wall(session: Session, request: Request) -> Step:
+    session.services.hub.wall(require_member(session).name, request.text or "")
+    return "OK wall"
+
+
+COMMANDS: dict[str, Command] = {
+    "login": Command(
+        Syntax("/login NAME PASSWORD", 1, rest=Rest.REQUIRED),
+        cmd_login,
+        "log in",
+        login=False,
+        rate_limited=False,
+    ),
+    "join": Command(Syntax("/join #ROOM", 1), cmd_join, "join a room; it becomes current"),
+    "part": Command(Syntax("/part [#ROOM]", 0, 1), cmd_part, "leave a room (default: current)"),
+    "say": Command(
+        Syntax("/say #ROOM TEXT", 1, rest=Rest.REQUIRED),
+        cmd_say,
+        "send TEXT to #ROOM (a plain line goes to the current room)",
+    ),
+    SAY_CURRENT: Command(
+        Syntax("TEXT", rest=Rest.REQUIRED), cmd_say_current, "send TEXT to the current room"
+    ),
+    "msg": Command(
+        Syntax("/msg NAME TEXT", 1, rest=Rest.REQUIRED), cmd_msg, "private message to NAME"
+    ),
+    "history": Command(
+        Syntax("/history #ROOM|NAME [N]", 1, 1),
+        cmd_history,
+        "the last N messages of a room or of your conversation with NAME",
+    ),
+    "who": Command(Syntax("/who [#ROOM]", 0, 1), cmd_who, "members of a room"),
+    "rooms": Command(Syntax("/rooms"), cmd_rooms, "rooms you are in"),
+    "token": Command(Syntax("/token"), cmd_token, "a resume token for this account"),
+    "resume": Command(
+        Syntax("/resume NAME TOKEN", 2),
+        cmd_resume,
+        "log in with a resume token",
+        login=False,
+        rate_limited=False,
+    ),
+    "passwd": Command(
+        Syntax("/passwd OLD NEW", 1, rest=Rest.REQUIRED), cmd_passwd, "change your password"
+    ),
+    "ping": Command(
+        Syntax("/ping [TOKEN]", rest=Rest.OPTIONAL), cmd_ping, "liveness check", login=False
+    ),
+    "help": Command(Syntax("/help"), cmd_help, "this list", login=False),
+    "quit": Command(
+        Syntax("/quit [REASON]", rest=Rest.OPTIONAL),
+        cmd_quit,
+        "leave",
+        login=False,
+        rate_limited=False,
+    ),
+    "kick": Command(
+        Syntax("/kick NAME [REASON]", 1, rest=Rest.OPTIONAL),
+        cmd_kick,
+        "admins: disconnect all of NAME's sessions",
+        admin=True,
+    ),
+    "wall": Command(
+        Syntax("/wall TEXT", rest=Rest.REQUIRED),
+        cmd_wall,
+        "admins: announce to everyone",
+        admin=True,
+    ),
+}
