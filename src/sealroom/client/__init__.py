@@ -47,10 +47,10 @@ from types import TracebackType
 from typing import Final, Self, TypeAlias
 
 from sealroom import PROTOCOL_VERSION
+from sealroom.client.tls import build_client_context
 from sealroom.core.errors import ErrorCode, UserError
 from sealroom.core.protocol import Framing, LineBuffer
 from sealroom.core.text import escape_for_log, has_forbidden_chars, room_name, user_name
-from sealroom.net.tls import build_client_context
 
 __all__ = [
     "DEFAULT_PORT",
