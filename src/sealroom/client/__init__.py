@@ -32,21 +32,44 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import re
 import socket
 import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypeAlias
+from typing import Final, Self
 
 from sealroom import PROTOCOL_VERSION
+from sealroom.client.backoff import Backoff
+from sealroom.client.credentials import Secret, Token
+from sealroom.client.errors import (
+    ConnectError,
+    ConnectionClosed,
+    InvalidArgument,
+    ProtocolViolation,
+    ReconnectFailed,
+    RequestError,
+    RequestTimeout,
+    SealroomError,
+)
+from sealroom.client.events import (
+    Bye,
+    Event,
+    History,
+    Info,
+    Joined,
+    Message,
+    Parted,
+    PrivateMessage,
+    Reconnected,
+    Reply,
+    Wall,
+    parse_event,
+)
 from sealroom.client.tls import build_client_context
 from sealroom.core.errors import ErrorCode, UserError
 from sealroom.core.protocol import Framing, LineBuffer
@@ -96,266 +119,6 @@ QUIT_LINGER_S: Final = 2.0  # how long quit() waits for the server's BYE after O
 _FINAL_REASONS: Final = ("quit", "kicked", "account-")
 # Requests whose replies change what the client tracks; request() refuses them.
 _TRACKED_VERBS: Final = frozenset({"login", "resume", "join", "part", "quit", "passwd", "token"})
-_RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?)s")
-
-
-# -- errors -------------------------------------------------------------------------------------
-
-
-class SealroomError(Exception):
-    """Anything this library raises on purpose."""
-
-
-class RequestError(SealroomError):
-    """The server refused a request: ``ERR CODE TEXT``. The connection stays usable."""
-
-    def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(f"{code}: {escape_for_log(text)}")
-        self.code = code
-        self.text = text
-
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds to wait, for ``rate-limited`` (its text says ``retry in Ns``)."""
-        match = _RETRY_IN.search(self.text)
-        return float(match.group(1)) if match else None
-
-
-class ConnectError(SealroomError):
-    """The connection could not be opened: refused, unreachable, TLS failed, no HELLO."""
-
-
-class ConnectionClosed(SealroomError):  # noqa: N818 -- names the condition
-    """The connection ended; ``reason`` is the server's BYE reason or what went wrong."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        shown = escape_for_log(reason)
-        super().__init__(f"connection closed: {shown}" + (f" ({detail})" if detail else ""))
-        self.reason = reason
-
-
-class RequestTimeout(ConnectionClosed):
-    """No reply in time. The connection is closed: a late reply would answer the next one."""
-
-
-class ReconnectFailed(ConnectionClosed):
-    """Automatic reconnection gave up (attempts used up, or the login was refused)."""
-
-
-class ProtocolViolation(SealroomError):  # noqa: N818 -- names the condition
-    """The server said something this client does not understand."""
-
-
-class InvalidArgument(SealroomError, ValueError):  # noqa: N818 -- names the condition
-    """A request the client refuses to send; nothing was sent."""
-
-
-# -- events -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """``MSG #ROOM FROM TEXT``: someone said TEXT in a room you are in."""
-
-    room: str
-    sender: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class PrivateMessage:
-    """``DM FROM TEXT``: a private message to you."""
-
-    sender: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """``JOIN #ROOM NAME``: a user's first session joined a room you are in."""
-
-    room: str
-    user: str
-
-
-@dataclass(frozen=True, slots=True)
-class Parted:
-    """``PART #ROOM NAME``: a user's last session left a room you are in."""
-
-    room: str
-    user: str
-
-
-@dataclass(frozen=True, slots=True)
-class Wall:
-    """``WALL FROM TEXT``: an administrator's announcement to everyone."""
-
-    sender: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Info:
-    """``INFO TEXT``: a notice from the server."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class History:
-    """``HIST TARGET ID TIME FROM TEXT``: a stored message.
-
-    :meth:`Client.history` returns these; as an event, one is a private message stored for
-    you while you were away (``target`` is then your own name).
-    """
-
-    target: str
-    id: int
-    time: datetime
-    sender: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Bye:
-    """The connection ended: the server's ``BYE REASON``, or ``connection-lost``."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Reconnected:
-    """Automatic reconnection succeeded; ``rooms`` are the rooms joined again."""
-
-    rooms: tuple[str, ...]
-
-
-Event: TypeAlias = (
-    Message | PrivateMessage | Joined | Parted | Wall | Info | History | Bye | Reconnected
-)
-
-
-def parse_event(line: str) -> Event | None:
-    """The event a server line carries; None for replies, unknown words and malformed lines."""
-    word, _, rest = line.partition(" ")
-    if word in ("MSG", "HIST"):
-        fields = rest.split(" ", 2 if word == "MSG" else 4)
-        if word == "MSG" and len(fields) == 3:
-            return Message(fields[0], fields[1], fields[2])
-        if word == "HIST" and len(fields) == 5:
-            return _history(fields)
-        return None
-    if word in ("DM", "WALL"):
-        sender, sep, text = rest.partition(" ")
-        if not sep:
-            return None
-        return PrivateMessage(sender, text) if word == "DM" else Wall(sender, text)
-    if word in ("JOIN", "PART"):
-        room, sep, name = rest.partition(" ")
-        if not sep or " " in name:
-            return None
-        return Joined(room, name) if word == "JOIN" else Parted(room, name)
-    if word == "INFO":
-        return Info(rest)
-    if word == "BYE":
-        return Bye(rest)
-    return None
-
-
-def _history(fields: list[str]) -> History | None:
-    target, id_text, time_text, sender, text = fields
-    if not (id_text.isascii() and id_text.isdigit()):
-        return None
-    try:
-        when = datetime.fromisoformat(time_text)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return History(target, int(id_text), when, sender, text)
-
-
-# -- small value types ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A final ``OK`` reply: its verb, the rest of its line, and the data lines before it."""
-
-    verb: str
-    args: str
-    data: tuple[str, ...] = ()
-
-    @property
-    def fields(self) -> list[str]:
-        return self.args.split()
-
-
-class Token:
-    """A resume token (``/token``): the value is kept out of reprs and logs."""
-
-    __slots__ = ("_value", "expires")
-
-    def __init__(self, value: str, expires: datetime | None) -> None:
-        self._value = value
-        self.expires = expires
-
-    @property
-    def value(self) -> str:
-        return self._value
-
-    def expired(self, now: datetime | None = None) -> bool:
-        if self.expires is None:
-            return False
-        return (now or datetime.now(UTC)) >= self.expires
-
-    def __repr__(self) -> str:
-        return f"Token(<hidden>, expires={self.expires!r})"
-
-
-class _Secret:
-    """A password kept for reconnecting: never shown by repr, str or a traceback's locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<hidden>"
-
-    __str__ = __repr__
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reconnection policy: exponential backoff with full jitter, bounded attempts.
-
-    Before attempt ``n`` (from 0) the client sleeps a random time between 0 and
-    ``min(max_s, initial_s * factor**n)`` (never less than a server's ``retry in Ns``), so a
-    crowd of clients dropped by a restart does not come back at once.
-    """
-
-    initial_s: float = 0.5
-    max_s: float = 30.0
-    factor: float = 2.0
-    max_attempts: int = 10
-
-    def __post_init__(self) -> None:
-        if self.initial_s < 0 or self.max_s < self.initial_s or self.factor < 1:
-            raise ValueError("Backoff needs 0 <= initial_s <= max_s and factor >= 1")
-        if self.max_attempts < 1:
-            raise ValueError("Backoff needs max_attempts >= 1")
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        cap = min(self.max_s, self.initial_s * self.factor ** min(attempt, 64))
-        return (rng or _jitter).uniform(0.0, cap)
-
-
-_jitter = random.SystemRandom()  # the default rng: no shared seed between processes
 
 
 class _TransportError(Exception):
@@ -430,7 +193,7 @@ class Client:
         self._last_received = 0.0
         self._ping_sent = 0.0
         self._user: str | None = None
-        self._password: _Secret | None = None
+        self._password: Secret | None = None
         self._token: Token | None = None
         self._token_supported: bool | None = None
         self._rooms: dict[str, None] = {}  # joined rooms in join order (an ordered set)
@@ -637,7 +400,7 @@ class Client:
             # A password change revokes resume tokens.
             self._token = None
             if self._password is not None:
-                self._password = _Secret(new_secret)
+                self._password = Secret(new_secret)
             if self._backoff is not None:
                 self._fetch_token()
 
@@ -1087,7 +850,7 @@ class Client:
         self._current = next(iter(self._rooms), None)
         # The password is kept only to log in again after a reconnect.
         if self._backoff is not None and password is not None:
-            self._password = _Secret(password)
+            self._password = Secret(password)
         if self._backoff is not None and self._token_supported is not False:
             self._fetch_token()
 
