@@ -7,9 +7,8 @@ command-line flag (other users can read a process's arguments). ``-c/--config``,
 every ``sealroom`` command takes, supplies only the default address: the server
 configuration's first ``listen`` entry.
 
-Text from the server is untrusted: everything shown on a terminal passes through
-:func:`~sealroom.core.text.escape_for_log` (a server that relays an escape sequence cannot drive
-the terminal), and ``--json`` output escapes everything outside printable ASCII.
+What is shown comes from :mod:`sealroom.cli.render`: server text is untrusted and escaped
+there.
 
 ``chat`` edits its input line itself (a small emacs-style editor with history on termios and
 ``select``) rather than through GNU readline: Python's ``readline`` has no callback
@@ -26,7 +25,6 @@ import contextlib
 import functools
 import getpass
 import itertools
-import json
 import os
 import select
 import sys
@@ -35,10 +33,10 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TextIO, TypeAlias
 
+from sealroom.cli.render import as_json, long_clock, render, safe, short_clock
 from sealroom.client import (
     DEFAULT_PORT,
     Backoff,
@@ -47,11 +45,8 @@ from sealroom.client import (
     ConnectionClosed,
     Event,
     History,
-    Info,
     InvalidArgument,
-    Joined,
     Message,
-    Parted,
     PrivateMessage,
     Reconnected,
     ReconnectFailed,
@@ -304,76 +299,6 @@ def _retry_rate_limited(action: Callable[[], int]) -> int:
     return action()
 
 
-# -- rendering server text ---------------------------------------------------------------------
-
-
-def safe(text: str) -> str:
-    """Server text made harmless for a terminal: control characters and bidi overrides are
-    shown escaped (``\\x1b``), a TAB becomes a space."""
-    return escape_for_log(text).replace("\t", " ")
-
-
-def _long_clock(when: datetime | None) -> str:
-    return (when or datetime.now(UTC)).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _short_clock(when: datetime | None) -> str:
-    return (when or datetime.now(UTC)).astimezone().strftime("%H:%M")
-
-
-def render(event: Event, me: str | None, clock: Callable[[datetime | None], str]) -> str | None:
-    """One line of text for a person, or None for events that are not shown this way."""
-    match event:
-        case Message(room, sender, text):
-            return f"{clock(None)} {safe(room)} <{safe(sender)}> {safe(text)}"
-        case PrivateMessage(sender, text):
-            return f"{clock(None)} *{safe(sender)}* {safe(text)}"
-        case History(target, _id, when, sender, text):
-            if target.startswith("#"):
-                return f"{clock(when)} {safe(target)} <{safe(sender)}> {safe(text)}"
-            if sender == me:
-                return f"{clock(when)} -> *{safe(target)}* {safe(text)}"
-            return f"{clock(when)} *{safe(sender)}* {safe(text)}"
-        case Wall(sender, text):
-            return f"{clock(None)} [wall] <{safe(sender)}> {safe(text)}"
-        case Joined(room, user):
-            return f"{clock(None)} -- {safe(user)} joined {safe(room)}"
-        case Parted(room, user):
-            return f"{clock(None)} -- {safe(user)} left {safe(room)}"
-        case Info(text):
-            return f"{clock(None)} -- {safe(text)}"
-        case Bye(reason):
-            return f"{clock(None)} -- disconnected: {safe(reason)}"
-        case Reconnected(rooms):
-            return f"{clock(None)} -- reconnected; in {' '.join(rooms) or 'no room'}"
-    return None
-
-
-def _utc(when: datetime | None) -> str:
-    moment = (when or datetime.now(UTC)).astimezone(UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def as_json(event: Event, me: str | None) -> str | None:
-    """One JSON object (ASCII only, so nothing in it can drive a terminal), or None."""
-    record: dict[str, object]
-    match event:
-        case Message(room, sender, text):
-            record = {"type": "message", "time": _utc(None), "room": room, "from": sender}
-            record["text"] = text
-        case PrivateMessage(sender, text):
-            record = {"type": "private", "time": _utc(None), "from": sender, "to": me}
-            record["text"] = text
-        case History(target, message_id, when, sender, text):
-            record = {"type": "history", "time": _utc(when), "id": message_id}
-            record.update({"target": target, "from": sender, "text": text})
-        case Wall(sender, text):
-            record = {"type": "wall", "time": _utc(None), "from": sender, "text": text}
-        case _:
-            return None
-    return json.dumps(record, ensure_ascii=True)
-
-
 # -- tail --------------------------------------------------------------------------------------
 
 
@@ -413,7 +338,7 @@ def _follow(
     for event in [] if done else events:
         if isinstance(event, Bye | Reconnected):
             # Gaps go to stderr, so stdout holds only messages.
-            print(f"sealroom: {render(event, me, _long_clock)}", file=sys.stderr)
+            print(f"sealroom: {render(event, me, long_clock)}", file=sys.stderr)
             if isinstance(event, Bye):
                 ended = f"the server closed the connection: {safe(event.reason)}"
             continue
@@ -421,7 +346,7 @@ def _follow(
             continue
         if isinstance(event, Message) and event.room not in rooms:
             continue
-        print(as_json(event, me) if args.json else render(event, me, _long_clock), flush=True)
+        print(as_json(event, me) if args.json else render(event, me, long_clock), flush=True)
         if isinstance(event, Message | PrivateMessage):
             shown += 1
             if args.count is not None and shown >= args.count:
@@ -453,7 +378,7 @@ def _print_history(
             raise
         for entry in entries:
             shown[entry.target, entry.sender, entry.text] += 1
-            print(as_json(entry, me) if as_jsonl else render(entry, me, _long_clock), flush=True)
+            print(as_json(entry, me) if as_jsonl else render(entry, me, long_clock), flush=True)
     # A message that arrived before a history reply was stored before that query: it was
     # just printed from the history, so it is not printed again as a new one.
     early: list[Event] = []
@@ -746,7 +671,7 @@ class _Chat:
                 return
             if event is None:
                 return
-            line = render(event, self.client.user, _short_clock)
+            line = render(event, self.client.user, short_clock)
             if line is not None:
                 self.screen.show(line)
             if isinstance(event, Reconnected | Bye):
@@ -793,7 +718,7 @@ class _Chat:
             self.screen.show("!! you are in no room: /join #ROOM")
             return
         self.client.say(text, room=room)
-        self.screen.show(f"{_short_clock(None)} {room} <{self.client.user}> {safe(text)}")
+        self.screen.show(f"{short_clock(None)} {room} <{self.client.user}> {safe(text)}")
 
     def _command(self, line: str) -> None:
         verb, _, rest = line[1:].partition(" ")
@@ -829,7 +754,7 @@ class _Chat:
     def _msg(self, rest: str, args: list[str]) -> None:
         name, _, text = rest.lstrip(" ").partition(" ")
         self.client.msg(name, text)
-        self.screen.show(f"{_short_clock(None)} -> *{safe(name.lower())}* {safe(text)}")
+        self.screen.show(f"{short_clock(None)} -> *{safe(name.lower())}* {safe(text)}")
 
     def _who(self, rest: str, args: list[str]) -> None:
         room = _chat_room(args[0]) if args else self.client.current_room
@@ -849,7 +774,7 @@ class _Chat:
         if target is None:
             raise InvalidArgument("which room? /history #ROOM [N]")
         for entry in self.client.history(target, count):
-            line = render(entry, self.client.user, _short_clock)
+            line = render(entry, self.client.user, short_clock)
             if line is not None:
                 self.screen.show(line)
 
