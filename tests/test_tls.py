@@ -24,6 +24,7 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
+from sealroom.client.tls import build_client_context
 from sealroom.core.errors import UserError
 from sealroom.net import tls
 
@@ -139,7 +140,7 @@ def talk(port: int, ctx: ssl.SSLContext, hostname: str = "localhost") -> tuple[s
 
 
 def client(files: ServerFiles, *, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
-    ctx = tls.build_client_context(files.ca)
+    ctx = build_client_context(files.ca)
     if maximum is not None:
         ctx.maximum_version = maximum
     return ctx
@@ -276,7 +277,7 @@ def test_cbc_suite_refused(files: ServerFiles, suite: str) -> None:
 
 
 def test_client_trusting_another_ca_fails(files: ServerFiles) -> None:
-    stranger = tls.build_client_context(None)
+    stranger = build_client_context(None)
     trustme.CA().configure_trust(stranger)
     with (
         serve_once(server_context(files)) as (port, _),
@@ -394,7 +395,7 @@ def client_with_cert(
     cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
-    return tls.build_client_context(files.ca, cert, key)
+    return build_client_context(files.ca, cert, key)
 
 
 @pytest.mark.parametrize("maximum", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
@@ -495,12 +496,12 @@ def test_client_ca_without_certificates_is_a_user_error(files: ServerFiles) -> N
 def test_client_context_missing_ca_is_a_user_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope-ca.crt"
     with pytest.raises(UserError, match=re.escape(str(missing))):
-        tls.build_client_context(missing)
+        build_client_context(missing)
 
 
 def test_client_context_key_without_cert_is_a_value_error(files: ServerFiles) -> None:
     with pytest.raises(ValueError, match="certificate"):
-        tls.build_client_context(files.ca, None, files.key)
+        build_client_context(files.ca, None, files.key)
 
 
 def test_idle_connections_release_openssl_buffers(files: ServerFiles) -> None:

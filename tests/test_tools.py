@@ -21,7 +21,8 @@ import pytest
 
 from conftest import PASSWORD, Server
 from conftest import Client as RawClient
-from sealroom.cli.tools import LineEditor, as_json, render, safe
+from sealroom.cli.lineedit import LineEditor
+from sealroom.cli.render import as_json, render, safe
 from sealroom.client import Bye, History, Message, PrivateMessage, Wall
 from test_client import Peer, ScriptedServer
 

@@ -7,51 +7,36 @@ command-line flag (other users can read a process's arguments). ``-c/--config``,
 every ``sealroom`` command takes, supplies only the default address: the server
 configuration's first ``listen`` entry.
 
-Text from the server is untrusted: everything shown on a terminal passes through
-:func:`~sealroom.core.text.escape_for_log` (a server that relays an escape sequence cannot drive
-the terminal), and ``--json`` output escapes everything outside printable ASCII.
-
-``chat`` edits its input line itself (a small emacs-style editor with history on termios and
-``select``) rather than through GNU readline: Python's ``readline`` has no callback
-interface, so it cannot share one thread with the socket, and a second thread blocked in
-``input()`` could neither be woken when the server closes nor redraw its line exactly.
+This module is the command line: the options, logging in, ``send`` and ``tail``. What is
+shown comes from :mod:`sealroom.cli.render` (server text is untrusted and escaped there);
+``chat``'s loop is :mod:`sealroom.cli.chat`, its input line :mod:`sealroom.cli.lineedit`.
 """
 
 from __future__ import annotations
 
 import argparse
-import codecs
 import collections
 import contextlib
 import functools
 import getpass
 import itertools
-import json
 import os
-import select
 import sys
-import termios
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, TextIO, TypeAlias
+from typing import Final, TypeAlias
 
+from sealroom.cli.chat import run_chat
+from sealroom.cli.render import as_json, long_clock, render, safe
 from sealroom.client import (
     DEFAULT_PORT,
     Backoff,
     Bye,
     Client,
-    ConnectionClosed,
     Event,
     History,
-    Info,
-    InvalidArgument,
-    Joined,
     Message,
-    Parted,
     PrivateMessage,
     Reconnected,
     ReconnectFailed,
@@ -61,7 +46,7 @@ from sealroom.client import (
 )
 from sealroom.config import load_settings, parse_address
 from sealroom.core.errors import ErrorCode, UserError
-from sealroom.core.text import escape_for_log, has_forbidden_chars, room_name, user_name
+from sealroom.core.text import escape_for_log, room_name, user_name
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 # A string: argparse's private action class is not subscriptable at run time.
@@ -76,10 +61,6 @@ USER_ENV: Final = "SEALROOM_USER"
 RATE_LIMIT_RETRIES: Final = 10  # send waits out "rate-limited" this many times per message
 MAX_RETRY_WAIT_S: Final = 30.0
 MAX_PASSWORD_FILE_BYTES: Final = 8192
-MAX_INPUT_LINE_CHARS: Final = 4096  # longer input would be refused by the server anyway
-CHAT_TICK_S: Final = 1.0  # chat wakes at least this often (keepalive, resize)
-CHAT_EVENTS_PER_TICK: Final = 256  # then reads the keyboard, so a flood cannot freeze input
-HISTORY_LINES: Final = 500
 
 
 def add_client_commands(
@@ -304,76 +285,6 @@ def _retry_rate_limited(action: Callable[[], int]) -> int:
     return action()
 
 
-# -- rendering server text ---------------------------------------------------------------------
-
-
-def safe(text: str) -> str:
-    """Server text made harmless for a terminal: control characters and bidi overrides are
-    shown escaped (``\\x1b``), a TAB becomes a space."""
-    return escape_for_log(text).replace("\t", " ")
-
-
-def _long_clock(when: datetime | None) -> str:
-    return (when or datetime.now(UTC)).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _short_clock(when: datetime | None) -> str:
-    return (when or datetime.now(UTC)).astimezone().strftime("%H:%M")
-
-
-def render(event: Event, me: str | None, clock: Callable[[datetime | None], str]) -> str | None:
-    """One line of text for a person, or None for events that are not shown this way."""
-    match event:
-        case Message(room, sender, text):
-            return f"{clock(None)} {safe(room)} <{safe(sender)}> {safe(text)}"
-        case PrivateMessage(sender, text):
-            return f"{clock(None)} *{safe(sender)}* {safe(text)}"
-        case History(target, _id, when, sender, text):
-            if target.startswith("#"):
-                return f"{clock(when)} {safe(target)} <{safe(sender)}> {safe(text)}"
-            if sender == me:
-                return f"{clock(when)} -> *{safe(target)}* {safe(text)}"
-            return f"{clock(when)} *{safe(sender)}* {safe(text)}"
-        case Wall(sender, text):
-            return f"{clock(None)} [wall] <{safe(sender)}> {safe(text)}"
-        case Joined(room, user):
-            return f"{clock(None)} -- {safe(user)} joined {safe(room)}"
-        case Parted(room, user):
-            return f"{clock(None)} -- {safe(user)} left {safe(room)}"
-        case Info(text):
-            return f"{clock(None)} -- {safe(text)}"
-        case Bye(reason):
-            return f"{clock(None)} -- disconnected: {safe(reason)}"
-        case Reconnected(rooms):
-            return f"{clock(None)} -- reconnected; in {' '.join(rooms) or 'no room'}"
-    return None
-
-
-def _utc(when: datetime | None) -> str:
-    moment = (when or datetime.now(UTC)).astimezone(UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def as_json(event: Event, me: str | None) -> str | None:
-    """One JSON object (ASCII only, so nothing in it can drive a terminal), or None."""
-    record: dict[str, object]
-    match event:
-        case Message(room, sender, text):
-            record = {"type": "message", "time": _utc(None), "room": room, "from": sender}
-            record["text"] = text
-        case PrivateMessage(sender, text):
-            record = {"type": "private", "time": _utc(None), "from": sender, "to": me}
-            record["text"] = text
-        case History(target, message_id, when, sender, text):
-            record = {"type": "history", "time": _utc(when), "id": message_id}
-            record.update({"target": target, "from": sender, "text": text})
-        case Wall(sender, text):
-            record = {"type": "wall", "time": _utc(None), "from": sender, "text": text}
-        case _:
-            return None
-    return json.dumps(record, ensure_ascii=True)
-
-
 # -- tail --------------------------------------------------------------------------------------
 
 
@@ -413,7 +324,7 @@ def _follow(
     for event in [] if done else events:
         if isinstance(event, Bye | Reconnected):
             # Gaps go to stderr, so stdout holds only messages.
-            print(f"sealroom: {render(event, me, _long_clock)}", file=sys.stderr)
+            print(f"sealroom: {render(event, me, long_clock)}", file=sys.stderr)
             if isinstance(event, Bye):
                 ended = f"the server closed the connection: {safe(event.reason)}"
             continue
@@ -421,7 +332,7 @@ def _follow(
             continue
         if isinstance(event, Message) and event.room not in rooms:
             continue
-        print(as_json(event, me) if args.json else render(event, me, _long_clock), flush=True)
+        print(as_json(event, me) if args.json else render(event, me, long_clock), flush=True)
         if isinstance(event, Message | PrivateMessage):
             shown += 1
             if args.count is not None and shown >= args.count:
@@ -453,7 +364,7 @@ def _print_history(
             raise
         for entry in entries:
             shown[entry.target, entry.sender, entry.text] += 1
-            print(as_json(entry, me) if as_jsonl else render(entry, me, _long_clock), flush=True)
+            print(as_json(entry, me) if as_jsonl else render(entry, me, long_clock), flush=True)
     # A message that arrived before a history reply was stored before that query: it was
     # just printed from the history, so it is not printed again as a new one.
     early: list[Event] = []
@@ -467,422 +378,7 @@ def _print_history(
     return early, already
 
 
-# -- chat: a line editor, the screen, the loop -----------------------------------------------
-
-
-def _char_width(char: str) -> int:
-    if unicodedata.combining(char):
-        return 0
-    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
-
-
-def _width(chars: list[str] | str) -> int:
-    return sum(_char_width(char) for char in chars)
-
-
-_CONTROL_KEYS: Final = {
-    "\x01": "home",
-    "\x02": "left",
-    "\x05": "end",
-    "\x06": "right",
-    "\x08": "backspace",
-    "\x7f": "backspace",
-    "\x0b": "kill-end",
-    "\x0c": "redraw",
-    "\x0e": "next",
-    "\x10": "previous",
-    "\x15": "kill-start",
-    "\x17": "kill-word",
-}
-_ESCAPE_KEYS: Final = {
-    "[A": "previous",
-    "[B": "next",
-    "[C": "right",
-    "[D": "left",
-    "[H": "home",
-    "[F": "end",
-    "OA": "previous",
-    "OB": "next",
-    "OC": "right",
-    "OD": "left",
-    "OH": "home",
-    "OF": "end",
-    "[1~": "home",
-    "[7~": "home",
-    "[4~": "end",
-    "[8~": "end",
-    "[3~": "delete",
-}
-MAX_ESCAPE_CHARS: Final = 16
-
-
-@dataclass
-class LineEditor:
-    """One line of input: keys in, submitted lines out; rendering without I/O.
-
-    ``feed`` returns the lines completed by Enter, and None for Ctrl-D on an empty line
-    (end of input). Long lines scroll sideways, so the line never wraps and redrawing it
-    is exact.
-    """
-
-    history_size: int = HISTORY_LINES
-    buffer: list[str] = field(default_factory=list)
-    cursor: int = 0
-    history: list[str] = field(default_factory=list)
-    _index: int = 0
-    _draft: list[str] = field(default_factory=list)
-    _escape: str | None = None
-    _scroll: int = 0
-
-    @property
-    def text(self) -> str:
-        return "".join(self.buffer)
-
-    def feed(self, keys: str) -> list[str | None]:
-        done: list[str | None] = []
-        for key in keys:
-            if self._escape is not None:
-                self._escape_key(key)
-            elif key == "\x1b":
-                self._escape = ""
-            elif key in "\r\n":
-                done.append(self._submit())
-            elif key == "\x04":
-                if not self.buffer:
-                    done.append(None)
-                else:
-                    self._edit("delete")
-            elif key in _CONTROL_KEYS:
-                self._edit(_CONTROL_KEYS[key])
-            elif key == "\t":
-                self._insert(" ")
-            elif unicodedata.category(key) != "Cc" and not has_forbidden_chars(key):
-                self._insert(key)
-        return done
-
-    def _escape_key(self, key: str) -> None:
-        assert self._escape is not None  # noqa: S101
-        sequence = self._escape + key
-        if not sequence.startswith(("[", "O")) or len(sequence) > MAX_ESCAPE_CHARS:
-            self._escape = None  # Alt+key or garbage: ignored
-        elif len(sequence) >= 2 and "@" <= key <= "~":
-            self._escape = None
-            action = _ESCAPE_KEYS.get(sequence)
-            if action:
-                self._edit(action)
-        else:
-            self._escape = sequence
-
-    def _insert(self, char: str) -> None:
-        if len(self.buffer) < MAX_INPUT_LINE_CHARS:
-            self.buffer.insert(self.cursor, char)
-            self.cursor += 1
-
-    def _submit(self) -> str:
-        line = self.text
-        if line.strip() and (not self.history or self.history[-1] != line):
-            self.history.append(line)
-            del self.history[: -self.history_size]
-        self.buffer, self.cursor, self._scroll = [], 0, 0
-        self._index, self._draft = len(self.history), []
-        return line
-
-    def _edit(self, action: str) -> None:  # noqa: PLR0912 -- one branch per key, a table in effect
-        if action == "left":
-            self.cursor = max(0, self.cursor - 1)
-        elif action == "right":
-            self.cursor = min(len(self.buffer), self.cursor + 1)
-        elif action == "home":
-            self.cursor = 0
-        elif action == "end":
-            self.cursor = len(self.buffer)
-        elif action == "backspace":
-            if self.cursor:
-                del self.buffer[self.cursor - 1]
-                self.cursor -= 1
-        elif action == "delete":
-            if self.cursor < len(self.buffer):
-                del self.buffer[self.cursor]
-        elif action == "kill-end":
-            del self.buffer[self.cursor :]
-        elif action == "kill-start":
-            del self.buffer[: self.cursor]
-            self.cursor = 0
-        elif action == "kill-word":
-            start = self.cursor
-            while start and self.buffer[start - 1] == " ":
-                start -= 1
-            while start and self.buffer[start - 1] != " ":
-                start -= 1
-            del self.buffer[start : self.cursor]
-            self.cursor = start
-        elif action in ("previous", "next"):
-            self._browse(-1 if action == "previous" else 1)
-
-    def _browse(self, step: int) -> None:
-        index = self._index + step
-        if not 0 <= index <= len(self.history):
-            return
-        if self._index == len(self.history):
-            self._draft = list(self.buffer)
-        self._index = index
-        self.buffer = list(self.history[index]) if index < len(self.history) else self._draft
-        self.cursor = len(self.buffer)
-
-    def render(self, prompt: str, columns: int) -> tuple[str, int]:
-        """The visible line (prompt plus a window on the buffer) and the cursor's column."""
-        room = max(columns - _width(prompt) - 1, 8)
-        self._scroll = min(self._scroll, self.cursor)
-        while _width(self.buffer[self._scroll : self.cursor]) > room:
-            self._scroll += 1
-        visible: list[str] = []
-        used = 0
-        for char in self.buffer[self._scroll :]:
-            used += _char_width(char)
-            if used > room:
-                break
-            visible.append(char)
-        column = _width(prompt) + _width(self.buffer[self._scroll : self.cursor])
-        return prompt + "".join(visible), column
-
-
-class _Screen:
-    """Lines printed above the input line, which is then drawn again as it was."""
-
-    def __init__(self, out: TextIO, editor: LineEditor, interactive: bool) -> None:
-        self.out = out
-        self.editor = editor
-        self.interactive = interactive
-        self.prompt = "> "
-
-    def show(self, line: str) -> None:
-        if self.interactive:
-            self.out.write("\r\x1b[K" + line + "\n")
-            self.redraw()
-        else:
-            self.out.write(line + "\n")
-            self.out.flush()
-
-    def redraw(self) -> None:
-        if not self.interactive:
-            return
-        try:
-            columns = os.get_terminal_size(self.out.fileno()).columns
-        except OSError:
-            columns = 80
-        line, column = self.editor.render(self.prompt, columns)
-        self.out.write("\r\x1b[K" + line + "\r" + (f"\x1b[{column}C" if column else ""))
-        self.out.flush()
-
-    def clear(self) -> None:
-        if self.interactive:
-            self.out.write("\r\x1b[K")
-            self.out.flush()
-
-
-@contextlib.contextmanager
-def _keys_one_by_one(fd: int) -> Iterator[None]:
-    """No echo, no line buffering; Ctrl-C and Ctrl-Z still signal. Restored on exit."""
-    saved = termios.tcgetattr(fd)
-    changed = termios.tcgetattr(fd)
-    changed[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN)
-    changed[6][termios.VMIN] = 1
-    changed[6][termios.VTIME] = 0
-    termios.tcsetattr(fd, termios.TCSANOW, changed)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-CHAT_HELP: Final = (
-    "/join #ROOM           join a room; it becomes current",
-    "/part [#ROOM]         leave a room (default: current)",
-    "/msg NAME TEXT        private message",
-    "/who [#ROOM]          who is in a room",
-    "/rooms                rooms you are in",
-    "/history [TARGET] [N] recent messages of a room or conversation",
-    "/quit [REASON]        leave (Ctrl-D on an empty line too)",
-    "//TEXT                a message that starts with /",
-    "other /commands (/ping, /kick, /wall) go to the server as typed",
-)
-
-
-class _Chat:
-    def __init__(self, client: Client, stdin_fd: int, out: TextIO, interactive: bool) -> None:
-        self.client = client
-        self.stdin_fd = stdin_fd
-        self.editor = LineEditor()
-        self.screen = _Screen(out, self.editor, interactive)
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.status: int | None = None  # the exit status, once the chat is over
-
-    def run(self) -> int:
-        client = self.client
-        self.screen.show(
-            f"-- connected to {safe(client.server_name or client.host)} as {client.user}; "
-            "/help lists commands, /quit leaves"
-        )
-        self._update_prompt()
-        while self.status is None:
-            self._show_events()
-            if self.status is not None:
-                break
-            wait = 0.0 if client.has_pending() else CHAT_TICK_S
-            sources = [self.stdin_fd] + ([client.fileno()] if client.connected else [])
-            ready, _, _ = select.select(sources, [], [], wait)
-            if self.stdin_fd in ready:
-                self._read_keys()
-        self.screen.clear()
-        return self.status
-
-    def _show_events(self) -> None:
-        for _ in range(CHAT_EVENTS_PER_TICK):
-            try:
-                event = self.client.next_event(0)
-            except ConnectionClosed as error:
-                self.screen.show(f"-- {safe(str(error))}")
-                self.status = 1
-                return
-            if event is None:
-                return
-            line = render(event, self.client.user, _short_clock)
-            if line is not None:
-                self.screen.show(line)
-            if isinstance(event, Reconnected | Bye):
-                self._update_prompt()
-
-    def _read_keys(self) -> None:
-        data = os.read(self.stdin_fd, 4096)
-        if not data:
-            self._quit(None)
-            return
-        for line in self.editor.feed(self.decoder.decode(data)):
-            if line is None:
-                self._quit(None)
-            else:
-                self._submit(line)
-            if self.status is not None:
-                return
-        self.screen.redraw()
-
-    def _update_prompt(self) -> None:
-        room = self.client.current_room
-        self.screen.prompt = f"{safe(room)}> " if room else "(no room)> "
-        self.screen.redraw()
-
-    def _submit(self, line: str) -> None:
-        if not line.strip():
-            return
-        try:
-            if line.startswith("/") and not line.startswith("//"):
-                self._command(line)
-            else:
-                self._say(line[1:] if line.startswith("//") else line)
-        except RequestError as error:
-            self.screen.show(f"!! {error.code}: {safe(error.text)}")
-        except ConnectionClosed as error:
-            self.screen.show(f"!! not sent: {safe(str(error))}")
-        except SealroomError as error:
-            self.screen.show(f"!! {safe(str(error))}")
-        self._update_prompt()
-
-    def _say(self, text: str) -> None:
-        room = self.client.current_room
-        if room is None:
-            self.screen.show("!! you are in no room: /join #ROOM")
-            return
-        self.client.say(text, room=room)
-        self.screen.show(f"{_short_clock(None)} {room} <{self.client.user}> {safe(text)}")
-
-    def _command(self, line: str) -> None:
-        verb, _, rest = line[1:].partition(" ")
-        verb, args = verb.lower(), rest.split()
-        if verb in ("login", "resume", "passwd", "token"):
-            self.screen.show(f"!! /{verb} is not available in chat")
-            return
-        local = CHAT_COMMANDS.get(verb)
-        if local is None:
-            self._pass_through(line)
-        elif local.min_args <= len(args) <= local.max_args:
-            local.run(self, rest, args)
-        else:
-            self.screen.show(f"!! usage: {local.usage}")
-
-    def _pass_through(self, line: str) -> None:
-        reply = self.client.request(line)
-        for data in reply.data:
-            self.screen.show(f"-- {safe(data)}")
-        self.screen.show(f"-- OK {safe(reply.verb)} {safe(reply.args)}".rstrip())
-
-    def _help(self, rest: str, args: list[str]) -> None:
-        for text in CHAT_HELP:
-            self.screen.show(f"-- {text}")
-
-    def _join(self, rest: str, args: list[str]) -> None:
-        self.client.join(_chat_room(args[0]))
-
-    def _part(self, rest: str, args: list[str]) -> None:
-        left = self.client.part(_chat_room(args[0]) if args else None)
-        self.screen.show(f"-- you left {left}")
-
-    def _msg(self, rest: str, args: list[str]) -> None:
-        name, _, text = rest.lstrip(" ").partition(" ")
-        self.client.msg(name, text)
-        self.screen.show(f"{_short_clock(None)} -> *{safe(name.lower())}* {safe(text)}")
-
-    def _who(self, rest: str, args: list[str]) -> None:
-        room = _chat_room(args[0]) if args else self.client.current_room
-        names = self.client.who(room)
-        self.screen.show(f"-- {room}: {' '.join(names)}")
-
-    def _rooms(self, rest: str, args: list[str]) -> None:
-        self.screen.show(f"-- your rooms: {' '.join(self.client.list_rooms()) or 'none'}")
-
-    def _leave(self, rest: str, args: list[str]) -> None:
-        self._quit(rest.strip() or None)
-
-    def _history(self, rest: str, args: list[str]) -> None:
-        count = int(args[-1]) if args and args[-1].isascii() and args[-1].isdigit() else None
-        targets = args[:-1] if count is not None else args
-        target = targets[0] if targets else self.client.current_room
-        if target is None:
-            raise InvalidArgument("which room? /history #ROOM [N]")
-        for entry in self.client.history(target, count):
-            line = render(entry, self.client.user, _short_clock)
-            if line is not None:
-                self.screen.show(line)
-
-    def _quit(self, reason: str | None) -> None:
-        with contextlib.suppress(SealroomError):
-            self.client.quit(reason)
-        self.status = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ChatCommand:
-    """One row of chat's own command table; other /commands go to the server as typed."""
-
-    usage: str
-    run: Callable[[_Chat, str, list[str]], None]
-    min_args: int = 0
-    max_args: int = 0
-
-
-CHAT_COMMANDS: Final = {
-    "help": ChatCommand("/help", _Chat._help, 0, 99),
-    "join": ChatCommand("/join #ROOM", _Chat._join, 1, 1),
-    "part": ChatCommand("/part [#ROOM]", _Chat._part, 0, 1),
-    "msg": ChatCommand("/msg NAME TEXT", _Chat._msg, 2, MAX_INPUT_LINE_CHARS),
-    "who": ChatCommand("/who [#ROOM]", _Chat._who, 0, 1),
-    "rooms": ChatCommand("/rooms", _Chat._rooms),
-    "history": ChatCommand("/history [#ROOM|NAME] [N]", _Chat._history, 0, 2),
-    "quit": ChatCommand("/quit [REASON]", _Chat._leave, 0, MAX_INPUT_LINE_CHARS),
-}
-
-
-def _chat_room(raw: str) -> str:
-    return raw if raw.startswith("#") else f"#{raw}"
+# -- chat --------------------------------------------------------------------------------------
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -892,11 +388,4 @@ def cmd_chat(args: argparse.Namespace) -> int:
     with _session(args, reconnect=True) as client:
         for room in rooms:
             client.join(room)
-        chat = _Chat(client, stdin_fd, sys.stdout, interactive)
-        try:
-            with _keys_one_by_one(stdin_fd) if interactive else contextlib.nullcontext():
-                return chat.run()
-        except KeyboardInterrupt:
-            chat.screen.clear()
-            client.close()
-            return 0
+        return run_chat(client, stdin_fd, sys.stdout, interactive)

@@ -1,4 +1,4 @@
-"""TLS contexts for the server (and for clients: our tests and a future client).
+"""TLS contexts for the server (the client library builds its own: sealroom.client.tls).
 
 The server policy follows SPEC.md section 1: TLS 1.2 and 1.3 only ("intermediate") or
 TLS 1.3 only ("modern"); AEAD ciphers with forward secrecy only; no compression; no
@@ -99,30 +99,6 @@ def build_server_context(
     if client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         _load_verify_locations(ctx, client_ca, "client CA")
-    return ctx
-
-
-def build_client_context(
-    ca_file: Path | None, cert: Path | None = None, key: Path | None = None
-) -> ssl.SSLContext:
-    """A client context: TLS 1.2 or newer, certificate and host name verified.
-
-    Trusts ``ca_file`` if given, else the system's trust store. ``cert`` (with ``key``,
-    or a file holding both) is the client certificate for mutual TLS.
-    """
-    if key is not None and cert is None:
-        raise ValueError("a client key needs a client certificate")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    if ca_file is None:
-        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    else:
-        _load_verify_locations(ctx, ca_file, "CA")
-    if cert is not None:
-        _load_cert_chain(ctx, cert, key)
     return ctx
 
 

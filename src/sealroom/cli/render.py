@@ -1,0 +1,99 @@
+"""Server text as people and programs see it: one line per event, escaped.
+
+Text from the server is untrusted: everything shown on a terminal passes through
+:func:`~sealroom.core.text.escape_for_log`, so a server that relays an escape sequence cannot
+drive the terminal, and ``--json`` output escapes everything outside printable ASCII. The
+commands print only what these functions return.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sealroom.client import (
+    Bye,
+    Event,
+    History,
+    Info,
+    Joined,
+    Message,
+    Parted,
+    PrivateMessage,
+    Reconnected,
+    Wall,
+)
+from sealroom.core.text import escape_for_log
+
+__all__ = ["as_json", "long_clock", "render", "safe", "short_clock"]
+
+
+def safe(text: str) -> str:
+    """Server text made harmless for a terminal: control characters and bidi overrides are
+    shown escaped (``\\x1b``), a TAB becomes a space."""
+    return escape_for_log(text).replace("\t", " ")
+
+
+def long_clock(when: datetime | None) -> str:
+    """Local date and time (None: now), for ``tail``, whose output is read days later."""
+    return (when or datetime.now(UTC)).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def short_clock(when: datetime | None) -> str:
+    """Local time only (None: now), for ``chat``, which is read as it scrolls by."""
+    return (when or datetime.now(UTC)).astimezone().strftime("%H:%M")
+
+
+def render(event: Event, me: str | None, clock: Callable[[datetime | None], str]) -> str | None:
+    """One line of text for a person, or None for events that are not shown this way."""
+    match event:
+        case Message(room, sender, text):
+            return f"{clock(None)} {safe(room)} <{safe(sender)}> {safe(text)}"
+        case PrivateMessage(sender, text):
+            return f"{clock(None)} *{safe(sender)}* {safe(text)}"
+        case History(target, _id, when, sender, text):
+            if target.startswith("#"):
+                return f"{clock(when)} {safe(target)} <{safe(sender)}> {safe(text)}"
+            if sender == me:
+                return f"{clock(when)} -> *{safe(target)}* {safe(text)}"
+            return f"{clock(when)} *{safe(sender)}* {safe(text)}"
+        case Wall(sender, text):
+            return f"{clock(None)} [wall] <{safe(sender)}> {safe(text)}"
+        case Joined(room, user):
+            return f"{clock(None)} -- {safe(user)} joined {safe(room)}"
+        case Parted(room, user):
+            return f"{clock(None)} -- {safe(user)} left {safe(room)}"
+        case Info(text):
+            return f"{clock(None)} -- {safe(text)}"
+        case Bye(reason):
+            return f"{clock(None)} -- disconnected: {safe(reason)}"
+        case Reconnected(rooms):
+            return f"{clock(None)} -- reconnected; in {' '.join(rooms) or 'no room'}"
+    return None
+
+
+def _utc(when: datetime | None) -> str:
+    """ISO 8601 in UTC with a Z: a machine reading ``--json`` should not need our zone."""
+    moment = (when or datetime.now(UTC)).astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def as_json(event: Event, me: str | None) -> str | None:
+    """One JSON object (ASCII only, so nothing in it can drive a terminal), or None."""
+    record: dict[str, object]
+    match event:
+        case Message(room, sender, text):
+            record = {"type": "message", "time": _utc(None), "room": room, "from": sender}
+            record["text"] = text
+        case PrivateMessage(sender, text):
+            record = {"type": "private", "time": _utc(None), "from": sender, "to": me}
+            record["text"] = text
+        case History(target, message_id, when, sender, text):
+            record = {"type": "history", "time": _utc(when), "id": message_id}
+            record.update({"target": target, "from": sender, "text": text})
+        case Wall(sender, text):
+            record = {"type": "wall", "time": _utc(None), "from": sender, "text": text}
+        case _:
+            return None
+    return json.dumps(record, ensure_ascii=True)
