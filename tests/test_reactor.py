@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import pytest
 
-from conftest import Client, Server, ServerFactory
+from helpers import Client, Server, ServerFactory
 from sealroom.config import settings_from_mapping
 from sealroom.net.server import Reactor
 from sealroom.session.machine import Pending, Services, Session
