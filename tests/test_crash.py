@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from argon2 import PasswordHasher
 
 from helpers import CHEAP_ARGON2, PASSWORD, Client, LineReader, write_config
@@ -83,6 +84,7 @@ def collect(port: int, ca: Path) -> dict[int, str]:
     return delivered
 
 
+@pytest.mark.slow
 def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,

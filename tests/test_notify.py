@@ -125,6 +125,7 @@ def test_a_server_reports_its_life(managed: Server, listener: NotifyListener) ->
     listener.until("STOPPING")
 
 
+@pytest.mark.slow
 def test_a_stuck_serving_loop_starves_the_watchdog(
     managed: Server, listener: NotifyListener
 ) -> None:

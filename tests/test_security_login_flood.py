@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from adversary import (
     ATTACKER_ADDRESSES,
     MIB,
@@ -27,6 +29,7 @@ FLOODERS = 12
 FLOOD_SECONDS = 3.0
 
 
+@pytest.mark.slow
 def test_login_flood_is_bounded_and_chat_goes_on(make_server: ServerFactory) -> None:
     server = make_server(
         auth={
