@@ -387,7 +387,7 @@ def test_detach_leaves_every_room(stays: str | None, parts: list[str], online: b
     scene.drain()
     scene.do("detach amy")
     assert scene["amy"].rooms == set()
-    assert scene.inbox("cat").drain() == parts
+    assert sorted(scene.inbox("cat").drain()) == parts  # a session's rooms are a set
     assert scene.hub.is_online("amy") is online
     assert ("amy" in scene.hub.online_names()) is online
     rooms_left = 3 if stays else 2  # #c had only amy in it
