@@ -41,6 +41,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 	$(BIN)/python -m pytest -q
 

@@ -13,22 +13,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import Client, Server
+from helpers import Client
 
 ATTACKER_ADDRESSES = ("127.0.0.2", "127.0.0.3")
 MIB = 1024 * 1024
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout}s: {what or predicate}")
-        time.sleep(0.02)
 
 
 # -- what the server process costs ---------------------------------------------------------
@@ -106,13 +97,6 @@ def raw_connection(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -
     """A plain TCP connection to the server from the loopback address ``source``."""
     address = ("127.0.0.1", port)
     return socket.create_connection(address, timeout=timeout, source_address=(source, 0))
-
-
-class SourcedClient(Client):
-    """The tests' line client, connecting from a chosen loopback address."""
-
-    def __init__(self, server: Server, source: str, timeout: float = 5.0) -> None:
-        super().__init__(server.port, server.ca_file, timeout=timeout, source=source)
 
 
 def closed_by_server(sock: socket.socket, timeout: float) -> bool:

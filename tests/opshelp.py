@@ -19,9 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 import trustme
-import yaml
 
-from conftest import CHEAP_ARGON2, PASSWORD, LineReader
+from helpers import CHEAP_ARGON2, PASSWORD, LineReader, tls_connection, write_config
 from sealroom.ops.logs import configure_logging
 from sealroom.policy.auth import password_hasher
 from sealroom.store.sqlite import SqliteStore
@@ -88,11 +87,7 @@ def write_leaf(
 
 def fingerprint(port: int, ca_file: Path) -> str:
     """SHA-256 of the certificate a new connection to ``port`` is shown."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
+    with tls_connection(port, ca_file) as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return hashlib.sha256(der).hexdigest()
@@ -175,16 +170,14 @@ def serve_process(
 ) -> Iterator[ServeProcess]:
     """Start ``python [prefix…] -m sealroom serve`` and wait for READY=1 on its notify socket."""
     cert, key = write_leaf(ca, folder, "server")
-    config = folder / "sealroom.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listen": ["127.0.0.1:0"],
-                "tls": {"cert": str(cert), "key": str(key)},
-                "auth": {"argon2": CHEAP_ARGON2},
-                "limits": {"shutdown_grace_s": 2},
-            }
-        )
+    config = write_config(
+        folder,
+        {
+            "listen": ["127.0.0.1:0"],
+            "tls": {"cert": str(cert), "key": str(key)},
+            "auth": {"argon2": CHEAP_ARGON2},
+            "limits": {"shutdown_grace_s": 2},
+        },
     )
     hasher = password_hasher(**CHEAP_ARGON2)
     with SqliteStore(folder / "var" / "sealroom.db") as store:

@@ -10,21 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import CHEAP_ARGON2, Server, ServerFactory
+from helpers import CHEAP_ARGON2, Server, ServerFactory, write_config
 from sealroom.cli.main import main
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "sealroom.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {"storage": {"database": "db/sealroom.db"}, "auth": {"argon2": CHEAP_ARGON2}}
-        )
+    return write_config(
+        tmp_path, {"storage": {"database": "db/sealroom.db"}, "auth": {"argon2": CHEAP_ARGON2}}
     )
-    return path
 
 
 def run(argv: list[str], monkeypatch: pytest.MonkeyPatch, stdin: str = "") -> int:
@@ -155,8 +150,7 @@ def test_certs_init_and_refusal(
 def test_serve_with_missing_certificate_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"tls": {"cert": "missing.crt", "key": "missing.key"}}))
+    config = write_config(tmp_path, {"tls": {"cert": "missing.crt", "key": "missing.key"}})
     assert run(["serve", "-c", str(config)], monkeypatch) == 1
     err = capsys.readouterr().err
     assert "missing" in err

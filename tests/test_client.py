@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, Server, ServerFactory
+from helpers import PASSWORD, Server, ServerFactory
 from sealroom.client import (
     Backoff,
     Bye,
@@ -383,10 +383,10 @@ def test_backoff_is_bounded_and_jittered() -> None:
 
 
 class server_client:  # noqa: N801 -- reads as a function in `with`
-    """A conftest-style raw client for ``name``, closed on exit (the fixture's may be gone)."""
+    """A `helpers.Client` for ``name``, closed on exit (the fixture's may be gone)."""
 
     def __init__(self, server: Server, name: str) -> None:
-        from conftest import Client as RawClient
+        from helpers import Client as RawClient
 
         self.client = RawClient(server.port, server.ca_file)
         self.client.login(name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import PASSWORD, Client, Server, ServerFactory
+from helpers import PASSWORD, Client, Server, ServerFactory
 from sealroom.session import COMMANDS, Command
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, ServerFactory
+from helpers import Server, ServerFactory
 from opshelp import captured_lines, pristine_sealroom_logger
 from sealroom.cli.main import main
 from sealroom.core.errors import UserError

@@ -14,10 +14,10 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
+import pytest
 from argon2 import PasswordHasher
 
-from conftest import CHEAP_ARGON2, PASSWORD, Client, LineReader
+from helpers import CHEAP_ARGON2, PASSWORD, Client, LineReader, write_config
 from sealroom.store.sqlite import SqliteStore
 
 ROUNDS = 10
@@ -84,21 +84,20 @@ def collect(port: int, ca: Path) -> dict[int, str]:
     return delivered
 
 
+@pytest.mark.slow
 def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
-    config = tmp_path / "sealroom.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listen": ["127.0.0.1:0"],
-                "auth": {"argon2": CHEAP_ARGON2},
-                "rate": {
-                    "messages": {"rate": 100000, "burst": 100000},
-                    "logins_per_ip": {"rate": 1000, "burst": 1000},
-                    "connections_per_ip": {"rate": 1000, "burst": 1000},
-                },
-                "history": {"private_per_user": 1000000},
-            }
-        )
+    config = write_config(
+        tmp_path,
+        {
+            "listen": ["127.0.0.1:0"],
+            "auth": {"argon2": CHEAP_ARGON2},
+            "rate": {
+                "messages": {"rate": 100000, "burst": 100000},
+                "logins_per_ip": {"rate": 1000, "burst": 1000},
+                "connections_per_ip": {"rate": 1000, "burst": 1000},
+            },
+            "history": {"private_per_user": 1000000},
+        },
     )
     env = {**os.environ, "SEALROOM_CONFIG": str(config)}
     subprocess.run(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import Client
+from helpers import Client
 from opshelp import serve_process
 from sealroom.config import load_settings
 

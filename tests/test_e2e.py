@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import CHEAP_ARGON2, Client, LineReader
+from helpers import CHEAP_ARGON2, Client, LineReader, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -35,15 +34,8 @@ def sealroom(*argv: str, env: dict[str, str], stdin: str = "") -> str:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, subprocess.Popen[str]]]:
-    env = {**os.environ, "SEALROOM_CONFIG": str(tmp_path / "sealroom.yaml")}
-    (tmp_path / "sealroom.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "listen": ["127.0.0.1:0"],
-                "auth": {"argon2": CHEAP_ARGON2},
-            }
-        )
-    )
+    config = write_config(tmp_path, {"listen": ["127.0.0.1:0"], "auth": {"argon2": CHEAP_ARGON2}})
+    env = {**os.environ, "SEALROOM_CONFIG": str(config)}
     sealroom("certs", "init", "--dir", str(tmp_path / "certs"), env=env)
     for name in ("alice", "bob"):
         sealroom("user", "add", name, "--password-stdin", env=env, stdin=f"{name} password\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerFactory
+from helpers import ServerFactory
 from opshelp import sealroom_logs
 from sealroom.ops.logs import logs_to_journal
 

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from conftest import Server, ServerFactory
+from helpers import Server, ServerFactory
 from opshelp import captured_lines
 from sealroom.core.errors import UserError
 from sealroom.ops.metrics import Family, MetricsServer, render

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, ServerFactory, write_config
+from helpers import Server, ServerFactory, start_server
 from opshelp import NotifyListener, captured_lines
-from sealroom.config import load_settings
-from sealroom.ops.app import App
 from sealroom.ops.notify import Notifier
 
 
@@ -99,16 +97,12 @@ def managed(
     listens on ``listener``."""
     folder = tmp_path / "managed"
     folder.mkdir()
-    config = write_config(folder, tls_files, {})
     environ = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
-    app = App(load_settings(config), Notifier(environ))
-    server = Server(app, tls_files["ca"], config)
+    server = start_server(folder, tls_files, {}, Notifier(environ))
     try:
-        app.start()
         yield server
     finally:
-        server.close_clients()
-        server.app.stop(grace_s=1.0)
+        server.stop()
 
 
 def test_a_server_reports_its_life(managed: Server, listener: NotifyListener) -> None:
@@ -131,6 +125,7 @@ def test_a_server_reports_its_life(managed: Server, listener: NotifyListener) ->
     listener.until("STOPPING")
 
 
+@pytest.mark.slow
 def test_a_stuck_serving_loop_starves_the_watchdog(
     managed: Server, listener: NotifyListener
 ) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import socket
 import sqlite3
-import ssl
 import struct
 from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, Client, Server, ServerFactory
+from helpers import PASSWORD, Client, FakeWallClock, Server, ServerFactory, tls_connection
 from sealroom.core.model import StoredMessage
 from sealroom.store.sqlite import MIGRATIONS, SqliteStore
 
@@ -125,11 +124,7 @@ def test_connection_killed_during_delivery_gets_them_again(make_server: ServerFa
         ],
         delivered=False,
     )
-    raw = socket.socket()
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    raw.connect(("127.0.0.1", server.port))
-    ctx = ssl.create_default_context(cafile=str(server.ca_file))
-    first = ctx.wrap_socket(raw, server_hostname="localhost")
+    first = tls_connection(server.port, server.ca_file, rcvbuf=4096)
     first.sendall(f"/login bob {PASSWORD}\n".encode())
     first.recv(1024)
     # Die abruptly (RST) while the server is still writing the stored messages.
@@ -255,12 +250,12 @@ def test_token_expiry(make_server: ServerFactory) -> None:
 
     server = make_server()
     server.add_user("alice")
-    now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    tokens = ResumeTokens(server.app.store, 7, clock=lambda: now[0])
+    clock = FakeWallClock(datetime(2026, 1, 1, tzinfo=UTC))
+    tokens = ResumeTokens(server.app.store, 7, clock=clock)
     token, expires = tokens.issue("alice")
     assert expires == "2026-01-08T00:00:00.000Z"
     assert tokens.verify("alice", token) is not None
-    now[0] += timedelta(days=7)
+    clock.now += timedelta(days=7)
     assert tokens.verify("alice", token) is None
 
 

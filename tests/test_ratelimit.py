@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import FakeClock
 from sealroom.policy.ratelimit import KeyedBuckets, TokenBucket, retry_after_text
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_burst_then_rate() -> None:

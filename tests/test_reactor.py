@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import pytest
 
-from conftest import Client, Server, ServerFactory
+from helpers import Client, Server, ServerFactory
 from sealroom.config import settings_from_mapping
 from sealroom.core.blocking import BlockingCallError, check_may_block, forbid_blocking
 from sealroom.net.connection import OwnershipError

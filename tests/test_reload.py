@@ -13,7 +13,7 @@ import pytest
 import trustme
 import yaml
 
-from conftest import PASSWORD, Client, Server, ServerFactory
+from helpers import PASSWORD, Client, Server, ServerFactory
 from opshelp import captured_lines, file_fingerprint, fingerprint, serve_process, write_leaf
 
 

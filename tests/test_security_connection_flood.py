@@ -16,15 +16,13 @@ import pytest
 
 from adversary import (
     ATTACKER_ADDRESSES,
-    SourcedClient,
     closed_by_server,
     connection_threads,
     many,
     raw_connection,
     round_trip,
-    wait_until,
 )
-from conftest import Server, ServerFactory
+from helpers import Server, ServerFactory, wait_until
 
 
 def test_connection_caps(make_server: ServerFactory) -> None:
@@ -74,7 +72,7 @@ def test_flood_from_one_address_is_capped_and_others_are_served(
     admission = server.app.shared.admission
     threads_before = connection_threads()
     server.add_user("honest")
-    honest = SourcedClient(server, ATTACKER_ADDRESSES[1])  # a neighbour on another address
+    honest = server.client(source=ATTACKER_ADDRESSES[1])  # a neighbour on another address
     honest.login("honest")
     with many(_flood(server, ATTACKER_ADDRESSES[0], 300)) as flood:
         wait_until(

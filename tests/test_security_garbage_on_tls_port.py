@@ -14,8 +14,8 @@ import struct
 
 import pytest
 
-from adversary import client_hello, closed_by_server, raw_connection, wait_until
-from conftest import Server, ServerFactory
+from adversary import client_hello, closed_by_server, raw_connection
+from helpers import Server, ServerFactory, wait_until
 
 
 def test_plaintext_on_the_tls_port_is_dropped(server: Server) -> None:

@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import CHEAP_ARGON2, PASSWORD, ServerFactory
+from helpers import CHEAP_ARGON2, PASSWORD, ServerFactory, write_config
 from sealroom.cli.main import main
 from sealroom.core.text import ROOM_NAME, USER_NAME, room_name, user_name
 
@@ -96,9 +95,8 @@ def test_admin_commands_refuse_hostile_names(make_server: ServerFactory) -> None
 def test_cli_refuses_hostile_account_names(
     raw: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "sealroom.yaml"
-    config.write_text(
-        yaml.safe_dump({"storage": {"database": "db.sqlite"}, "auth": {"argon2": CHEAP_ARGON2}})
+    config = write_config(
+        tmp_path, {"storage": {"database": "db.sqlite"}, "auth": {"argon2": CHEAP_ARGON2}}
     )
     monkeypatch.setattr(sys, "stdin", io.StringIO("a long password\n"))
     assert main(["user", "add", raw, "--password-stdin", "-c", str(config)]) == 1

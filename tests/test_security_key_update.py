@@ -20,7 +20,7 @@ from typing import IO
 
 import pytest
 
-from conftest import PASSWORD, Client, LineReader, Server, ServerFactory
+from helpers import PASSWORD, Client, LineReader, Server, ServerFactory
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from adversary import (
     ATTACKER_ADDRESSES,
     MIB,
     PeakRss,
-    SourcedClient,
     percentile,
     round_trip,
 )
-from conftest import ServerFactory
+from helpers import Client, ServerFactory
 
 MEMORY_COST_KIB = 64 * 1024
 SLOTS = 2
@@ -28,6 +29,7 @@ FLOODERS = 12
 FLOOD_SECONDS = 3.0
 
 
+@pytest.mark.slow
 def test_login_flood_is_bounded_and_chat_goes_on(make_server: ServerFactory) -> None:
     server = make_server(
         auth={
@@ -45,9 +47,9 @@ def test_login_flood_is_bounded_and_chat_goes_on(make_server: ServerFactory) -> 
     alice.expect("JOIN #lobby bob")
     replies: list[str] = []
     stop = threading.Event()
-    flooders = [SourcedClient(server, ATTACKER_ADDRESSES[i % 2]) for i in range(FLOODERS)]
+    flooders = [server.client(source=ATTACKER_ADDRESSES[i % 2]) for i in range(FLOODERS)]
 
-    def flood(client: SourcedClient, n: int) -> None:
+    def flood(client: Client, n: int) -> None:
         while not stop.is_set():
             try:
                 replies.append(client.request(f"/login nobody{n} guess", timeout=10))

@@ -9,7 +9,7 @@ The server runs in this process, so its memory is this process's (VmRSS / VmHWM)
 from __future__ import annotations
 
 from adversary import MIB, PeakRss
-from conftest import ServerFactory
+from helpers import ServerFactory
 
 LINE_BYTES = 64 * MIB
 CHUNK = b"A" * MIB  # one buffer sent again and again: the client itself stays small

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from adversary import ATTACKER_ADDRESSES, SourcedClient
-from conftest import PASSWORD, ServerFactory
+from adversary import ATTACKER_ADDRESSES
+from helpers import PASSWORD, ServerFactory
 
 RATE_LIMITED = re.compile(r"ERR rate-limited .*retry in [0-9]+s")
 
@@ -33,17 +33,17 @@ def test_guessing_across_reconnects_is_stopped_even_for_the_right_password(
     server.add_user("alice")
     replies = []
     for attempt in range(12):  # a new connection for every guess
-        client = SourcedClient(server, ATTACKER_ADDRESSES[0])
+        client = server.client(source=ATTACKER_ADDRESSES[0])
         replies.append(client.request(f"/login alice guess-{attempt}"))
         client.close()
     assert all(r == "ERR auth-failed wrong name or password" for r in replies[:5])
     assert all(RATE_LIMITED.fullmatch(r) for r in replies[5:]), replies[5:]
     # The right password does not get through either: the bucket answers before argon2 runs.
-    late = SourcedClient(server, ATTACKER_ADDRESSES[0])
+    late = server.client(source=ATTACKER_ADDRESSES[0])
     assert RATE_LIMITED.fullmatch(late.request(f"/login alice {PASSWORD}"))
     late.close()
     # alice herself, from another address, is not locked out by the guesser.
-    alice = SourcedClient(server, ATTACKER_ADDRESSES[1])
+    alice = server.client(source=ATTACKER_ADDRESSES[1])
     assert alice.request(f"/login alice {PASSWORD}").startswith("OK login alice")
     alice.close()
 
@@ -51,7 +51,7 @@ def test_guessing_across_reconnects_is_stopped_even_for_the_right_password(
 def test_resume_token_guessing_shares_the_login_bucket(make_server: ServerFactory) -> None:
     server = make_server(rate={"logins_per_ip": {"rate": 0.01, "burst": 3}})
     server.add_user("alice")
-    guesser = SourcedClient(server, ATTACKER_ADDRESSES[0])
+    guesser = server.client(source=ATTACKER_ADDRESSES[0])
     assert guesser.request("/login alice guess-1").startswith("ERR auth-failed")
     replies = [guesser.request(f"/resume alice {'A' * 42}{n}") for n in range(4)]
     assert [r.split(" ", 2)[1] for r in replies] == [

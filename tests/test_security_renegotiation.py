@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from adversary import round_trip
-from conftest import PASSWORD, LineReader, ServerFactory
+from helpers import PASSWORD, LineReader, ServerFactory
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

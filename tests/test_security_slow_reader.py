@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 import select
-import socket
 import ssl
 import threading
 import time
 
 import pytest
 
-from adversary import MIB, PeakRss, percentile, round_trip, wait_until
-from conftest import PASSWORD, ServerFactory
+from adversary import MIB, PeakRss, percentile, round_trip
+from helpers import PASSWORD, ServerFactory, tls_connection, wait_until
 
 
 def test_slow_consumer_is_dropped_and_others_get_everything(
@@ -30,11 +29,7 @@ def test_slow_consumer_is_dropped_and_others_get_everything(
         rate={"messages": {"rate": 1e6, "burst": 1e6}},
     )
     server.add_user("bob")
-    bob_raw = socket.socket()
-    bob_raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    bob_raw.connect(("127.0.0.1", server.port))
-    ctx = ssl.create_default_context(cafile=str(server.ca_file))
-    bob = ctx.wrap_socket(bob_raw, server_hostname="localhost")
+    bob = tls_connection(server.port, server.ca_file, rcvbuf=4096)
     bob.sendall(f"/login bob {PASSWORD}\n".encode())  # ...and never reads again
     alice = server.user("alice")
     carol = server.user("carol")
@@ -83,11 +78,7 @@ def test_stalled_reader_costs_senders_and_others_nothing(
     server.add_user("bob")
     stalled = []
     for _ in range(3):  # three stalled readers, each holding a small receive buffer
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", server.port))
-        ctx = ssl.create_default_context(cafile=str(server.ca_file))
-        stalled.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+        stalled.append(tls_connection(server.port, server.ca_file, rcvbuf=4096))
     try:
         for sock in stalled:
             sock.sendall(f"/login bob {PASSWORD}\n".encode())  # ...and never read again
@@ -123,13 +114,7 @@ def test_pipelining_without_reading_is_pushed_back(make_server: ServerFactory) -
     own replies pile up the server stops reading it, and TCP pushes back on the client. It is
     not dropped either: when it reads again, every request gets its one reply."""
     server = make_server(limits={"outbound_queue_bytes": 65536})
-    raw = socket.socket()
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        raw.setsockopt(socket.SOL_SOCKET, option, 8192)
-    raw.connect(("127.0.0.1", server.port))
-    sock = ssl.create_default_context(cafile=str(server.ca_file)).wrap_socket(
-        raw, server_hostname="localhost"
-    )
+    sock = tls_connection(server.port, server.ca_file, rcvbuf=8192, sndbuf=8192)
     # Before login /ping is not rate-limited: every request gets "OK ping TOKEN" back. Long
     # tokens keep the count of lines the socket buffers can hold (and the test) small.
     token = "p" * 250

@@ -18,9 +18,8 @@ from adversary import (
     many,
     raw_connection,
     round_trip,
-    wait_until,
 )
-from conftest import ServerFactory
+from helpers import ServerFactory, wait_until
 
 
 def test_stalled_handshake_blocks_nobody(make_server: ServerFactory) -> None:

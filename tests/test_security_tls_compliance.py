@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from conftest import ServerFactory
+from helpers import ServerFactory
 from sealroom.cli.main import main as sealroom
 
 SSLYZE = Path(__file__).resolve().parent.parent / ".venv-sslyze" / "bin" / "sslyze"

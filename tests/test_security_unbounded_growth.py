@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from adversary import ATTACKER_ADDRESSES, SourcedClient
-from conftest import PASSWORD, Client, ServerFactory
+from adversary import ATTACKER_ADDRESSES
+from helpers import PASSWORD, Client, ServerFactory
 from sealroom.core.model import StoredMessage
 from sealroom.state import messages
 from sealroom.store.sqlite import SqliteStore
@@ -158,10 +158,10 @@ def test_tracked_addresses_are_capped_and_fail_closed(make_server: ServerFactory
         rate={"connections_per_ip": {"rate": 0.01, "burst": 5}},  # buckets stay non-full
     )
     first = server.user("alice")  # 127.0.0.1
-    second = SourcedClient(server, ATTACKER_ADDRESSES[0])
+    second = server.client(source=ATTACKER_ADDRESSES[0])
     # A third address finds no room in the table: refused rather than tracked.
     with pytest.raises((ssl.SSLError, ConnectionError, EOFError, TimeoutError)):
-        SourcedClient(server, ATTACKER_ADDRESSES[1], timeout=2)
+        server.client(source=ATTACKER_ADDRESSES[1], timeout=2)
     assert len(server.app.shared.admission.buckets) == 2
     assert first.request("/ping") == "OK ping"
     assert second.request(f"/login alice {PASSWORD}").startswith("OK login")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import Server
+from helpers import Server
 
 ID = r"[1-9][0-9]*"
 

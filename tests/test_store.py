@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import FakeWallClock
 from sealroom.core.model import AccountExists, NoSuchAccount, SchemaTooNew, StoreError, iso_utc
 from sealroom.store import sqlite as store_module
 from sealroom.store.sqlite import MIGRATIONS, SqliteStore
@@ -37,14 +38,6 @@ def set_user_version(path: Path, version: int) -> None:
     with closing(sqlite3.connect(path)) as conn:
         conn.execute(f"PRAGMA user_version = {version:d}")
         conn.commit()
-
-
-class FixedClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 # -- opening and migrating ----------------------------------------------------------------
@@ -156,7 +149,7 @@ def test_closed_store_refuses_calls(db_path: Path) -> None:
 
 
 def test_add_and_get(db_path: Path) -> None:
-    clock = FixedClock(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
+    clock = FakeWallClock(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
     with SqliteStore(db_path, clock=clock) as store:
         added = store.add_account("alice", "hash-a")
         assert added.name == "alice"
@@ -241,7 +234,7 @@ def test_list_is_sorted_by_name(store: SqliteStore) -> None:
 
 
 def test_record_login(db_path: Path) -> None:
-    clock = FixedClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
+    clock = FakeWallClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
     with SqliteStore(db_path, clock=clock) as store:
         store.add_account("alice", "hash-a")
         clock.now += timedelta(hours=1, milliseconds=7)

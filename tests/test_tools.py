@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, Server
-from conftest import Client as RawClient
+from helpers import PASSWORD, Server
+from helpers import Client as RawClient
 from sealroom.cli.lineedit import LineEditor
 from sealroom.cli.render import as_json, render, safe
 from sealroom.client import Bye, History, Message, PrivateMessage, Wall

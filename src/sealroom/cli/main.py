@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import argon2
-
 from sealroom import __version__
 from sealroom.cli.tools import add_client_commands
 from sealroom.config import ConfigError, Settings, load_settings
@@ -31,7 +29,7 @@ from sealroom.ops.certs import init_certs
 from sealroom.ops.control import request as control_request
 from sealroom.ops.logs import configure_logging
 from sealroom.ops.observe import status_text
-from sealroom.policy.auth import password_hasher
+from sealroom.policy.auth import encoded_hash_problem, password_hasher
 from sealroom.store.sqlite import SqliteStore
 
 Handler = Callable[[argparse.Namespace], int]
@@ -184,14 +182,6 @@ IMPORT_BATCH = 500
 ARGON2ID_PREFIX = "$argon2id$"
 
 
-def _hash_problem(encoded: str) -> str | None:
-    try:
-        argon2.extract_parameters(encoded)
-    except argon2.exceptions.InvalidHashError:
-        return "not a valid argon2id hash"
-    return None
-
-
 def cmd_user_import(args: argparse.Namespace) -> int:
     """Create many accounts from ``NAME:PASSWORD`` or ``NAME:$argon2id$...`` lines."""
     settings = _settings(args)
@@ -233,7 +223,7 @@ def _read_import_file(path: Path) -> list[tuple[str, str]]:
         if not sep or name is None:
             raise UserError(f"{path}:{number}: expected NAME:PASSWORD with a valid name")
         problem = (
-            _hash_problem(secret)
+            encoded_hash_problem(secret)
             if secret.startswith(ARGON2ID_PREFIX)
             else (password_problem(secret))
         )

@@ -60,6 +60,15 @@ def password_hasher(
     )
 
 
+def encoded_hash_problem(encoded: str) -> str | None:
+    """Why an already-encoded argon2 hash cannot be stored (for imports), or None."""
+    try:
+        argon2.extract_parameters(encoded)
+    except InvalidHashError:
+        return "not a valid argon2id hash"
+    return None
+
+
 class ServerBusy(ProtocolError):  # noqa: N818 -- names the condition, as SPEC's code does
     """No verification slot came free in time; the client may retry later."""
 
