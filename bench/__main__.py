@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import ssl
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
         },
         "quick": args.quick,
+        "sizes": dataclasses.asdict(sizes),
     }
     for name in args.only or list(SCENARIOS):
         started = time.monotonic()
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = figures
         print(f"{name} ({time.monotonic() - started:.0f}s)", file=sys.stderr)
         for key, value in figures.items():
-            print(f"  {key:<40} {value}")
+            print(f"  {key:<44} {value}")
         sys.stdout.flush()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -196,16 +196,27 @@ def publisher(
 
 
 def idle_holder(
-    port: int, ca: Path, names: list[str], password: str, ready: Any, release: Any
+    port: int,
+    ca: Path,
+    logins: list[tuple[str, str, bool]],
+    ready: Any,
+    release: Any,
 ) -> None:
-    """Connect and log in every name, report how long it took, then hold them idle."""
+    """Connect and log in each ``(name, secret, by_password)`` in turn: ``/login`` with the
+    password, or ``/resume`` with a resume token; report how long it took, then hold them
+    idle until ``release``."""
     raise_fd_limit()
     ctx = client_context(ca)
     started = time.monotonic()
     conns = []
-    for name in names:
+    for name, secret, by_password in logins:
         conn = Line(port, ctx)
-        conn.login(name, password)
+        if by_password:
+            conn.login(name, secret)
+        else:
+            reply = conn.request(f"/resume {name} {secret}")
+            if not reply.startswith("OK login"):
+                raise RuntimeError(f"resume {name}: {reply}")
         conns.append(conn)
     ready.put(time.monotonic() - started)
     release.wait()
