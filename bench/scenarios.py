@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import loadgen, tlscost
+from bench import loadgen, reference, tlscost
 from bench.harness import (
     ARGON2_8MIB,
     CHEAP_ARGON2,
@@ -54,6 +54,7 @@ class Sizes:
         IdleLogins(DEFAULT_ARGON2, 10),
     )
     handshakes: int = 2000  # the CPU clock ticks at 10 ms: 5 µs resolution per handshake
+    handshake_rounds: int = 4  # full handshakes go ABCABC… across the servers compared
     storm_accounts: int = 5000
     flood_connections: int = 100
     flood_seconds: float = 10.0
@@ -68,6 +69,7 @@ QUICK = Sizes(
     steady_seconds=1,
     idle_connections=40,  # still at the real costs: 8 of the 40 logins run argon2 at 64 MiB
     handshakes=20,
+    handshake_rounds=2,
     storm_accounts=40,
     flood_connections=10,
     flood_seconds=1,
@@ -254,24 +256,64 @@ def _idle_at(total: int, plan: IdleLogins) -> dict[str, Any]:
     }
 
 
+def _handshake_run(
+    port: int, ca: Any, count: int, resume: bool, greeting: str, cpu: Any
+) -> tuple[float, dict[str, Any]]:
+    """``count`` handshakes against one server: its CPU seconds spent, and the client's
+    report. The server's CPU is read again once its last connection has had time to end."""
+    results: Any = mp.Queue()
+    cpu0 = cpu()
+    worker = loadgen.spawn(loadgen.handshaker, port, ca, count, resume, results, greeting)
+    result = results.get(timeout=300)
+    worker.join(30)
+    time.sleep(0.1)  # the server closes the last connection
+    return cpu() - cpu0, result
+
+
 def handshakes(sizes: Sizes) -> dict[str, Any]:
+    """Server CPU per full TLS 1.3 handshake for Sealroom and the reference servers (an
+    asyncio TLS line server; Mosquitto if installed), interleaved in rounds so that noise
+    hits all alike; then Sealroom's resumed handshakes, and OpenSSL's share of both."""
     out: dict[str, Any] = {}
-    with workspace() as space, server(space) as proc:
+    with (
+        workspace() as space,
+        server(space) as proc,
+        reference.asyncio_server(space) as aio,
+        reference.mosquitto(space) as mosquitto,
+    ):
+        targets = [
+            ("sealroom", proc.port, "line", proc.cpu_seconds),
+            ("asyncio", aio.port, "line", aio.cpu_seconds),
+        ]
+        if mosquitto is not None:
+            targets.append(("mosquitto", mosquitto.port, "mqtt", mosquitto.cpu_seconds))
+        rounds = max(1, sizes.handshake_rounds)
+        per_round = max(1, sizes.handshakes // rounds)
+        for _name, port, greeting, cpu in targets:  # warm-up, not counted
+            _handshake_run(port, space.ca, min(20, per_round), False, greeting, cpu)
+        spent = {name: 0.0 for name, *_ in targets}
+        seconds = {name: 0.0 for name, *_ in targets}
+        for _ in range(rounds):
+            for name, port, greeting, cpu in targets:
+                cost, result = _handshake_run(port, space.ca, per_round, False, greeting, cpu)
+                spent[name] += cost
+                seconds[name] += result["seconds"]
+        count = per_round * rounds
+        for name, *_ in targets:
+            prefix = "" if name == "sealroom" else f"{name}_"
+            out[f"{prefix}full_cpu_us"] = round(spent[name] / count * 1e6)
+            out[f"{prefix}full_per_s"] = round(count / seconds[name])
+        if mosquitto is None:
+            out["mosquitto_full_cpu_us"] = "skipped: not installed (scripts/ensure-mosquitto.sh)"
+        cost, result = _handshake_run(
+            proc.port, space.ca, sizes.handshakes, True, "line", proc.cpu_seconds
+        )
+        out["resumed_cpu_us"] = round(cost / sizes.handshakes * 1e6)
+        out["resumed_per_s"] = round(sizes.handshakes / result["seconds"])
+        out["resumed_fraction"] = round(result["reused"] / sizes.handshakes, 3)
+        # OpenSSL's share alone, in this process: what resumption can save at most.
         for resume in (False, True):
-            results = mp.Queue()
-            cpu0 = proc.cpu_seconds()
-            worker = loadgen.spawn(
-                loadgen.handshaker, proc.port, space.ca, sizes.handshakes, resume, results
-            )
-            result = results.get(timeout=300)
-            worker.join(30)
-            cpu = proc.cpu_seconds() - cpu0
             kind = "resumed" if resume else "full"
-            out[f"{kind}_cpu_us"] = round(cpu / sizes.handshakes * 1e6)
-            out[f"{kind}_per_s"] = round(sizes.handshakes / result["seconds"])
-            if resume:
-                out["resumed_fraction"] = round(result["reused"] / sizes.handshakes, 3)
-            # OpenSSL's share alone, in this process: what resumption can save at most.
             out[f"{kind}_openssl_us"] = round(
                 tlscost.server_handshake_us(space.config, space.ca, sizes.handshakes, resume=resume)
             )
