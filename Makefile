@@ -68,9 +68,11 @@ scan: $(VENV)/.installed
 soak: $(VENV)/.installed
 	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES)
 
-# The benchmark suite against servers it starts; figures in docs/benchmarks.md.
+# The benchmark suite against servers it starts; figures in docs/benchmarks.md. Mosquitto is
+# the handshakes scenario's reference broker (optional: skipped with a note if missing).
 bench: $(VENV)/.installed
 	@mkdir -p var
+	-@sh scripts/ensure-mosquitto.sh
 	$(BIN)/python -m bench --json var/bench.json
 
 clean:

@@ -17,16 +17,22 @@ from typing import Any
 
 import yaml
 
-from sealroom.policy.auth import password_hasher
+from sealroom.config import Argon2Settings
+from sealroom.policy.auth import ResumeTokens, password_hasher
+from sealroom.store.sqlite import SqliteStore
 
-CHEAP_ARGON2 = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}
+# argon2 costs. CHEAP is for --quick and for servers nobody logs in to; every scenario that
+# logs in uses at least ARGON2_8MIB (a cheaper one hid a memory problem: see
+# docs/benchmarks.md), and the reconnect storm and the login flood the server's default.
+CHEAP_ARGON2 = Argon2Settings(time_cost=1, memory_cost_kib=8, parallelism=1)
+ARGON2_8MIB = Argon2Settings(time_cost=1, memory_cost_kib=8192, parallelism=1)
+DEFAULT_ARGON2 = Argon2Settings()  # 64 MiB, time_cost 3, parallelism 4
 PASSWORD = "bench password"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # Limits are raised so that the load, not the abuse protection, is what is measured.
 BENCH_CONFIG: dict[str, Any] = {
     "listen": ["127.0.0.1:0"],
-    "auth": {"argon2": CHEAP_ARGON2},
     "limits": {
         "max_connections": 20000,
         "max_connections_per_ip": 20000,
@@ -40,6 +46,26 @@ BENCH_CONFIG: dict[str, Any] = {
     },
     "log": {"level": "warning"},
 }
+
+
+def argon2_config(cost: Argon2Settings) -> dict[str, int]:
+    return {
+        "time_cost": cost.time_cost,
+        "memory_cost_kib": cost.memory_cost_kib,
+        "parallelism": cost.parallelism,
+    }
+
+
+def argon2_label(cost: Argon2Settings) -> str:
+    """``8mib``, ``64mib``, ``8kib``: the memory cost, which names the idle figures."""
+    kib = cost.memory_cost_kib
+    return f"{kib // 1024}mib" if kib % 1024 == 0 else f"{kib}kib"
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process, its ended threads included, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -71,14 +97,22 @@ class Workspace:
         return {**os.environ, "SEALROOM_CONFIG": str(self.config)}
 
     port: int = 0
+    argon2: Argon2Settings = CHEAP_ARGON2
 
-    def configure(self, extra: dict[str, Any] | None = None) -> None:
+    def configure(
+        self, extra: dict[str, Any] | None = None, argon2: Argon2Settings = CHEAP_ARGON2
+    ) -> None:
         """Write the configuration, on a free port picked now (logs stay at warning level
-        during benchmarks, so the server's "listening on" line is not there to read)."""
+        during benchmarks, so the server's "listening on" line is not there to read), with
+        the server's argon2 cost; accounts added after this are hashed at that cost."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = merge(BENCH_CONFIG, {"listen": [f"127.0.0.1:{self.port}"]})
+        self.argon2 = argon2
+        config = merge(
+            BENCH_CONFIG,
+            {"listen": [f"127.0.0.1:{self.port}"], "auth": {"argon2": argon2_config(argon2)}},
+        )
         self.config.write_text(yaml.safe_dump(merge(config, extra or {})))
 
     def sealroom(self, *argv: str, stdin: str | None = None) -> str:
@@ -94,13 +128,24 @@ class Workspace:
             raise RuntimeError(f"sealroom {' '.join(argv)}: {done.stderr.strip()}")
         return done.stdout
 
-    def add_accounts(self, names: list[str], password_hash: str | None = None) -> None:
-        """Bulk-create accounts with `sealroom user import` (one shared hash: fast)."""
-        if password_hash is None:
-            password_hash = password_hasher(1, 8, 1).hash(PASSWORD)
+    def add_accounts(self, names: list[str]) -> None:
+        """Bulk-create accounts with `sealroom user import`, all with one hash of PASSWORD
+        made at the configured cost (fast to import; each check still costs a full
+        verification, and the server finds nothing to rehash)."""
+        cost = self.argon2
+        password_hash = password_hasher(
+            cost.time_cost, cost.memory_cost_kib, cost.parallelism
+        ).hash(PASSWORD)
         source = self.root / "accounts.txt"
         source.write_text("".join(f"{name}:{password_hash}\n" for name in names))
         self.sealroom("user", "import", str(source))
+
+    def issue_tokens(self, names: list[str]) -> dict[str, str]:
+        """A resume token for each name, as each client would have got from /token in an
+        earlier session (the server must not be running: this writes the database)."""
+        with SqliteStore(self.database) as store:
+            issuer = ResumeTokens(store, 7)
+            return {name: issuer.issue(name)[0] for name in names}
 
 
 @contextmanager
@@ -171,12 +216,18 @@ class ServerProcess:
         return self.process.pid
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+        return process_cpu_seconds(self.pid)
 
     def rss_kib(self) -> int:
+        return self._status_kib("VmRSS:")
+
+    def peak_rss_kib(self) -> int:
+        """The high-water mark of resident memory since the process started."""
+        return self._status_kib("VmHWM:")
+
+    def _status_kib(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key):
                 return int(line.split()[1])
         return 0
 

@@ -196,16 +196,27 @@ def publisher(
 
 
 def idle_holder(
-    port: int, ca: Path, names: list[str], password: str, ready: Any, release: Any
+    port: int,
+    ca: Path,
+    logins: list[tuple[str, str, bool]],
+    ready: Any,
+    release: Any,
 ) -> None:
-    """Connect and log in every name, report how long it took, then hold them idle."""
+    """Connect and log in each ``(name, secret, by_password)`` in turn: ``/login`` with the
+    password, or ``/resume`` with a resume token; report how long it took, then hold them
+    idle until ``release``."""
     raise_fd_limit()
     ctx = client_context(ca)
     started = time.monotonic()
     conns = []
-    for name in names:
+    for name, secret, by_password in logins:
         conn = Line(port, ctx)
-        conn.login(name, password)
+        if by_password:
+            conn.login(name, secret)
+        else:
+            reply = conn.request(f"/resume {name} {secret}")
+            if not reply.startswith("OK login"):
+                raise RuntimeError(f"resume {name}: {reply}")
         conns.append(conn)
     ready.put(time.monotonic() - started)
     release.wait()
@@ -213,22 +224,65 @@ def idle_holder(
         conn.close()
 
 
-def handshaker(port: int, ca: Path, count: int, resume: bool, results: Any) -> None:
-    """Full or resumed TLS 1.3 handshakes, one after another, each up to the HELLO line."""
+# MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s, empty client id: the broker assigns
+# one), the CONNACK that accepts it, and DISCONNECT.
+MQTT_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, 0])
+MQTT_CONNACK = bytes([0x20, 2, 0, 0])
+MQTT_DISCONNECT = bytes([0xE0, 0])
+
+
+def _mqtt_connect(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+    # The client writes twice in a row (its Finished, then CONNECT): without NODELAY, Nagle
+    # holds CONNECT until the broker's delayed ACK, 40 ms later. A line client only reads
+    # after its Finished, so it needs no such option.
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    sock.sendall(MQTT_CONNECT)
+    reply = b""
+    while len(reply) < len(MQTT_CONNACK):
+        chunk = sock.recv(len(MQTT_CONNACK) - len(reply))
+        if not chunk:
+            raise EOFError("closed before CONNACK")
+        reply += chunk
+    if reply != MQTT_CONNACK:
+        raise RuntimeError(f"MQTT CONNECT refused: {reply!r}")
+    return sock
+
+
+def handshaker(
+    port: int, ca: Path, count: int, resume: bool, results: Any, greeting: str = "line"
+) -> None:
+    """Full or resumed TLS 1.3 handshakes, one after another, each up to the server's first
+    answer: its greeting line (``line``: Sealroom, the asyncio reference), or the CONNACK to
+    a CONNECT (``mqtt``: Mosquitto, which speaks only when spoken to; the client then sends
+    DISCONNECT, as an MQTT client that leaves cleanly does)."""
     ctx = client_context(ca)
+
+    def connect(session: ssl.SSLSession | None) -> ssl.SSLSocket:
+        if greeting == "mqtt":
+            return _mqtt_connect(port, ctx, session)
+        return Line(port, ctx, session=session).sock
+
+    def leave(sock: ssl.SSLSocket) -> None:
+        if greeting == "mqtt":
+            with contextlib.suppress(OSError):
+                sock.sendall(MQTT_DISCONNECT)
+        sock.close()
+
     session = None
     if resume:
-        first = Line(port, ctx)
-        session = first.sock.session  # the ticket arrived with the HELLO line
-        first.close()
+        first = connect(None)
+        session = first.session  # the ticket arrived with the first answer
+        leave(first)
     reused = 0
     started = time.monotonic()
     for _ in range(count):
-        conn = Line(port, ctx, session=session)
-        reused += conn.sock.session_reused
+        sock = connect(session)
+        reused += sock.session_reused
         if resume:
-            session = conn.sock.session
-        conn.close()
+            session = sock.session
+        leave(sock)
     results.put({"count": count, "reused": reused, "seconds": time.monotonic() - started})
 
 

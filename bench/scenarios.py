@@ -8,27 +8,58 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import loadgen, tlscost
-from bench.harness import PASSWORD, ServerProcess, Workspace, server, wait_for, workspace
+from bench import loadgen, reference, tlscost
+from bench.harness import (
+    ARGON2_8MIB,
+    CHEAP_ARGON2,
+    DEFAULT_ARGON2,
+    PASSWORD,
+    ServerProcess,
+    Workspace,
+    argon2_label,
+    server,
+    wait_for,
+    workspace,
+)
 from sealroom.config import Argon2Settings
-from sealroom.policy.auth import ResumeTokens, password_hasher
-from sealroom.store.sqlite import SqliteStore
+
+
+@dataclass(frozen=True)
+class IdleLogins:
+    """How the idle scenario logs its connections in at one argon2 cost.
+
+    Every ``password_every``-th login of each client process, its first one included, is a
+    password login at this cost; the others present a resume token (as a client that
+    reconnects does), so that an expensive cost still fits in minutes. 1: all by password.
+    """
+
+    argon2: Argon2Settings
+    password_every: int = 1
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each scenario is; `--quick` shrinks them to a smoke test."""
+    """How big each scenario is, and what its logins cost; `--quick` shrinks them to a
+    smoke test (and makes most logins cheap)."""
 
     subscribers: int = 100
     saturated_messages: int = 10000  # per publisher
     steady_rate: float = 10_000.0  # deliveries per second
     steady_seconds: float = 10.0
     idle_connections: int = 10000  # RSS is also measured at half of them
+    # The idle scenario runs once per entry, each on a fresh server. At 8 MiB every login
+    # is a password login; at 64 MiB one in ten (1,000 of 10,000: a minute or two).
+    idle_logins: tuple[IdleLogins, ...] = (
+        IdleLogins(ARGON2_8MIB, 1),
+        IdleLogins(DEFAULT_ARGON2, 10),
+    )
     handshakes: int = 2000  # the CPU clock ticks at 10 ms: 5 µs resolution per handshake
+    handshake_rounds: int = 4  # full handshakes go ABCABC… across the servers compared
     storm_accounts: int = 5000
     flood_connections: int = 100
     flood_seconds: float = 10.0
-    default_argon2: bool = True
+    argon2: Argon2Settings = ARGON2_8MIB  # the accounts of every other scenario that logs in
+    default_argon2: Argon2Settings = DEFAULT_ARGON2  # the reconnect storm and the login flood
 
 
 QUICK = Sizes(
@@ -36,12 +67,14 @@ QUICK = Sizes(
     saturated_messages=100,
     steady_rate=500,
     steady_seconds=1,
-    idle_connections=40,
+    idle_connections=40,  # still at the real costs: 8 of the 40 logins run argon2 at 64 MiB
     handshakes=20,
+    handshake_rounds=2,
     storm_accounts=40,
     flood_connections=10,
     flood_seconds=1,
-    default_argon2=False,
+    argon2=CHEAP_ARGON2,
+    default_argon2=ARGON2_8MIB,
 )
 
 
@@ -58,7 +91,7 @@ def _collect(queue: Any, count: int, timeout: float = 600) -> list[Any]:
 
 def _fanout(space: Workspace, sizes: Sizes, *, rate: float | None, history: bool) -> dict[str, Any]:
     subs = [f"sub{i}" for i in range(sizes.subscribers)]
-    space.configure({"history": {"rooms": history}} if not history else {})
+    space.configure({"history": {"rooms": history}} if not history else {}, argon2=sizes.argon2)
     space.add_accounts([*subs, "pub0", "pub1"])
     room = "#bench"
     if rate is None:
@@ -149,15 +182,34 @@ CAPPED_LOBBY = {"limits": {"max_room_members": 50}}
 
 
 def idle_connections(sizes: Sizes) -> dict[str, Any]:
-    """Log in half the connections and measure, then the other half and measure again."""
+    """RSS and threads with idle logged-in connections, once per argon2 cost in
+    ``sizes.idle_logins``, each on a fresh server (the allocator's state is the point)."""
+    out: dict[str, Any] = {"connections": sizes.idle_connections}
+    for plan in sizes.idle_logins:
+        out.update(_idle_at(sizes.idle_connections, plan))
+    return out
+
+
+def _idle_at(total: int, plan: IdleLogins) -> dict[str, Any]:
+    """Log in half the connections and measure, then the other half and measure again.
+
+    The accounts' hashes have the plan's cost, and so has the server's configuration. The
+    warm-up login (and the baseline after it) uses a resume token, so that the baseline
+    holds no argon2 memory: what argon2 leaves behind counts against the connections.
+    """
+    label = f"argon2_{argon2_label(plan.argon2)}"
+    every = max(1, plan.password_every)
     with workspace() as space:
-        space.configure(CAPPED_LOBBY)
-        names = [f"idle{i}" for i in range(sizes.idle_connections)]
-        space.add_accounts(names)
+        space.configure(CAPPED_LOBBY, argon2=plan.argon2)
+        names = [f"idle{i}" for i in range(total)]
+        space.add_accounts([*names, "warm"])
+        tokens = space.issue_tokens(["warm", *(names if every > 1 else [])])
         halves = [names[: len(names) // 2], names[len(names) // 2 :]]
+        password_logins = 0
         with server(space) as proc:
             warm = loadgen.Line(proc.port, loadgen.client_context(space.ca))  # warm the caches
-            warm.login(names[0], PASSWORD)
+            if not warm.request(f"/resume warm {tokens['warm']}").startswith("OK login"):
+                raise RuntimeError("the warm-up resume failed")
             warm.close()
             time.sleep(0.5)
             rss0, threads0 = proc.rss_kib(), proc.threads()
@@ -166,17 +218,23 @@ def idle_connections(sizes: Sizes) -> dict[str, Any]:
             t0 = time.monotonic()
             for half in halves:
                 groups = [g for g in (half[i::4] for i in range(4)) if g]
-                workers += [
-                    loadgen.spawn(
-                        loadgen.idle_holder, proc.port, space.ca, g, PASSWORD, ready, release
+                for group in groups:
+                    logins = [
+                        (name, PASSWORD, True) if j % every == 0 else (name, tokens[name], False)
+                        for j, name in enumerate(group)
+                    ]
+                    password_logins += sum(1 for login in logins if login[2])
+                    workers.append(
+                        loadgen.spawn(
+                            loadgen.idle_holder, proc.port, space.ca, logins, ready, release
+                        )
                     )
-                    for g in groups
-                ]
                 durations += _collect(ready, len(groups))
                 time.sleep(1.0)  # let every connection settle
                 rss.append(proc.rss_kib())
                 threads.append(proc.threads())
             elapsed = time.monotonic() - t0 - len(halves)
+            peak = proc.peak_rss_kib()
             release.set()
             for worker in workers:
                 worker.join(60)
@@ -184,35 +242,78 @@ def idle_connections(sizes: Sizes) -> dict[str, Any]:
             rss_after = proc.rss_kib()
     first = len(halves[0])
     return {
-        "connections": sizes.idle_connections,
-        f"rss_kib_per_connection_at_{first}": round((rss[0] - rss0) / first, 2),
-        "rss_kib_per_connection": round((rss[1] - rss0) / sizes.idle_connections, 2),
-        "server_rss_mib": round(rss[1] / 1024, 1),
-        "threads": threads[1],
-        "logins_per_s": round(sizes.idle_connections / elapsed),
-        "slowest_worker_s": round(max(durations), 2),
-        "rss_mib_after_close": round(rss_after / 1024, 1),
+        f"{label}_rss_kib_per_connection_at_{first}": round((rss[0] - rss0) / first, 2),
+        f"{label}_threads_at_{first}": threads[0],
+        f"{label}_rss_kib_per_connection": round((rss[1] - rss0) / total, 2),
+        f"{label}_threads": threads[1],
+        f"{label}_server_rss_mib": round(rss[1] / 1024, 1),
+        f"{label}_peak_rss_mib": round(peak / 1024, 1),
+        f"{label}_baseline_rss_mib": round(rss0 / 1024, 1),
+        f"{label}_password_logins": password_logins,
+        f"{label}_logins_per_s": round(total / elapsed),
+        f"{label}_slowest_worker_s": round(max(durations), 2),
+        f"{label}_rss_mib_after_close": round(rss_after / 1024, 1),
     }
 
 
+def _handshake_run(
+    port: int, ca: Any, count: int, resume: bool, greeting: str, cpu: Any
+) -> tuple[float, dict[str, Any]]:
+    """``count`` handshakes against one server: its CPU seconds spent, and the client's
+    report. The server's CPU is read again once its last connection has had time to end."""
+    results: Any = mp.Queue()
+    cpu0 = cpu()
+    worker = loadgen.spawn(loadgen.handshaker, port, ca, count, resume, results, greeting)
+    result = results.get(timeout=300)
+    worker.join(30)
+    time.sleep(0.1)  # the server closes the last connection
+    return cpu() - cpu0, result
+
+
 def handshakes(sizes: Sizes) -> dict[str, Any]:
+    """Server CPU per full TLS 1.3 handshake for Sealroom and the reference servers (an
+    asyncio TLS line server; Mosquitto if installed), interleaved in rounds so that noise
+    hits all alike; then Sealroom's resumed handshakes, and OpenSSL's share of both."""
     out: dict[str, Any] = {}
-    with workspace() as space, server(space) as proc:
+    with (
+        workspace() as space,
+        server(space) as proc,
+        reference.asyncio_server(space) as aio,
+        reference.mosquitto(space) as mosquitto,
+    ):
+        targets = [
+            ("sealroom", proc.port, "line", proc.cpu_seconds),
+            ("asyncio", aio.port, "line", aio.cpu_seconds),
+        ]
+        if mosquitto is not None:
+            targets.append(("mosquitto", mosquitto.port, "mqtt", mosquitto.cpu_seconds))
+        rounds = max(1, sizes.handshake_rounds)
+        per_round = max(1, sizes.handshakes // rounds)
+        for _name, port, greeting, cpu in targets:  # warm-up, not counted
+            _handshake_run(port, space.ca, min(20, per_round), False, greeting, cpu)
+        spent = {name: 0.0 for name, *_ in targets}
+        seconds = {name: 0.0 for name, *_ in targets}
+        for _ in range(rounds):
+            for name, port, greeting, cpu in targets:
+                cost, result = _handshake_run(port, space.ca, per_round, False, greeting, cpu)
+                spent[name] += cost
+                seconds[name] += result["seconds"]
+        count = per_round * rounds
+        for name, *_ in targets:
+            prefix = "" if name == "sealroom" else f"{name}_"
+            out[f"{prefix}full_cpu_us"] = round(spent[name] / count * 1e6)
+            out[f"{prefix}full_per_s"] = round(count / seconds[name])
+        if mosquitto is None:
+            out["mosquitto_full_cpu_us"] = "skipped: not installed (scripts/ensure-mosquitto.sh)"
+        cost, result = _handshake_run(
+            proc.port, space.ca, sizes.handshakes, True, "line", proc.cpu_seconds
+        )
+        out["resumed_cpu_us"] = round(cost / sizes.handshakes * 1e6)
+        out["resumed_per_s"] = round(sizes.handshakes / result["seconds"])
+        out["resumed_fraction"] = round(result["reused"] / sizes.handshakes, 3)
+        # OpenSSL's share alone, in this process: what resumption can save at most.
         for resume in (False, True):
-            results = mp.Queue()
-            cpu0 = proc.cpu_seconds()
-            worker = loadgen.spawn(
-                loadgen.handshaker, proc.port, space.ca, sizes.handshakes, resume, results
-            )
-            result = results.get(timeout=300)
-            worker.join(30)
-            cpu = proc.cpu_seconds() - cpu0
             kind = "resumed" if resume else "full"
-            out[f"{kind}_cpu_us"] = round(cpu / sizes.handshakes * 1e6)
-            out[f"{kind}_per_s"] = round(sizes.handshakes / result["seconds"])
-            if resume:
-                out["resumed_fraction"] = round(result["reused"] / sizes.handshakes, 3)
-            # OpenSSL's share alone, in this process: what resumption can save at most.
             out[f"{kind}_openssl_us"] = round(
                 tlscost.server_handshake_us(space.config, space.ca, sizes.handshakes, resume=resume)
             )
@@ -221,34 +322,14 @@ def handshakes(sizes: Sizes) -> dict[str, Any]:
     return out
 
 
-def _default_hash() -> str:
-    params = Argon2Settings()
-    return password_hasher(params.time_cost, params.memory_cost_kib, params.parallelism).hash(
-        PASSWORD
-    )
-
-
 def reconnect_storm(sizes: Sizes) -> dict[str, Any]:
     """Accounts with the default argon2 cost come back after a restart using resume tokens."""
     with workspace() as space:
         names = [f"storm{i}" for i in range(sizes.storm_accounts)]
-        if sizes.default_argon2:
-            space.configure(
-                {
-                    **CAPPED_LOBBY,
-                    "auth": {
-                        "argon2": {"time_cost": 3, "memory_cost_kib": 65536, "parallelism": 4}
-                    },
-                }
-            )
-            password_hash = _default_hash()
-        else:
-            space.configure(CAPPED_LOBBY)
-            password_hash = None
-        space.add_accounts(names, password_hash)
-        with SqliteStore(space.database) as store:  # what each client got from /token before
-            issuer = ResumeTokens(store, 7)
-            pairs = [(name, issuer.issue(name)[0]) for name in names]
+        space.configure(CAPPED_LOBBY, argon2=sizes.default_argon2)
+        space.add_accounts(names)
+        tokens = space.issue_tokens(names)  # what each client got from /token before
+        pairs = [(name, tokens[name]) for name in names]
         with server(space) as proc:
             # For contrast: the password path at this cost.
             probe = loadgen.Line(proc.port, loadgen.client_context(space.ca))
@@ -288,15 +369,11 @@ def reconnect_storm(sizes: Sizes) -> dict[str, Any]:
 def login_flood(sizes: Sizes) -> dict[str, Any]:
     """Wrong-password floods with the default argon2 cost while two users chat."""
     with workspace() as space:
-        argon2 = (
-            {"time_cost": 3, "memory_cost_kib": 65536, "parallelism": 4}
-            if sizes.default_argon2
-            else {"time_cost": 1, "memory_cost_kib": 8192, "parallelism": 1}
-        )
-        space.configure({"auth": {"argon2": argon2}})
-        space.add_accounts(["chat0", "chat1"])
-        # The victim's hash has the configured cost: every wrong guess costs a full verify.
-        space.add_accounts(["victim"], _default_hash() if sizes.default_argon2 else None)
+        argon2 = sizes.default_argon2
+        space.configure(argon2=argon2)
+        # Every hash has the configured cost: each wrong guess at the victim's password
+        # costs a full verification, and the chatters' logins one each.
+        space.add_accounts(["chat0", "chat1", "victim"])
         with server(space) as proc:
             time.sleep(0.5)
             baseline = proc.rss_kib()
@@ -354,7 +431,7 @@ def login_flood(sizes: Sizes) -> dict[str, Any]:
                 worker.join(60)
     replies = next(o for o in outcomes if "counts" not in o and "sent" not in o)
     latencies = next(o for o in outcomes if "counts" in o)["latencies_ns"]
-    memory_bound = 2 * argon2["memory_cost_kib"]  # max_concurrent_verifications x memory
+    memory_bound = 2 * argon2.memory_cost_kib  # max_concurrent_verifications x memory
     return {
         "flood_replies": replies,
         "chat_p50_ms": round(_percentile(latencies, 0.5), 2),

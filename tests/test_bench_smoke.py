@@ -29,8 +29,21 @@ def test_bench_quick(tmp_path: Path) -> None:
     for name in ("fanout_saturated", "fanout_saturated_no_history", "fanout_steady"):
         assert results[name]["lost"] == 0, results[name]
         assert results[name]["deliveries"] > 0
-    assert results["idle_connections"]["connections"] > 0
-    assert results["handshakes"]["resumed_fraction"] == 1.0
+    idle = results["idle_connections"]
+    assert idle["connections"] > 0
+    # Each argon2 cost on its own server, the first logins of each at that cost.
+    for label in ("argon2_8mib", "argon2_64mib"):
+        assert idle[f"{label}_password_logins"] > 0, idle
+        assert idle[f"{label}_threads"] > 0
+        assert f"{label}_rss_kib_per_connection" in idle
+    shakes = results["handshakes"]
+    assert shakes["resumed_fraction"] == 1.0
+    # Sealroom and the asyncio reference always; Mosquitto measured, or skipped with a note.
+    assert isinstance(shakes["full_cpu_us"], int | float)
+    assert isinstance(shakes["asyncio_full_cpu_us"], int | float)
+    assert shakes["asyncio_full_per_s"] > 0
+    mosquitto = shakes["mosquitto_full_cpu_us"]
+    assert isinstance(mosquitto, int | float) or mosquitto.startswith("skipped"), mosquitto
     storm = results["reconnect_storm"]
     assert storm["back"] == storm["accounts"]
     assert results["login_flood"]["chat_messages"] > 0
