@@ -161,9 +161,15 @@ class ServerProcess:
     """A running `sealroom serve`; its port is read from its log, not guessed."""
 
     def __init__(self, space: Workspace) -> None:
+        env = space.env()
+        # BENCH_SERVER_SRC: serve from another checkout's src/ (an earlier commit), so that
+        # before and after run under the same load generator in one sitting.
+        other = os.environ.get("BENCH_SERVER_SRC")
+        if other:
+            env["PYTHONPATH"] = other
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sealroom", "serve"],
-            env=space.env(),
+            env=env,
             stderr=subprocess.PIPE,
             text=True,
         )
