@@ -113,10 +113,14 @@ def test_pipelining_without_reading_is_pushed_back(make_server: ServerFactory) -
     """A client that sends requests but never reads the replies is not buffered for: once its
     own replies pile up the server stops reading it, and TCP pushes back on the client. It is
     not dropped either: when it reads again, every request gets its one reply."""
-    server = make_server(limits={"outbound_queue_bytes": 65536})
+    server = make_server(
+        limits={"outbound_queue_bytes": 65536},
+        rate={"messages": {"rate": 100_000, "burst": 100_000}},
+    )
     sock = tls_connection(server.port, server.ca_file, rcvbuf=8192, sndbuf=8192)
-    # Before login /ping is not rate-limited: every request gets "OK ping TOKEN" back. Long
-    # tokens keep the count of lines the socket buffers can hold (and the test) small.
+    # Before login /ping draws on the connection's message bucket, made large here so that
+    # every request gets "OK ping TOKEN" back. Long tokens keep the count of lines the
+    # socket buffers can hold (and the test) small.
     token = "p" * 250
     writer = _Pipeliner(sock, f"/ping {token}\n".encode() * 4)
     try:

@@ -55,7 +55,8 @@ def test_room_bounds(make_server: ServerFactory) -> None:
 
 
 def test_joining_thousands_of_rooms(make_server: ServerFactory) -> None:
-    server = make_server(rate=UNTHROTTLED)  # the default bound: 100 rooms per session
+    # The default bound: 100 rooms per session (one account may create as many here).
+    server = make_server(rate=UNTHROTTLED, rooms={"max_created_per_user": 10_000})
     alice = server.user("alice")
     got = replies(alice, [f"/join #r{n}" for n in range(2000)])
     assert got[:99] == [f"OK join #r{n}" for n in range(99)]  # plus #lobby: 100
@@ -64,7 +65,9 @@ def test_joining_thousands_of_rooms(make_server: ServerFactory) -> None:
 
 
 def test_creating_rooms_in_a_loop(make_server: ServerFactory) -> None:
-    server = make_server(limits={"max_rooms": 150}, rate=UNTHROTTLED)
+    server = make_server(
+        limits={"max_rooms": 150}, rate=UNTHROTTLED, rooms={"max_created_per_user": 10_000}
+    )
     alice = server.user("alice")
     bob = server.user("bob")
     # Join-and-leave churn keeps nothing: an empty room is forgotten.

@@ -77,6 +77,7 @@ class LimitsSettings:
     max_room_members: int = 10000
     shutdown_grace_s: float = 5.0
     max_tracked_addresses: int = 100000
+    max_sessions_per_user: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +98,14 @@ class RateSettings:
 class RoomsSettings:
     default: str = "#lobby"
     allow_create: bool = True
+    max_created_per_user: int = 50
 
 
 @dataclass(frozen=True, slots=True)
 class HistorySettings:
     per_room: int = 1000
     private_per_user: int = 1000
+    private_per_sender: int = 100
     max_query: int = 500
     rooms: bool = True  # store room messages at all (private messages are always stored)
 
@@ -423,6 +426,7 @@ _SCHEMA = _Section(
                 "max_room_members": _integer(1),
                 "shutdown_grace_s": _seconds(),
                 "max_tracked_addresses": _integer(1),
+                "max_sessions_per_user": _integer(1),
             },
             # The queue must hold a full line plus the reply that says it was cut off.
             rules=(_at_least_times("outbound_queue_bytes", 2, "max_line_bytes"),),
@@ -435,11 +439,14 @@ _SCHEMA = _Section(
                 "errors": _BUCKET,
             }
         ),
-        "rooms": _Section({"default": _room, "allow_create": _boolean}),
+        "rooms": _Section(
+            {"default": _room, "allow_create": _boolean, "max_created_per_user": _integer(1)}
+        ),
         "history": _Section(
             {
                 "per_room": _integer(1),
                 "private_per_user": _integer(1),
+                "private_per_sender": _integer(1),
                 "max_query": _integer(1),
                 "rooms": _boolean,
             }

@@ -36,6 +36,10 @@ class Account:
     enabled: bool
     created_at: str
     last_login: str | None
+    # Which record this is: unique across the database's life and renewed by every change
+    # that matters for security (password, enabled, role). A session holds the stamp it
+    # logged in with; a different stamp under the same name is another account.
+    stamp: int = 0
 
 
 def utc_now() -> datetime:

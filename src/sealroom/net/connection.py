@@ -218,7 +218,8 @@ class Connection:
             return CLOSE
         if self.unsent is not None or self.outbox.closing is not None:
             return None
-        self._run_effects(session)
+        if session.has_effects:  # a receipt of what was written asked for more
+            self._run_effects(session)
         return READ
 
     def on_complete(self, effect: Effect[Any], outcome: Outcome) -> int:
@@ -271,10 +272,12 @@ class Connection:
         if readable and session.wants_input and not self.read():
             return CLOSE
         backlog = session.process()
-        self._run_effects(session)
+        if session.has_effects:
+            self._run_effects(session)
         if not self.flush():
             return CLOSE
-        self._run_effects(session)  # receipts of what was written may ask for more
+        if session.has_effects:  # receipts of what was written may ask for more
+            self._run_effects(session)
         if outbox.closing is not None:
             if self.drained:
                 self.close_notify()

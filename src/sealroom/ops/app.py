@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -80,50 +80,7 @@ class App:
             settings.tls.cert, settings.tls.key, settings.tls.client_ca, settings.tls.profile
         )
         self.store: Store = SqliteStore(settings.storage.database)
-        auth = Authenticator.from_settings(
-            self.store,
-            settings.auth.argon2,
-            max_concurrent=settings.auth.max_concurrent_verifications,
-            wait_s=settings.auth.verification_wait_s,
-        )
-        # Blocking work runs here, never on the reactor: argon2 on exactly as many threads
-        # as verifications may run at once, database calls on a few of their own.
-        self.pools = {
-            Pool.ARGON2: WorkerPool(
-                "argon2",
-                settings.auth.max_concurrent_verifications,
-                max_wait_s=settings.auth.verification_wait_s,
-                overloaded=ServerBusy,
-            ),
-            Pool.STORE: WorkerPool("store", settings.storage.workers),
-        }
-        store_pool = self.pools[Pool.STORE]
-        ids = MessageIds(
-            self.store, prefetch=lambda refill: store_pool.submit(refill, _ignore_outcome)
-        )
-        self.hub = Hub(_hub_limits(settings), next_id=ids.take)
-        history = settings.history
-        self.writer = HistoryWriter(
-            SqliteStore(settings.storage.database), history.per_room, history.private_per_user
-        )
-        messages = MessageLog(
-            self.store,
-            self.hub,
-            self.writer,
-            ids,
-            private_quota=history.private_per_user,
-            store_rooms=history.rooms,
-        )
-        login_buckets = KeyedBuckets(
-            rate.logins_per_ip.rate,
-            rate.logins_per_ip.burst,
-            clock,
-            max_keys=limits.max_tracked_addresses,
-        )
-        tokens = ResumeTokens(self.store, settings.auth.resume_token_days)
-        services = Services(
-            settings, self.hub, auth, self.store, messages, tokens, login_buckets, clock
-        )
+        services = self._build_services(settings, clock)
         admission = Admission(
             max_connections=limits.max_connections,
             max_per_address=limits.max_connections_per_ip,
@@ -168,6 +125,61 @@ class App:
         except BaseException:
             self.close()
             raise
+
+    def _build_services(self, settings: Settings, clock: Callable[[], float]) -> Services:
+        """The state and policies every session shares, and the pools that run its effects."""
+        limits, rate = settings.limits, settings.rate
+        auth = Authenticator.from_settings(
+            self.store,
+            settings.auth.argon2,
+            max_concurrent=settings.auth.max_concurrent_verifications,
+            wait_s=settings.auth.verification_wait_s,
+        )
+        # Blocking work runs here, never on the reactor: argon2 on exactly as many threads
+        # as verifications may run at once, database calls on a few of their own.
+        self.pools = _worker_pools(settings)
+        store_pool = self.pools[Pool.STORE]
+        ids = MessageIds(
+            self.store, prefetch=lambda refill: store_pool.submit(refill, _ignore_outcome)
+        )
+        self.hub = Hub(_hub_limits(settings), next_id=ids.take)
+        history = settings.history
+        self.writer = HistoryWriter(
+            SqliteStore(settings.storage.database), history.per_room, history.private_per_user
+        )
+        messages = MessageLog(
+            self.store,
+            self.hub,
+            self.writer,
+            ids,
+            private_quota=history.private_per_user,
+            private_per_sender=history.private_per_sender,
+            store_rooms=history.rooms,
+        )
+        login_buckets = KeyedBuckets(
+            rate.logins_per_ip.rate,
+            rate.logins_per_ip.burst,
+            clock,
+            max_keys=limits.max_tracked_addresses,
+        )
+        tokens = ResumeTokens(self.store, settings.auth.resume_token_days)
+        account_buckets = KeyedBuckets(
+            rate.messages.rate,
+            rate.messages.burst,
+            clock,
+            max_keys=limits.max_connections,  # at most one account per connection
+        )
+        return Services(
+            settings,
+            self.hub,
+            auth,
+            self.store,
+            messages,
+            tokens,
+            login_buckets,
+            clock,
+            account_buckets=account_buckets,
+        )
 
     @property
     def addresses(self) -> list[str]:
@@ -217,6 +229,8 @@ class App:
             try:
                 self.apply_account_changes()
                 self.shared.services.login_buckets.sweep()
+                if self.shared.services.account_buckets is not None:
+                    self.shared.services.account_buckets.sweep()
                 self.shared.admission.buckets.sweep()
                 if time.monotonic() - self._context_built >= TICKET_KEY_LIFETIME_S:
                     self.renew_ticket_key()
@@ -321,6 +335,10 @@ class App:
             max_tracked_addresses=limits.max_tracked_addresses,
         )
         services = shared.services
+        if services.account_buckets is not None:
+            services.account_buckets.reconfigure(
+                rate.messages.rate, rate.messages.burst, limits.max_connections
+            )
         services.login_buckets.reconfigure(
             rate.logins_per_ip.rate, rate.logins_per_ip.burst, limits.max_tracked_addresses
         )
@@ -328,6 +346,7 @@ class App:
         self.writer.per_room = settings.history.per_room
         self.writer.per_user = settings.history.private_per_user
         services.messages.private_quota = settings.history.private_per_user
+        services.messages.private_per_sender = settings.history.private_per_sender
         services.messages.store_rooms = settings.history.rooms
         if settings.log.level != self.settings.log.level:
             set_level(settings.log.level)
@@ -416,17 +435,24 @@ class App:
         return {"name": name, "sessions": count}
 
     def apply_account_changes(self) -> None:
-        """Drop live sessions of accounts the CLI disabled or removed."""
+        """End the live sessions of account records that changed: removed, disabled, or
+        given a new password or role (a new stamp). A session belongs to the record it
+        logged in as, so a name removed and created again does not inherit its sessions."""
         version = self.store.accounts_version()
         if version == self._seen_accounts_version:
             return
         self._seen_accounts_version = version
         for name in self.hub.online_names():
             account = self.store.get_account(name)
-            if account is None or not account.enabled:
-                state = "removed" if account is None else "disabled"
-                count = self.hub.disconnect(name, f"account-{state}")
-                log.info("account %s was %s: closed %d sessions", name, state, count)
+            if account is None:
+                reason, stamp = "account-removed", None
+            elif not account.enabled:
+                reason, stamp = "account-disabled", None
+            else:
+                reason, stamp = "account-changed", account.stamp
+            count = self.hub.disconnect_stale(name, stamp, reason)
+            if count:
+                log.info("account %s: %s, closed %d sessions", name, reason, count)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown; safe to call once from any thread but a listener's."""
@@ -473,6 +499,18 @@ class App:
         self.notifier.close()
 
 
+def _worker_pools(settings: Settings) -> dict[Pool, WorkerPool]:
+    return {
+        Pool.ARGON2: WorkerPool(
+            "argon2",
+            settings.auth.max_concurrent_verifications,
+            max_wait_s=settings.auth.verification_wait_s,
+            overloaded=ServerBusy,
+        ),
+        Pool.STORE: WorkerPool("store", settings.storage.workers),
+    }
+
+
 def _ignore_outcome(outcome: Outcome) -> None:
     """Background work whose result nobody waits for; a failure is logged where it happens."""
     if outcome.error is not None:
@@ -493,6 +531,7 @@ def _hub_limits(settings: Settings) -> HubLimits:
         max_room_members=limits.max_room_members,
         allow_create=settings.rooms.allow_create,
         default_room=settings.rooms.default,
+        max_created_per_user=settings.rooms.max_created_per_user,
     )
 
 

@@ -232,12 +232,14 @@ class ResumeTokens:
         self._lifetime = timedelta(days=days)
         self._clock = clock
 
-    def issue(self, name: str) -> tuple[str, str]:
-        """A new token for ``name`` and its expiry (UTC ISO 8601)."""
+    def issue(self, name: str, stamp: int | None = None) -> tuple[str, str] | None:
+        """A new token for ``name`` and its expiry (UTC ISO 8601); with ``stamp``, only while
+        the account is still that record (else None: it was changed or re-created)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
         now = self._clock()
         expires = iso_utc(now + self._lifetime)
-        self._store.add_token(name, _digest(token), expires, iso_utc(now))
+        if not self._store.add_token(name, _digest(token), expires, iso_utc(now), stamp):
+            return None
         return token, expires
 
     def verify(self, name: str, token: str) -> Account | None:

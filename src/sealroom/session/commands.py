@@ -13,10 +13,10 @@ import logging
 from sealroom.core.errors import ErrorCode, ProtocolError
 from sealroom.core.model import Account, StoredMessage
 from sealroom.core.protocol import SAY_CURRENT, Request, Rest, Syntax, encode_line
-from sealroom.core.text import escape_for_log, password_problem, room_name, user_name
+from sealroom.core.text import password_problem, room_name, user_name
 from sealroom.policy.ratelimit import retry_after_text
 from sealroom.session.effects import Effect, Pool, Reply, Step
-from sealroom.session.machine import Command, Session, hist_line
+from sealroom.session.machine import Command, Session, SessionEnded, hist_line
 from sealroom.state.hub import Member
 from sealroom.state.messages import IdsExhausted
 
@@ -66,6 +66,29 @@ def _account_exists(session: Session, name: str) -> bool:
     return services.hub.is_online(name) or services.store.get_account(name) is not None
 
 
+def _current(session: Session) -> Account:
+    """The account record this session logged in as, read now; blocking, for an effect's
+    work. Every decision on the account's authority (mint a token, send or read as it,
+    moderate) goes through this: a record that was removed, disabled or changed since the
+    login ends the session instead."""
+    member = require_member(session)
+    account = session.services.store.get_account(member.name)
+    if account is None:
+        raise SessionEnded("account-removed")
+    if not account.enabled:
+        raise SessionEnded("account-disabled")
+    if account.stamp != member.stamp:
+        raise SessionEnded("account-changed")
+    return account
+
+
+def loggable_name(raw: str) -> str:
+    """What the log may show of a name a client typed: the name if it is a valid one, else
+    nothing of it (a password typed in the name field must never reach the log)."""
+    name = user_name(raw)
+    return name if name is not None else "(not a valid name)"
+
+
 # -- logging in -------------------------------------------------------------------------------
 
 
@@ -77,6 +100,10 @@ def cmd_login(session: Session, request: Request) -> Step:
     raw_name, password = request.args[0], request.text or ""
     # An invalid name cannot exist: it takes the unknown-account path, same reply, same time.
     name = user_name(raw_name) or ""
+    if session.services.settings.tls.client_ca is not None and session.client_cn != name:
+        # The certificate names someone else: fail, at the cost of a real check, and without
+        # touching the account (not even its last-login time).
+        name = ""
     return Effect(
         Pool.ARGON2,
         lambda: auth.verify_login(name, password),  # ServerBusy is an ERR server-busy
@@ -99,10 +126,16 @@ def cmd_resume(session: Session, request: Request) -> Step:
 
 
 def cmd_token(session: Session, request: Request) -> Step:
-    tokens, name = session.services.tokens, require_member(session).name
-    return Effect(
-        Pool.STORE, lambda: tokens.issue(name), lambda issued: f"OK token {issued[0]} {issued[1]}"
-    )
+    tokens, member = session.services.tokens, require_member(session)
+
+    def mint() -> tuple[str, str]:
+        _current(session)
+        issued = tokens.issue(member.name, member.stamp)
+        if issued is None:  # changed between the check and the write
+            raise SessionEnded("account-changed")
+        return issued
+
+    return Effect(Pool.STORE, mint, lambda issued: f"OK token {issued[0]} {issued[1]}")
 
 
 def _complete_login(session: Session, account: Account | None, raw_name: str) -> Step:
@@ -115,9 +148,12 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
         account = None
     if account is None:
         services.counters.logins_failed += 1
-        log.info("%s: login failed for %r", session.describe(), escape_for_log(raw_name[:64]))
+        log.info("%s: login failed for %s", session.describe(), loggable_name(raw_name))
         raise ProtocolError(ErrorCode.AUTH_FAILED, "wrong name or password")
-    member = Member(account.name, session.outbox, is_admin=account.is_admin)
+    limit = services.settings.limits.max_sessions_per_user
+    if services.hub.session_count(account.name) >= limit:
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{account.name} has {limit} sessions already")
+    member = Member(account.name, session.outbox, is_admin=account.is_admin, stamp=account.stamp)
     # Attached before stored messages are claimed: each is then delivered live or claimed.
     services.hub.attach(member)
     session.member = member
@@ -211,9 +247,11 @@ def cmd_msg(session: Session, request: Request) -> Step:
     services = session.services
 
     def send() -> int:
-        if not _account_exists(session, recipient):
+        _current(session)
+        account = services.store.get_account(recipient)
+        if account is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {recipient}")
-        return services.messages.send_private(sender, recipient, text)
+        return services.messages.send_private(sender, recipient, text, account.stamp)
 
     def sent(message_id: int) -> Reply:
         services.counters.messages_private += 1
@@ -234,16 +272,17 @@ def cmd_history(session: Session, request: Request) -> Step:
         room = room_arg(session, request)
         if room not in member.rooms:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room} to read its history")
-        return Effect(
-            Pool.STORE,
-            lambda: messages.room_history(room, limit),
-            lambda found: _history_reply(room, found),
-        )
+        def read_room() -> list[StoredMessage]:
+            _current(session)
+            return messages.room_history(room, limit)
+
+        return Effect(Pool.STORE, read_room, lambda found: _history_reply(room, found))
     other = user_name(target)
     if other is None:
         raise ProtocolError(ErrorCode.BAD_ARGUMENT, "usage: /history #ROOM|NAME [N]")
 
     def read() -> list[StoredMessage]:
+        _current(session)
         if not _account_exists(session, other):
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {other}")
         return messages.conversation(member.name, other, limit)
@@ -276,13 +315,22 @@ def cmd_passwd(session: Session, request: Request) -> Step:
     services = session.services
     auth, store = services.auth, services.store
 
-    def change() -> None:
+    def change() -> int:
+        account = _current(session)
         if not auth.verify_password(member.name, old):
             raise ProtocolError(ErrorCode.AUTH_FAILED, "wrong password")
-        store.set_password_hash(member.name, auth.hash_password(new))
+        renewed = store.change_password(
+            member.name, member.stamp, account.password_hash, auth.hash_password(new)
+        )
+        if renewed is None:  # another change won the race: this session's record is gone
+            raise SessionEnded("account-changed")
+        return renewed
 
-    def changed(_: None) -> Reply:
-        log.info("%s: password changed", session.describe())
+    def changed(stamp: int) -> Reply:
+        member.stamp = stamp
+        # The account's other sessions may be a thief's: they end, and their tokens are gone.
+        others = services.hub.disconnect_stale(member.name, stamp, "account-changed")
+        log.info("%s: password changed; %d other sessions closed", session.describe(), others)
         return "OK passwd"
 
     return Effect(Pool.ARGON2, change, changed)
@@ -306,12 +354,22 @@ def cmd_quit(session: Session, request: Request) -> Step:
     return None
 
 
+def _require_admin(session: Session) -> None:
+    """Blocking: the record, read now, is still an enabled admin's."""
+    if not _current(session).is_admin:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "admins only")
+
+
 def cmd_kick(session: Session, request: Request) -> Step:
     target = _user_arg(request.args[0])
     reason = f"kicked by {require_member(session).name}"
     if request.text and request.text.strip():
         reason += f": {request.text.strip()}"
     hub = session.services.hub
+
+    def check() -> bool:
+        _require_admin(session)
+        return _account_exists(session, target)
 
     def kick(exists: bool) -> Reply:
         if not exists:
@@ -320,12 +378,17 @@ def cmd_kick(session: Session, request: Request) -> Step:
         log.info("%s: kicked %s (%d sessions)", session.describe(), target, closed)
         return f"OK kick {target}"
 
-    return Effect(Pool.STORE, lambda: _account_exists(session, target), kick)
+    return Effect(Pool.STORE, check, kick)
 
 
 def cmd_wall(session: Session, request: Request) -> Step:
-    session.services.hub.wall(require_member(session).name, request.text or "")
-    return "OK wall"
+    hub, name, text = session.services.hub, require_member(session).name, request.text or ""
+
+    def wall(_: None) -> Reply:
+        hub.wall(name, text)
+        return "OK wall"
+
+    return Effect(Pool.STORE, lambda: _require_admin(session), wall)
 
 
 COMMANDS: dict[str, Command] = {

@@ -42,7 +42,7 @@ from sealroom.state.outbox import Outbox
 
 log = logging.getLogger("sealroom.session")
 
-__all__ = ["Command", "Effect", "Outcome", "Pool", "Reply", "Services", "Session"]
+__all__ = ["Command", "Effect", "Outcome", "Pool", "Reply", "Services", "Session", "SessionEnded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,17 @@ class Services:
     login_buckets: KeyedBuckets
     clock: Clock
     counters: Counters = field(default_factory=Counters)
+    # rate.messages, one bucket per account shared by its sessions (None: one per session,
+    # for tests that build a session alone).
+    account_buckets: KeyedBuckets | None = None
+
+
+class SessionEnded(Exception):  # noqa: N818 -- names what happened, as BYE does
+    """The session must end with ``BYE reason``: its account record is gone or changed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +127,7 @@ class Session:
         # Stored private messages are being delivered, batch by batch: later lines wait,
         # so that they all come before the reply to the next request, as after a login.
         self._delivering = False
+        self._streaming = False  # a long reply is being written as the client reads it
         self._finished = False
 
     @property
@@ -155,6 +167,7 @@ class Session:
         return (
             not self._awaiting
             and not self._delivering
+            and not self._streaming
             and self.outbox.closing is None
             and self.outbox.size < self._high_water
         )
@@ -174,7 +187,13 @@ class Session:
                 )
             elif event:
                 self._handle_line(event)
-        return self._lines.buffered > 0 and not (self._awaiting or self._delivering)
+        return self._lines.buffered > 0 and not (
+            self._awaiting or self._delivering or self._streaming
+        )
+
+    @property
+    def has_effects(self) -> bool:
+        return bool(self._effects)
 
     def take_effects(self) -> list[Effect[Any]]:
         """The effects to run now, in the order they were asked for."""
@@ -290,7 +309,10 @@ class Session:
                 step = then(outcome.value)
             except Exception as raised:  # judged below, like an error from the work itself
                 error = raised
-        if isinstance(error, ProtocolError):
+        if isinstance(error, SessionEnded):
+            log.info("%s: %s", self.describe(), error.reason)
+            self.outbox.close(error.reason, wake=False)
+        elif isinstance(error, ProtocolError):
             if request:
                 self._refuse(error)
             else:
@@ -315,7 +337,30 @@ class Session:
         elif isinstance(step, str):
             self.push_line(step)
         elif step:
-            self.outbox.push(encode_lines(step), wake=False)
+            data = encode_lines(step)
+            if len(data) <= self._high_water // 2:
+                self.outbox.push(data, wake=False)
+            else:
+                self._stream(step, 0)
+
+    def _stream(self, lines: list[str], start: int) -> None:
+        """Write a long reply as the client reads it: a part at a time, the next part once
+        this one is written, others' lines held until the final one is queued."""
+        if start == 0:
+            self._streaming = True
+            self.outbox.hold()
+        budget = self._high_water // 2
+        end, size = start, 0
+        while end < len(lines) and (end == start or size + len(lines[end]) < budget):
+            size += len(lines[end]) + 1
+            end += 1
+        part = encode_lines(lines[start:end])
+        if end < len(lines):
+            self.outbox.push(part, wake=False, on_sent=lambda: self._stream(lines, end))
+            return
+        self.outbox.push(part, wake=False)
+        self.outbox.release()
+        self._streaming = False
 
     def _dispatch(self, raw: bytes) -> Step:
         text = decode_line(raw)
@@ -332,11 +377,18 @@ class Session:
         if command.admin and not (self.member and self.member.is_admin):
             raise ProtocolError(ErrorCode.FORBIDDEN, "admins only")
         request = parse_arguments(verb, remainder, command.syntax)
-        if command.rate_limited and logged_in:
-            wait = self._messages.take()
-            if wait:
-                self.services.counters.messages_rate_limited += 1
-                raise ProtocolError(ErrorCode.RATE_LIMITED, retry_after_text(wait))
+        if self.member is None:
+            # Before login every request draws on this connection's bucket (leaving is free):
+            # a stranger cannot make the server work for nothing.
+            wait = 0.0 if verb == "quit" else self._messages.take()
+        elif command.rate_limited:
+            buckets = self.services.account_buckets
+            wait = self._messages.take() if buckets is None else buckets.take(self.member.name)
+        else:
+            wait = 0.0
+        if wait:
+            self.services.counters.messages_rate_limited += 1
+            raise ProtocolError(ErrorCode.RATE_LIMITED, retry_after_text(wait))
         return command.handler(self, request)
 
     def _refuse(self, error: ProtocolError) -> None:

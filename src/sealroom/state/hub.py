@@ -26,6 +26,7 @@ class Member:
     outbox: Outbox
     is_admin: bool = False
     rooms: set[str] = field(default_factory=set)
+    stamp: int = 0  # the account record this session logged in as (``Account.stamp``)
 
 
 @dataclass(slots=True)
@@ -33,6 +34,7 @@ class Room:
     name: str
     members: dict[Member, None] = field(default_factory=dict)  # an insertion-ordered set
     sessions_per_name: dict[str, int] = field(default_factory=dict)
+    creator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class HubLimits:
     max_room_members: int
     allow_create: bool
     default_room: str
+    max_created_per_user: int = 50
 
 
 class Hub:
@@ -50,6 +53,7 @@ class Hub:
         self._lock = threading.Lock()
         self._rooms: dict[str, Room] = {}
         self._sessions: dict[str, list[Member]] = {}
+        self._created: dict[str, int] = {}  # rooms that exist now, by the account that made them
         counter = itertools.count(1)
         self._next_id = next_id or (lambda: next(counter))
         # MSG, DM and WALL lines queued to recipients, and their bytes: counted once per
@@ -76,6 +80,22 @@ class Hub:
 
     def is_online(self, name: str) -> bool:
         return name in self._sessions
+
+    def session_count(self, name: str) -> int:
+        with self._lock:
+            return len(self._sessions.get(name, ()))
+
+    def sessions_of(self, name: str) -> list[Member]:
+        with self._lock:
+            return list(self._sessions.get(name, ()))
+
+    def disconnect_stale(self, name: str, stamp: int | None, reason: str) -> int:
+        """Close the sessions of ``name`` that belong to another record than ``stamp``
+        (None: every session); returns how many."""
+        stale = [m for m in self.sessions_of(name) if stamp is None or m.stamp != stamp]
+        for member in stale:
+            member.outbox.close(reason)
+        return len(stale)
 
     def online_names(self) -> list[str]:
         with self._lock:
@@ -124,11 +144,21 @@ class Hub:
                 f"a session may be in at most {limits.max_rooms_per_session} rooms",
             )
         if room is None:
-            if not limits.allow_create and room_name != limits.default_room:
+            default = room_name == limits.default_room
+            if not limits.allow_create and not default:
                 raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room_name} does not exist")
             if len(self._rooms) >= limits.max_rooms:
                 raise ProtocolError(ErrorCode.SERVER_BUSY, "too many rooms on this server")
-            room = self._rooms[room_name] = Room(room_name)
+            creator = None if default else member.name
+            if creator is not None:
+                made = self._created.get(creator, 0)
+                if made >= limits.max_created_per_user:
+                    raise ProtocolError(
+                        ErrorCode.FORBIDDEN,
+                        f"you have {made} rooms; at most {limits.max_created_per_user} at once",
+                    )
+                self._created[creator] = made + 1
+            room = self._rooms[room_name] = Room(room_name, creator=creator)
         elif len(room.members) >= limits.max_room_members:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{room_name} is full")
         return room
@@ -151,6 +181,12 @@ class Hub:
             self._send_locked(room, encode_line("PART", room_name, member.name), member)
         if not room.members:
             del self._rooms[room_name]
+            if room.creator is not None:
+                left = self._created[room.creator] - 1
+                if left:
+                    self._created[room.creator] = left
+                else:
+                    del self._created[room.creator]
 
     def who(self, room_name: str) -> list[str]:
         with self._lock:
@@ -173,15 +209,22 @@ class Hub:
             self._count_locked(len(room.members) - 1, line)
         return message_id
 
-    def direct(self, sender: str, recipient: str, text: str) -> tuple[int, int]:
-        """Deliver a private message to every live session of ``recipient``.
+    def direct(
+        self, sender: str, recipient: str, text: str, stamp: int | None = None
+    ) -> tuple[int, int]:
+        """Deliver a private message to every live session of ``recipient`` (with ``stamp``:
+        only those of that account record, never a removed namesake's).
 
         Returns (message id, sessions reached); 0 reached means the recipient is offline.
         """
         line = encode_line("DM", sender, text)
         with self._lock:
             message_id = self._next_id()
-            sessions = self._sessions.get(recipient, ())
+            sessions = [
+                s
+                for s in self._sessions.get(recipient, ())
+                if stamp is None or s.stamp == stamp
+            ]
             for target in sessions:
                 target.outbox.push(line)
             self._count_locked(len(sessions), line)

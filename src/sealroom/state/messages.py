@@ -33,7 +33,8 @@ QUEUE_LIMIT = 10_000  # room messages waiting for the writer (about 5 MB at wors
 BATCH_LIMIT = 500  # messages per group commit
 SUBMIT_WAIT_S = 1.0  # a full queue makes the *publisher* wait this long, then drops history
 COMMIT_INTERVAL_S = 0.05  # how long accepted room messages gather before one commit
-PENDING_BATCH = 100  # stored private messages claimed and delivered at a time
+PENDING_BATCH = 16  # stored private messages claimed, written, then marked, at a time:
+# a crash between writing a batch and marking it repeats at most this many
 HIST_OVERHEAD = 120  # bytes a HIST line adds to its text: names, id, time
 
 
@@ -244,6 +245,7 @@ class MessageLog:
         ids: MessageIds,
         *,
         private_quota: int,
+        private_per_sender: int = 100,
         store_rooms: bool = True,
     ) -> None:
         """``hub`` must draw its message ids from ``ids`` (``ids.take``)."""
@@ -252,6 +254,7 @@ class MessageLog:
         self.writer = writer
         self.ids = ids
         self.private_quota = private_quota
+        self.private_per_sender = private_per_sender
         self.store_rooms = store_rooms
         self._now: tuple[int, str] = (-1, "")
         # "Is the recipient online?" and storing for an offline one are one step under this
@@ -299,13 +302,16 @@ class MessageLog:
 
     # -- private messages -------------------------------------------------------------------
 
-    def send_private(self, sender: str, recipient: str, text: str) -> int:
-        """Deliver live, or store durably for an offline account; returns the id."""
+    def send_private(
+        self, sender: str, recipient: str, text: str, recipient_stamp: int | None = None
+    ) -> int:
+        """Deliver live to the recipient's sessions (of the record ``recipient_stamp``), or
+        store durably for an offline account; returns the id."""
         self.writer.wait_for_room()
         with self._mail_lock:
             while True:
                 try:
-                    message_id, reached = self.hub.direct(sender, recipient, text)
+                    message_id, reached = self.hub.direct(sender, recipient, text, recipient_stamp)
                     break
                 except IdsExhausted:
                     self.ids.refill()
@@ -317,6 +323,13 @@ class MessageLog:
                 raise ProtocolError(
                     ErrorCode.RATE_LIMITED,
                     f"{recipient} has {self.private_quota} messages waiting; retry in 60s",
+                )
+            # One sender cannot fill a recipient's mailbox for everyone else.
+            if self.store.pending_count_from(sender, recipient) >= self.private_per_sender:
+                raise ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"{self.private_per_sender} of your messages wait for {recipient};"
+                    " retry in 60s",
                 )
             self.store.add_messages([message], delivered=False)
             return message_id

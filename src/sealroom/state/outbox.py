@@ -22,6 +22,8 @@ class Outbox:
     __slots__ = (
         "_chunks",
         "_closing",
+        "_held",
+        "_held_size",
         "_lock",
         "_receipts",
         "_size",
@@ -39,6 +41,11 @@ class Outbox:
         self._size = 0
         self._closing: str | None = None
         self._sleeping = False  # the owner is (about to be) blocked waiting for a wake-up
+        # While the owner streams a long reply, others' lines wait here, so that no event
+        # falls between a reply's data lines and its final line. They count towards the
+        # bound all the same: a client that stops reading is still cut off.
+        self._held: list[bytes] | None = None
+        self._held_size = 0
 
     @property
     def size(self) -> int:
@@ -66,6 +73,11 @@ class Outbox:
                 self._close_locked("slow-consumer", discard=True)
                 self._wake()
                 return False
+            if wake and self._held is not None:  # another's line, during a long reply
+                self._held.append(data)
+                self._held_size += len(data)
+                self._size += len(data)
+                return True
             if wake and self._sleeping:
                 self._sleeping = False
                 self._wake()
@@ -83,6 +95,22 @@ class Outbox:
             self._close_locked(reason, discard=False)
             if wake:
                 self._wake()
+
+    def hold(self) -> None:
+        """The owner starts a reply it writes in parts: hold others' lines until
+        :meth:`release`. Others are those who push with ``wake=True``; the owner's own
+        lines pass ``wake=False``."""
+        with self._lock:
+            if self._held is None:
+                self._held = []
+
+    def release(self) -> None:
+        """The reply is queued whole: the lines held meanwhile follow it."""
+        with self._lock:
+            held, self._held = self._held, None
+            if held:
+                self._chunks.extend(held)
+                self._held_size = 0
 
     def sleep(self) -> bool:
         """The owner is about to wait: True if it may (nothing queued); then the next push
@@ -127,12 +155,20 @@ class Outbox:
             self._chunks.clear()
             self._receipts.clear()
             self._size = 0
+            self._held = None
+            self._held_size = 0
 
     def _close_locked(self, reason: str, *, discard: bool) -> None:
         if discard:
             self._chunks.clear()
             self._receipts.clear()
             self._size = 0
+            self._held = None
+            self._held_size = 0
+        elif self._held:  # closing: what was held goes out before the BYE
+            self._chunks.extend(self._held)
+            self._held = None
+            self._held_size = 0
         bye = encode_line("BYE", reason)
         self._chunks.append(bye)
         self._size += len(bye)
@@ -147,7 +183,7 @@ class Outbox:
                 return b"", _NO_RECEIPTS
             receipts = self._receipts
             self._chunks = []
-            self._size = 0
+            self._size = self._held_size
             if receipts:
                 self._receipts = []
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), receipts

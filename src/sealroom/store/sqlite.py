@@ -17,6 +17,7 @@ schema by the same path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -115,6 +116,50 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX resume_tokens_by_account ON resume_tokens (account, expires_at)",
     ),
+    (
+        # Version 4: account stamps. A session is bound to the account record it logged in
+        # as, not to a name: every record gets a stamp unique across the database's life,
+        # renewed by every security-relevant change (password, enabled, role), so a removed
+        # and re-created name, a disabled account or a new password all read as "another
+        # account" to the sessions of the old one.
+        "ALTER TABLE accounts ADD COLUMN stamp INTEGER NOT NULL DEFAULT 0",
+        "INSERT INTO meta (key, value) VALUES ('account_stamp', 0)",
+        "UPDATE accounts SET stamp = rowid",
+        "UPDATE meta SET value = (SELECT coalesce(max(stamp), 0) FROM accounts)"
+        " WHERE key = 'account_stamp'",
+        """
+        CREATE TRIGGER accounts_stamp_new AFTER INSERT ON accounts
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'account_stamp';
+            UPDATE accounts SET stamp = (SELECT value FROM meta WHERE key = 'account_stamp')
+                WHERE name = NEW.name;
+        END
+        """,
+        """
+        CREATE TRIGGER accounts_stamp_changed AFTER UPDATE OF enabled, is_admin ON accounts
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'account_stamp';
+            UPDATE accounts SET stamp = (SELECT value FROM meta WHERE key = 'account_stamp')
+                WHERE name = NEW.name;
+        END
+        """,
+        # The server polls accounts_version: a role change must reach live sessions too.
+        """
+        CREATE TRIGGER accounts_role_changed AFTER UPDATE OF is_admin ON accounts
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'accounts_version';
+        END
+        """,
+    ),
+)
+
+# A new password renews the stamp explicitly (a trigger on password_hash would also fire
+# when a login upgrades the hash of the same password to new parameters, which must not end
+# the account's other sessions).
+_RENEW_STAMP: Final = (
+    "UPDATE meta SET value = value + 1 WHERE key = 'account_stamp'",
+    "UPDATE accounts SET stamp = (SELECT value FROM meta WHERE key = 'account_stamp')"
+    " WHERE name = ?",
 )
 
 MAX_TOKENS_PER_ACCOUNT: Final = 20  # older tokens of the account are dropped beyond this
@@ -139,11 +184,11 @@ _PRUNE_PRIVATE: Final = (
 
 _MESSAGE_COLUMNS: Final = "id, room, recipient, sender, body, created_at"
 
-_ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login"
+_ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login, stamp"
 
 
-def _account(row: tuple[str, str, int, int, str, str | None]) -> Account:
-    name, password_hash, is_admin, enabled, created_at, last_login = row
+def _account(row: tuple[str, str, int, int, str, str | None, int]) -> Account:
+    name, password_hash, is_admin, enabled, created_at, last_login, stamp = row
     return Account(
         name=name,
         password_hash=password_hash,
@@ -151,6 +196,7 @@ def _account(row: tuple[str, str, int, int, str, str | None]) -> Account:
         enabled=bool(enabled),
         created_at=created_at,
         last_login=last_login,
+        stamp=stamp,
     )
 
 
@@ -254,7 +300,10 @@ class SqliteStore:
             ).rowcount
             if inserted == 0:
                 raise AccountExists(f"account {name} already exists")
-        return account
+            (stamp,) = conn.execute(
+                "SELECT stamp FROM accounts WHERE name = ?", (name,)
+            ).fetchone()
+        return dataclasses.replace(account, stamp=int(stamp))
 
     def add_accounts(self, accounts: Sequence[tuple[str, str]]) -> int:
         """Create many (name, password hash) accounts in one transaction; existing names are
@@ -270,9 +319,29 @@ class SqliteStore:
             return conn.total_changes - before
 
     def set_password_hash(self, name: str, password_hash: str) -> None:
-        """A new password: every resume token of the account is revoked with the old one."""
+        """A new password: a new stamp, and every resume token of the account is revoked."""
         sql = "UPDATE accounts SET password_hash = ? WHERE name = ?"
-        self._update_one(name, sql, (password_hash, name), revoke_tokens=True)
+        self._update_one(name, sql, (password_hash, name), revoke_tokens=True, renew=True)
+
+    def change_password(self, name: str, stamp: int, old_hash: str, new_hash: str) -> int | None:
+        """``/passwd``: replace the hash only if the record is still the one with ``stamp``
+        and ``old_hash`` (two concurrent changes: one wins, the other is told so); revoke
+        the tokens. Returns the new stamp, or None if the record changed meanwhile."""
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE accounts SET password_hash = ?"
+                " WHERE name = ? AND stamp = ? AND password_hash = ?",
+                (new_hash, name, stamp, old_hash),
+            ).rowcount
+            if updated != 1:
+                return None
+            conn.execute("DELETE FROM resume_tokens WHERE account = ?", (name,))
+            for statement in _RENEW_STAMP:
+                conn.execute(statement, () if "?" not in statement else (name,))
+            (renewed,) = conn.execute(
+                "SELECT stamp FROM accounts WHERE name = ?", (name,)
+            ).fetchone()
+        return int(renewed)
 
     def replace_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
         """Swap the hash only if it is still ``old_hash``; False if it changed meanwhile.
@@ -312,29 +381,48 @@ class SqliteStore:
         return int(count)
 
     def _update_one(
-        self, name: str, sql: str, params: tuple[object, ...], *, revoke_tokens: bool = False
+        self,
+        name: str,
+        sql: str,
+        params: tuple[object, ...],
+        *,
+        revoke_tokens: bool = False,
+        renew: bool = False,
     ) -> None:
         with self._transaction() as conn:
             if conn.execute(sql, params).rowcount == 0:
                 raise NoSuchAccount(f"no account named {name}")
             if revoke_tokens:
                 conn.execute("DELETE FROM resume_tokens WHERE account = ?", (name,))
+            if renew:
+                for statement in _RENEW_STAMP:
+                    conn.execute(statement, () if "?" not in statement else (name,))
 
     # -- resume tokens ----------------------------------------------------------------------
 
-    def add_token(self, name: str, digest: bytes, expires_at: str, now: str) -> None:
-        """Store a token digest, dropping expired (at ``now``) and surplus tokens of the account."""
+    def add_token(
+        self, name: str, digest: bytes, expires_at: str, now: str, stamp: int | None = None
+    ) -> bool:
+        """Store a token digest, dropping expired (at ``now``) and surplus tokens of the account.
+
+        With ``stamp``, only for that very record: False (nothing stored) if the account was
+        changed, removed or re-created since, so a session never mints for another account.
+        """
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO resume_tokens (digest, account, expires_at) VALUES (?, ?, ?)",
-                (digest, name, expires_at),
-            )
+            inserted = conn.execute(
+                "INSERT INTO resume_tokens (digest, account, expires_at)"
+                " SELECT ?, name, ? FROM accounts WHERE name = ? AND (? IS NULL OR stamp = ?)",
+                (digest, expires_at, name, stamp, stamp),
+            ).rowcount
+            if inserted != 1:
+                return False
             conn.execute(
                 "DELETE FROM resume_tokens WHERE account = ? AND (expires_at <= ? OR digest IN ("
                 " SELECT digest FROM resume_tokens WHERE account = ?"
                 " ORDER BY expires_at DESC, rowid DESC LIMIT -1 OFFSET ?))",
                 (name, now, name, MAX_TOKENS_PER_ACCOUNT),
             )
+        return True
 
     def token_account(self, digest: bytes) -> tuple[str, str] | None:
         """(account, expires_at) of the token with this digest, if it exists."""
@@ -423,6 +511,16 @@ class SqliteStore:
             (count,) = conn.execute(
                 "SELECT count(*) FROM messages WHERE recipient = ? AND delivered = 0",
                 (recipient,),
+            ).fetchone()
+        return int(count)
+
+    def pending_count_from(self, sender: str, recipient: str) -> int:
+        """Stored messages from ``sender`` still waiting for ``recipient``."""
+        with self._connection() as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM messages"
+                " WHERE recipient = ? AND sender = ? AND delivered = 0",
+                (recipient, sender),
             ).fetchone()
         return int(count)
 
