@@ -142,3 +142,11 @@ def test_render_escapes_labels_and_help() -> None:
         "y +Inf\n"
     )
     assert parse(text)['x_total{why="say \\"hi\\"\\\\\\n"}'] == 3
+
+
+@pytest.mark.parametrize(("max_concurrent", "deadline"), [(0, 1.0), (1, 0.0)])
+def test_bounds_must_be_positive(max_concurrent: int, deadline: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        MetricsServer(
+            ("127.0.0.1", 0), list, max_concurrent=max_concurrent, request_deadline_s=deadline
+        )

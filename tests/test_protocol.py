@@ -115,6 +115,8 @@ def test_any_bytes_give_text_or_protocol_error(raw: bytes) -> None:
         ("c1 \u0085".encode(), ErrorCode.BAD_INPUT),
         ("bidi \u202e".encode(), ErrorCode.BAD_INPUT),
         ("isolate \u2066".encode(), ErrorCode.BAD_INPUT),
+        ("line separator \u2028".encode(), ErrorCode.BAD_INPUT),
+        ("paragraph separator \u2029".encode(), ErrorCode.BAD_INPUT),
         (b"cr\rinside", ErrorCode.BAD_INPUT),
     ],
 )

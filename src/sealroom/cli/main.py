@@ -210,7 +210,9 @@ def cmd_user_import(args: argparse.Namespace) -> int:
 def _read_import_file(path: Path) -> list[tuple[str, str]]:
     """Every line checked before anything is written: a bad file imports nothing."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Lines end at LF (one CR before it dropped), as on the wire: str.splitlines() would
+        # also break at U+2028 and friends, turning one refused password into a second account.
+        lines = [line.removesuffix("\r") for line in path.read_bytes().decode("utf-8").split("\n")]
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
     entries: list[tuple[str, str]] = []

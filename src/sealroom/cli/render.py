@@ -30,8 +30,8 @@ __all__ = ["as_json", "long_clock", "render", "safe", "short_clock"]
 
 
 def safe(text: str) -> str:
-    """Server text made harmless for a terminal: control characters and bidi overrides are
-    shown escaped (``\\x1b``), a TAB becomes a space."""
+    """Server text made harmless for a terminal: control characters, line separators and
+    bidi overrides are shown escaped (``\\x1b``, ``\\u2028``), a TAB becomes a space."""
     return escape_for_log(text).replace("\t", " ")
 
 

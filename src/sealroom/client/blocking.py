@@ -74,6 +74,9 @@ DEFAULT_PORT: Final = 7443
 DEFAULT_TIMEOUT_S: Final = 10.0
 DEFAULT_MAX_QUEUED_EVENTS: Final = 10_000
 DEFAULT_KEEPALIVE_S: Final = 60.0
+# IDs of stored messages already handed out, kept to drop repeats (a server that crashed while
+# delivering may send some again). A login delivers at most the server's per-user quota.
+SEEN_IDS_KEPT: Final = 10_000
 RECV_BYTES: Final = 65536
 QUIT_LINGER_S: Final = 2.0  # how long quit() waits for the server's BYE after OK quit
 
@@ -91,6 +94,28 @@ class _TransportError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
+
+
+class SeenIds:
+    """The last ``limit`` message IDs seen, to tell a repeat from a first delivery."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a SeenIds keeps at least 1 ID")
+        self.limit = limit
+        self._ids: dict[int, None] = {}  # an ordered set, oldest first
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def first_time(self, message_id: int) -> bool:
+        """Whether ``message_id`` is new; it is remembered (as the newest) either way."""
+        if message_id in self._ids:
+            return False
+        self._ids[message_id] = None
+        if len(self._ids) > self.limit:
+            del self._ids[next(iter(self._ids))]
+        return True
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -134,6 +159,7 @@ class Client:
         self.max_queued_events = max_queued_events
         self.server_name: str | None = None
         self.dropped_events = 0
+        self.repeated_events = 0  # stored messages dropped because their ID came before
         try:
             self._context = context or build_client_context(
                 Path(ca_file) if ca_file is not None else None,
@@ -159,6 +185,8 @@ class Client:
         self._token_supported: bool | None = None
         self._rooms: dict[str, None] = {}  # joined rooms in join order (an ordered set)
         self._current: str | None = None
+        # Kept across reconnects: the repeats come on the connection after a crash.
+        self._seen = SeenIds(SEEN_IDS_KEPT)
 
     def __repr__(self) -> str:
         state = "connected" if self._sock else "closed" if self._closed else "not connected"
@@ -616,6 +644,12 @@ class Client:
         self._ping_sent = time.monotonic()
 
     def _queue(self, event: Event) -> None:
+        if isinstance(event, History) and not self._seen.first_time(event.id):
+            # A stored message delivered again (SPEC: a crash may repeat some, same IDs).
+            # Replies to history() are not events and never pass here: they stay whole.
+            self.repeated_events += 1
+            log.debug("dropping stored message %d: already delivered", event.id)
+            return
         if len(self._events) >= self.max_queued_events:
             self._events.popleft()
             self.dropped_events += 1

@@ -151,7 +151,9 @@ class Reply:
 
     @property
     def fields(self) -> list[str]:
-        return self.args.split()
+        # Split at spaces, as the server writes them: str.split() would also split at
+        # U+2028, NEL and other whitespace that a hostile server could slip into a field.
+        return [field for field in self.args.split(" ") if field]
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,14 +76,16 @@ class LineBuffer:
 
 
 def decode_line(raw: bytes) -> str:
-    """Validate one line of input: strict UTF-8, no control characters or bidi overrides."""
+    """Validate one line of input: strict UTF-8, no control characters, line or paragraph
+    separators, or bidi overrides."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.BAD_ENCODING, "line is not valid UTF-8") from None
     if has_forbidden_chars(text):
         raise ProtocolError(
-            ErrorCode.BAD_INPUT, "control characters and bidi overrides are not allowed"
+            ErrorCode.BAD_INPUT,
+            "control characters, line separators and bidi overrides are not allowed",
         )
     return text
 

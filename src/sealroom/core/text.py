@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 
-# Control characters except TAB, DEL, C1 controls, and bidirectional overrides/isolates:
-# anything that could drive another user's terminal or reorder what they see.
-FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Control characters except TAB, DEL, C1 controls, the line and paragraph separators, and
+# bidirectional overrides/isolates: anything that could drive another user's terminal,
+# reorder what they see, or split one line in two for a program that splits lines the way
+# str.splitlines() does (it also breaks at VT, FF, FS, GS, RS and NEL, all controls here).
+FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 USER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 ROOM_NAME = re.compile(r"#[a-z0-9][a-z0-9_-]{0,31}")

@@ -6,7 +6,11 @@ told the server is busy instead of driving the process out of memory.
 
 An unknown name, a wrong password and a disabled account must be indistinguishable, by
 answer and by time. Unknown and disabled accounts are therefore checked against a dummy
-hash made with the same parameters, so each failure costs one full verification.
+hash made with the same parameters, so each failure costs one full verification. So must an
+account whose stored hash was made with other parameters (before the operator raised them,
+usually, until its next login upgrades it): checked alone, a cheaper hash fails faster and
+would tell an attacker which accounts hold the weakest hashes. When its check fails, a
+verification against the dummy hash follows, so that failure costs the configured price too.
 
 Passwords are only ever passed to argon2: they are not logged, stored, or put in a message.
 """
@@ -200,20 +204,43 @@ class Authenticator:
             return self._check(account_name, password) is not None
 
     def _check(self, name: str, password: str) -> Account | None:
-        """Run exactly one verification, against the dummy hash unless the account may log in."""
+        """The account if ``password`` opens it, else None.
+
+        Every failure costs at least one verification at the configured parameters: against
+        the dummy hash for an unknown or disabled account; against the stored hash, and then
+        the dummy one, when the stored hash was made with other parameters (or is not argon2
+        at all). A failure against a current hash is exactly one verification, as before.
+        """
         account = self._store.get_account(name)
         if account is not None and not account.enabled:
             account = None  # checked exactly like an unknown name
-        target = self._dummy_hash if account is None else account.password_hash
+        if account is None:
+            self._matches(self._dummy_hash, password)
+            return None
+        stored = account.password_hash
         try:
-            self._hasher.verify(target, password)
+            if self._matches(stored, password):
+                return account
         except InvalidHashError:
-            if account is not None:
-                log.warning("stored password hash of %s is not valid argon2", escape_for_log(name))
-            return None
+            log.warning("stored password hash of %s is not valid argon2", escape_for_log(name))
+        if not self._has_configured_parameters(stored):
+            # The stored check alone took another time than a current hash's would: pay the
+            # configured price as well. (The success path pays it as the rehash instead.)
+            self._matches(self._dummy_hash, password)
+        return None
+
+    def _matches(self, encoded: str, password: str) -> bool:
+        """One verification; InvalidHashError for a stored hash that is not argon2."""
+        try:
+            return self._hasher.verify(encoded, password)
         except VerificationError:  # includes VerifyMismatchError, the ordinary wrong password
-            return None
-        return account
+            return False
+
+    def _has_configured_parameters(self, encoded: str) -> bool:
+        try:
+            return not self._hasher.check_needs_rehash(encoded)
+        except InvalidHashError:
+            return False
 
 
 TOKEN_BYTES = 32  # 256 random bits: 43 URL-safe base64 characters
