@@ -13,6 +13,14 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
         apt-get install -y -qq --no-install-recommends systemd; } \
         || echo "could not install systemd; the unit's sandbox score will not be tested" >&2
 fi
+# systemd-nspawn boots systemd as PID 1 in a container for tests/test_systemd.py (root only).
+if ! command -v systemd-nspawn >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian package systemd-container (for systemd-nspawn)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends systemd-container; } \
+        || echo "could not install systemd-container; tests/test_systemd.py will fail" >&2
+fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages:$missing"

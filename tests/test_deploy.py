@@ -58,7 +58,10 @@ def test_the_unit_has_what_the_issue_asks_for() -> None:
         return unit[key][0]
 
     assert one("Type") == "notify"
-    assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
+    # RELOADING=1 from a control process before the signal: `systemctl reload` then waits
+    # for the server's READY=1 (tests/test_systemd.py); hence NotifyAccess=exec, not main.
+    assert unit["ExecReload"] == ["/bin/systemd-notify RELOADING=1", "/bin/kill -HUP $MAINPID"]
+    assert one("NotifyAccess") == "exec"
     assert one("ExecStart").endswith("sealroom serve -c /etc/sealroom/sealroom.yaml")
     assert one("WatchdogSec") == "30s"
     assert one("User") == "sealroom"
