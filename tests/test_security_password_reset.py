@@ -15,7 +15,8 @@ from sealroom.policy.auth import password_hasher
 def test_operator_reset_ends_the_thiefs_session_and_tokens(server: Server) -> None:
     thief = server.user("carol")
     token = thief.request("/token").split()[2]
-    server.app.store.set_password_hash("carol", password_hasher(**CHEAP_ARGON2).hash("new-secret-9"))
+    new_hash = password_hasher(**CHEAP_ARGON2).hash("new-secret-9")
+    server.app.store.set_password_hash("carol", new_hash)  # what `sealroom user passwd` does
     lines = thief.closed(timeout=3.0)
     assert lines[-1] == "BYE account-changed"
     again = server.client()
