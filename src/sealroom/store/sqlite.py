@@ -310,13 +310,12 @@ class SqliteStore:
         left alone. Returns how many were created."""
         created_at = iso_utc(self._clock())
         with self._transaction() as conn:
-            before = conn.total_changes
-            conn.executemany(
+            # The cursor's count, not total_changes: that one counts the triggers' rows too.
+            return conn.executemany(
                 "INSERT INTO accounts (name, password_hash, is_admin, enabled, created_at)"
                 " VALUES (?, ?, 0, 1, ?) ON CONFLICT (name) DO NOTHING",
                 [(name, password_hash, created_at) for name, password_hash in accounts],
-            )
-            return conn.total_changes - before
+            ).rowcount
 
     def set_password_hash(self, name: str, password_hash: str) -> None:
         """A new password: a new stamp, and every resume token of the account is revoked."""
