@@ -159,6 +159,7 @@ ROUND_TRIPS: list[tuple[str, object, object]] = [
     ("storage.workers", 8, 8),
     ("limits.max_sessions_per_user", 5, 5),
     ("rooms.max_created_per_user", 3, 3),
+    ("rooms.list_max", 10, 10),
     ("history.private_per_sender", 7, 7),
     ("auth.argon2.time_cost", 2, 2),
     ("auth.argon2.memory_cost_kib", 8192, 8192),

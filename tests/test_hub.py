@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 
 from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.model import RoomRecord
 from sealroom.state.hub import Hub, HubLimits, Member
 from sealroom.state.outbox import Outbox
 
@@ -57,6 +58,7 @@ class Scene:
     def __init__(self, **overrides: Any) -> None:
         ids = iter(range(1, 1000))
         self.hub = Hub(limits(**overrides), next_id=lambda: next(ids))
+        self.hub.apply(RoomRecord("#lobby", None, "open", "", "now"))  # as the server starts
         self.sessions: dict[str, Member] = {}
 
     def __getitem__(self, session: str) -> Member:
@@ -82,7 +84,13 @@ class Scene:
         """``"join amy #tea"``, ``"part amy2 #tea"`` or ``"detach bob"``."""
         verb, session, *room = step.split()
         if verb == "join":
-            self.hub.join(self[session], room[0], JOINED)
+            member = self[session]
+            try:
+                self.hub.view(room[0])
+            except ProtocolError:  # as the session does: may it create one, then store it
+                self.hub.may_create(member)
+                self.hub.apply(RoomRecord(room[0], member.name, "open", "", "now"))
+            self.hub.join(member, room[0], JOINED)
         elif verb == "part":
             self.hub.part(self[session], room[0])
         elif verb == "detach":
@@ -150,12 +158,14 @@ def test_part_of_a_room_one_is_not_in() -> None:
     assert raised.value.code is ErrorCode.NOT_IN_ROOM
 
 
-def test_the_last_part_removes_the_room() -> None:
+def test_an_emptied_room_stays_until_destroyed() -> None:
     scene = Scene()
     scene.do("join amy #tea")
-    assert scene.hub.counts() == (1, 1)
+    assert scene.hub.counts() == (1, 2)  # #lobby and #tea
     scene.do("part amy #tea")
-    assert scene.hub.counts() == (1, 0)
+    assert scene.hub.counts() == (1, 2)
+    assert scene.hub.who("#tea") == []
+    scene.hub.destroy("#tea", "amy")
     with pytest.raises(ProtocolError) as raised:
         scene.hub.who("#tea")
     assert raised.value.code is ErrorCode.NO_SUCH_ROOM
@@ -280,7 +290,7 @@ def test_message_ids_come_from_the_counter_in_order() -> None:
     ("overrides", "before", "refused", "code"),
     [
         pytest.param(
-            {"max_rooms": 2},
+            {"max_rooms": 3},
             ["join amy #a", "join bob #b"],
             "join cat #c",
             ErrorCode.SERVER_BUSY,
@@ -337,7 +347,7 @@ def test_limits_refuse_a_join_and_change_nothing(
 @pytest.mark.parametrize(
     ("overrides", "before", "allowed"),
     [
-        pytest.param({"max_rooms": 2}, ["join amy #a", "join bob #b"], "join cat #a", id="rooms"),
+        pytest.param({"max_rooms": 3}, ["join amy #a", "join bob #b"], "join cat #a", id="rooms"),
         pytest.param(
             {"max_rooms_per_session": 2},
             ["join amy #a", "join amy #b"],
@@ -390,8 +400,7 @@ def test_detach_leaves_every_room(stays: str | None, parts: list[str], online: b
     assert sorted(scene.inbox("cat").drain()) == parts  # a session's rooms are a set
     assert scene.hub.is_online("amy") is online
     assert ("amy" in scene.hub.online_names()) is online
-    rooms_left = 3 if stays else 2  # #c had only amy in it
-    assert scene.hub.counts() == (1 + bool(stays), rooms_left)
+    assert scene.hub.counts() == (1 + bool(stays), 4)  # #lobby too: rooms stay, empty or not
 
 
 def test_disconnect_closes_every_session_of_an_account() -> None:

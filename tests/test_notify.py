@@ -108,7 +108,7 @@ def managed(
 def test_a_server_reports_its_life(managed: Server, listener: NotifyListener) -> None:
     server = managed
     ready = listener.until("READY")
-    assert ready["STATUS"] == "0 connections, 0 sessions, 0 rooms"
+    assert ready["STATUS"] == "0 connections, 0 sessions, 1 rooms"
     listener.until("WATCHDOG")
     alice = server.user("alice")
     assert listener.until("STATUS", "1 connections, 1 sessions, 1 rooms")

@@ -56,8 +56,8 @@ def test_history_bounds_and_permissions(make_server: ServerFactory) -> None:
     assert alice.request("/history #lobby x").startswith("ERR bad-argument")
     bob = server.user("bob")
     assert bob.request("/part #lobby") == "OK part #lobby"
-    assert bob.request("/history #lobby").startswith("ERR not-in-room")
-    assert bob.request("/history #nowhere").startswith("ERR not-in-room")
+    assert bob.request("/history #lobby").startswith("ERR forbidden")  # for its members only
+    assert bob.request("/history #nowhere").startswith("ERR no-such-room")
     assert bob.request("/history nobody").startswith("ERR no-such-user")
     # Retention: only the newest per_room messages are kept.
     with SqliteStore(server.settings.storage.database) as store:

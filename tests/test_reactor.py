@@ -25,6 +25,7 @@ from sealroom.net.connection import OwnershipError
 from sealroom.net.reactor import Reactor
 from sealroom.policy.ratelimit import KeyedBuckets
 from sealroom.session import COMMANDS, Command, Outcome, Pool, Services, Session
+from sealroom.core.model import RoomRecord
 from sealroom.state.hub import Hub, HubLimits, Member
 from sealroom.state.messages import MessageIds
 from sealroom.state.outbox import Outbox
@@ -178,6 +179,7 @@ def alice_session() -> tuple[Session, Outbox, MessageIds]:
     settings = settings_from_mapping({}, Path("."))
     ids = MessageIds(cast(Any, None))  # nothing reserved yet: the first message must wait
     hub = Hub(HubLimits(100, 10, 100, True, "#lobby"), next_id=ids.take)
+    hub.apply(RoomRecord("#lobby", None, "open", "", "now"))
 
     class Messages:
         backed_up = False
@@ -214,7 +216,8 @@ def alice_session() -> tuple[Session, Outbox, MessageIds]:
         (b"hello", Pool.STORE),  # no id reserved yet: reserve a block first
         (b"/ping", None),
         (b"/who", None),
-        (b"/join #other", None),
+        (b"/join #other", Pool.STORE),  # a new room is stored before it is joined
+        (b"/join #lobby", None),
         (b"/nonsense", None),
         (b"/\xe2\x84\xaaick bob", None),  # KELVIN SIGN: parsed, not guessed; not an admin
     ],

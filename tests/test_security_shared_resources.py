@@ -43,8 +43,8 @@ def test_rooms_created_per_account_are_bounded(make_server: ServerFactory) -> No
     bob = server.user("bob")
     assert bob.request("/join #b1").startswith("OK join")  # bob is not held to mallory's count
     assert bob.request("/join #m1").startswith("OK join")  # joining is not creating
-    first.request("/part #m3")
-    assert second.request("/join #m4").startswith("OK join")  # an emptied room frees one
+    assert first.request("/destroy #m3").startswith("OK destroy")
+    assert second.request("/join #m4").startswith("OK join")  # a destroyed room frees one
 
 
 def test_one_sender_cannot_fill_another_users_mailbox(make_server: ServerFactory) -> None:

@@ -182,6 +182,8 @@ class SessionMachine(RuleBasedStateMachine):
             ),
             next_id=self.ids.take,
         )
+        self.store.create_room("#lobby", None)  # as the server does at start
+        self.hub.load_rooms(self.store.list_rooms())
         history = self.settings.history
         self.writer = HistoryWriter(
             SqliteStore(database), history.per_room, history.private_per_user
@@ -283,7 +285,10 @@ class SessionMachine(RuleBasedStateMachine):
         try:
             for conn in list(self.live):
                 self._finish(conn)
-            assert self.hub.counts() == (0, 0), "sessions or rooms outlived their clients"
+            sessions, _rooms = self.hub.counts()  # rooms are stored: they outlive sessions
+            assert sessions == 0, "sessions outlived their clients"
+            for name, view, _topic in self.hub.rooms():
+                assert not view.members, f"{name} has members with no client"
         finally:
             logging.getLogger("sealroom").removeHandler(self.errors)
             self.writer.stop()

@@ -99,7 +99,7 @@ class RoomsSettings:
     default: str = "#lobby"
     allow_create: bool = True
     max_created_per_user: int = 50
-
+    list_max: int = 500  # ROOM lines in one /list reply
 
 @dataclass(frozen=True, slots=True)
 class HistorySettings:
@@ -440,7 +440,12 @@ _SCHEMA = _Section(
             }
         ),
         "rooms": _Section(
-            {"default": _room, "allow_create": _boolean, "max_created_per_user": _integer(1)}
+            {
+                "default": _room,
+                "allow_create": _boolean,
+                "max_created_per_user": _integer(1),
+                "list_max": _integer(1),
+            }
         ),
         "history": _Section(
             {

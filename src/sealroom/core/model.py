@@ -6,6 +6,8 @@ import a storage engine to name what they handle.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -76,3 +78,35 @@ class StoredMessage(NamedTuple):
         return self.room if self.room is not None else str(self.recipient)
 
 
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    """A room as stored: it outlives restarts and empty rooms until it is destroyed."""
+
+    name: str
+    owner: str | None
+    mode: str  # "open" or "private"
+    topic: str
+    created_at: str
+    operators: frozenset[str] = frozenset()
+    invited: frozenset[str] = frozenset()
+    banned: frozenset[str] = frozenset()
+    version: int = 1  # renewed by every change to the room or its roles
+
+
+class Mode(enum.Enum):
+    OPEN = "open"
+    PRIVATE = "private"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomView:
+    """What the room policy (:mod:`sealroom.policy.rooms`) needs to know of a room."""
+
+    owner: str | None
+    mode: Mode
+    operators: Collection[str]
+    invited: Collection[str]
+    banned: Collection[str]
+    members: Collection[str]  # names with a session in the room now

@@ -104,6 +104,10 @@ class App:
         self._side_threads: list[threading.Thread] = []  # control and metrics
         self._stopping = threading.Event()
         self._seen_accounts_version = self.store.accounts_version()
+        # Rooms are stored: the default one exists from the start, open and without owner.
+        self.store.create_room(settings.rooms.default, None)
+        self._seen_rooms_version = -1
+        self.apply_room_changes()
         self._next_watchdog = 0.0
         self._stuck = False  # a serving loop stopped turning (said once per episode)
         self._last_status = ""
@@ -228,6 +232,7 @@ class App:
         while not self._stopping.wait(interval):
             try:
                 self.apply_account_changes()
+                self.apply_room_changes()
                 self.shared.services.login_buckets.sweep()
                 if self.shared.services.account_buckets is not None:
                     self.shared.services.account_buckets.sweep()
@@ -453,6 +458,19 @@ class App:
             count = self.hub.disconnect_stale(name, stamp, reason)
             if count:
                 log.info("account %s: %s, closed %d sessions", name, reason, count)
+
+    def apply_room_changes(self) -> None:
+        """Bring the hub's rooms in line with the store, where `sealroom room …` (or another
+        process) changed them: destroyed rooms are emptied, bans take effect at once."""
+        version = self.store.rooms_version()
+        if version == self._seen_rooms_version:
+            return
+        self._seen_rooms_version = version
+        records = self.store.list_rooms()
+        # A room the hub has and the list lacks may have been created after the list was
+        # read: only a second look at the store says it is gone.
+        gone = [name for name in self.hub.missing(records) if self.store.get_room(name) is None]
+        self.hub.load_rooms(records, gone)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown; safe to call once from any thread but a listener's."""

@@ -9,11 +9,13 @@ written by accident: the store and the hasher are only ever named inside ``work`
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sealroom.core.errors import ErrorCode, ProtocolError
-from sealroom.core.model import Account, StoredMessage
+from sealroom.core.model import Account, Mode, RoomRecord, RoomView, StoredMessage
 from sealroom.core.protocol import SAY_CURRENT, Request, Rest, Syntax, encode_line
 from sealroom.core.text import password_problem, room_name, user_name
+from sealroom.policy import rooms
 from sealroom.policy.ratelimit import retry_after_text
 from sealroom.session.effects import Effect, Pool, Reply, Step
 from sealroom.session.machine import Command, Session, SessionEnded, hist_line
@@ -185,11 +187,50 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
 # -- rooms --------------------------------------------------------------------------------------
 
 
+def _admit(member: Member) -> Callable[[RoomView], None]:
+    """The join check, run by the hub under its lock."""
+
+    def check(view: RoomView) -> None:
+        if not rooms.may_join(view, rooms.role_of(view, member.name, is_admin=member.is_admin)):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "you may not join this room")
+
+    return check
+
+
+def _joined(room: str, topic: str) -> bytes:
+    return encode_line("OK", "join", room, topic) if topic else encode_line("OK", "join", room)
+
+
 def cmd_join(session: Session, request: Request) -> Step:
     name = room_arg(session, request)
-    session.services.hub.join(require_member(session), name, encode_line("OK", "join", name))
-    session.current_room = name
-    return None
+    member = require_member(session)
+    hub, store = session.services.hub, session.services.store
+    try:
+        hub.join(member, name, _joined(name, hub.topic(name)), _admit(member))
+    except ProtocolError as error:
+        if error.code is not ErrorCode.NO_SUCH_ROOM:
+            raise
+    else:
+        session.current_room = name
+        return None
+    # A new room: its creator owns it. The store decides who was first.
+    hub.may_create(member)
+
+    def create() -> RoomRecord:
+        _current(session)
+        store.create_room(name, member.name)
+        record = store.get_room(name)
+        if record is None:  # destroyed as soon as made: let the join say so
+            raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{name} does not exist")
+        return record
+
+    def enter(record: RoomRecord) -> Reply:
+        hub.apply(record)
+        hub.join(member, name, _joined(name, record.topic), _admit(member))
+        session.current_room = name
+        return None
+
+    return Effect(Pool.STORE, create, enter)
 
 
 def cmd_part(session: Session, request: Request) -> Step:
@@ -226,9 +267,18 @@ def cmd_say_current(session: Session, request: Request) -> Step:
     return _say(session, session.current_room, request.text or "")
 
 
+def _role(session: Session, view: RoomView) -> rooms.Role:
+    member = require_member(session)
+    return rooms.role_of(view, member.name, is_admin=member.is_admin)
+
+
 def cmd_who(session: Session, request: Request) -> Step:
     name = room_arg(session, request)
-    return " ".join(["OK", "who", name, *session.services.hub.who(name)])
+    hub = session.services.hub
+    view = hub.view(name)
+    if not rooms.may_see(view, require_member(session).name, _role(session, view)):
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{name} is private")
+    return " ".join(["OK", "who", name, *hub.who(name)])
 
 
 def cmd_rooms(session: Session, request: Request) -> Step:
@@ -270,8 +320,10 @@ def cmd_history(session: Session, request: Request) -> Step:
     messages = services.messages
     if target.startswith("#"):
         room = room_arg(session, request)
-        if room not in member.rooms:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room} to read its history")
+        view = services.hub.view(room)
+        role = rooms.role_of(view, member.name, is_admin=member.is_admin)
+        if not rooms.may_read_history(view, member.name, role):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{room}'s history is for its members")
         def read_room() -> list[StoredMessage]:
             _current(session)
             return messages.room_history(room, limit)
@@ -334,6 +386,209 @@ def cmd_passwd(session: Session, request: Request) -> Step:
         return "OK passwd"
 
     return Effect(Pool.ARGON2, change, changed)
+
+
+# -- room settings ------------------------------------------------------------------------------
+
+TOPIC_MAX = 300
+
+
+def _moderated(session: Session, name: str, *, manage: bool = False) -> RoomView:
+    """The room's view, if this session may moderate it (or manage it: op, deop, destroy)."""
+    view = session.services.hub.view(name)
+    role = _role(session, view)
+    allowed = rooms.may_manage(role) if manage else rooms.may_moderate(role)
+    if not allowed:
+        who = "the owner" if manage else "operators"
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"only {who} of {name} may do that")
+    return view
+
+
+def _target_account(session: Session, raw: str) -> Account:
+    """Blocking: the account a room request names (it must exist)."""
+    name = _user_arg(raw)
+    account = session.services.store.get_account(name)
+    if account is None:
+        raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {name}")
+    return account
+
+
+def _stored(session: Session, name: str) -> RoomRecord:
+    """Blocking: the room as stored now, after a change."""
+    record = session.services.store.get_room(name)
+    if record is None:
+        raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{name} does not exist")
+    return record
+
+
+def cmd_topic(session: Session, request: Request) -> Step:
+    name = room_arg(session, request)
+    hub, member = session.services.hub, require_member(session)
+    text = request.text
+    if text is None or not text.strip():
+        view = hub.view(name)
+        if not rooms.may_see(view, member.name, _role(session, view)):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{name} is private")
+        topic = hub.topic(name)
+        return f"OK topic {name} {topic}" if topic else f"OK topic {name}"
+    if len(text) > TOPIC_MAX:
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, f"a topic is at most {TOPIC_MAX} characters")
+    _moderated(session, name)
+    store = session.services.store
+
+    def write() -> RoomRecord:
+        _current(session)
+        store.set_room(name, topic=text)
+        return _stored(session, name)
+
+    def done(record: RoomRecord) -> Reply:
+        hub.apply(record)
+        hub.announce(name, encode_line("TOPIC", name, member.name, text))
+        return f"OK topic {name} {text}"
+
+    return Effect(Pool.STORE, write, done)
+
+
+def cmd_mode(session: Session, request: Request) -> Step:
+    name = room_arg(session, request)
+    try:
+        mode = Mode(request.args[1])
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_ARGUMENT, "a mode is open or private") from None
+    view = _moderated(session, name)
+    hub, store, member = session.services.hub, session.services.store, require_member(session)
+
+    def write() -> RoomRecord:
+        _current(session)
+        if mode is Mode.PRIVATE:  # the members it has count as invited
+            for present in hub.view(name).members:
+                if present not in view.invited:
+                    store.set_role(name, present, "invited", True)
+        store.set_room(name, mode=mode.value)
+        return _stored(session, name)
+
+    def done(record: RoomRecord) -> Reply:
+        hub.apply(record)
+        hub.announce(name, encode_line("MODE", name, member.name, mode.value))
+        return f"OK mode {name} {mode.value}"
+
+    return Effect(Pool.STORE, write, done)
+
+
+def cmd_invite(session: Session, request: Request) -> Step:
+    name = room_arg(session, request, 1)
+    _moderated(session, name)
+    hub, store, by = session.services.hub, session.services.store, require_member(session).name
+
+    def write() -> tuple[str, RoomRecord]:
+        _current(session)
+        invited = _target_account(session, request.args[0]).name
+        store.set_role(name, invited, "invited", True)
+        return invited, _stored(session, name)
+
+    def done(result: tuple[str, RoomRecord]) -> Reply:
+        invited, record = result
+        hub.apply(record)
+        hub.notify(invited, encode_line("INVITE", name, by))
+        return f"OK invite {invited} {name}"
+
+    return Effect(Pool.STORE, write, done)
+
+
+def cmd_ban(session: Session, request: Request) -> Step:
+    name = room_arg(session, request, 1)
+    view = _moderated(session, name)
+    reason = (request.text or "").strip()
+    hub, store, by = session.services.hub, session.services.store, require_member(session).name
+
+    def write() -> tuple[str, RoomRecord]:
+        _current(session)
+        target = _target_account(session, request.args[0])
+        if not rooms.may_be_banned(view, target.name, is_admin=target.is_admin):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the owner and admins cannot be banned")
+        store.set_role(name, target.name, "banned", True)
+        return target.name, _stored(session, name)
+
+    def done(result: tuple[str, RoomRecord]) -> Reply:
+        banned, record = result
+        # At once, under the hub's lock: after this no message of theirs reaches the room.
+        hub.apply(record, by=by, reason=reason)
+        return f"OK ban {banned} {name}"
+
+    return Effect(Pool.STORE, write, done)
+
+
+def _role_change(session: Session, request: Request, role: str, held: bool, verb: str) -> Step:
+    name = room_arg(session, request, 1)
+    view = _moderated(session, name, manage=role == "operator")
+    hub, store = session.services.hub, session.services.store
+
+    def write() -> tuple[str, RoomRecord]:
+        _current(session)
+        target = _target_account(session, request.args[0]).name
+        if role == "operator" and not held and target == view.owner:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the owner is always an operator")
+        store.set_role(name, target, role, held)
+        return target, _stored(session, name)
+
+    def done(result: tuple[str, RoomRecord]) -> Reply:
+        target, record = result
+        hub.apply(record)
+        return f"OK {verb} {target} {name}"
+
+    return Effect(Pool.STORE, write, done)
+
+
+def cmd_unban(session: Session, request: Request) -> Step:
+    return _role_change(session, request, "banned", False, "unban")
+
+
+def cmd_op(session: Session, request: Request) -> Step:
+    return _role_change(session, request, "operator", True, "op")
+
+
+def cmd_deop(session: Session, request: Request) -> Step:
+    return _role_change(session, request, "operator", False, "deop")
+
+
+def cmd_destroy(session: Session, request: Request) -> Step:
+    name = room_arg(session, request)
+    if name == session.services.settings.rooms.default:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "the default room cannot be destroyed")
+    _moderated(session, name, manage=True)
+    hub, store, by = session.services.hub, session.services.store, require_member(session).name
+
+    def write() -> bool:
+        _current(session)
+        return store.destroy_room(name)
+
+    def done(_: bool) -> Reply:
+        hub.destroy(name, by)
+        if session.current_room == name:
+            session.current_room = None
+        return f"OK destroy {name}"
+
+    return Effect(Pool.STORE, write, done)
+
+
+def cmd_list(session: Session, request: Request) -> Step:
+    member = require_member(session)
+    limit = session.services.settings.rooms.list_max
+    lines: list[str] = []
+    shown = 0
+    for name, view, topic in session.services.hub.rooms():
+        role = rooms.role_of(view, member.name, is_admin=member.is_admin)
+        if view.mode is Mode.PRIVATE and not rooms.may_join(view, role):
+            continue
+        if view.mode is Mode.OPEN and role is rooms.Role.BANNED:
+            continue
+        if shown == limit:
+            lines.append(f"INFO more rooms than the {limit} shown")
+            break
+        fields = ["ROOM", name, str(len(view.members)), view.mode.value]
+        lines.append(" ".join([*fields, topic]) if topic else " ".join(fields))
+        shown += 1
+    return [*lines, f"OK list {shown}"]
 
 
 # -- the rest -----------------------------------------------------------------------------------
@@ -418,6 +673,29 @@ COMMANDS: dict[str, Command] = {
         "the last N messages of a room or of your conversation with NAME",
     ),
     "who": Command(Syntax("/who [#ROOM]", 0, 1), cmd_who, "members of a room"),
+    "list": Command(Syntax("/list"), cmd_list, "the rooms you may join"),
+    "topic": Command(
+        Syntax("/topic #ROOM [TEXT]", 1, rest=Rest.OPTIONAL),
+        cmd_topic,
+        "show the topic; with TEXT, operators set it",
+    ),
+    "mode": Command(
+        Syntax("/mode #ROOM open|private", 2), cmd_mode, "operators: who may join"
+    ),
+    "invite": Command(
+        Syntax("/invite NAME #ROOM", 2), cmd_invite, "operators: let NAME into a private room"
+    ),
+    "ban": Command(
+        Syntax("/ban NAME #ROOM [REASON]", 2, rest=Rest.OPTIONAL),
+        cmd_ban,
+        "operators: remove NAME from the room and keep NAME out",
+    ),
+    "unban": Command(Syntax("/unban NAME #ROOM", 2), cmd_unban, "operators: lift a ban"),
+    "op": Command(Syntax("/op NAME #ROOM", 2), cmd_op, "the owner: make NAME an operator"),
+    "deop": Command(Syntax("/deop NAME #ROOM", 2), cmd_deop, "the owner: take it back"),
+    "destroy": Command(
+        Syntax("/destroy #ROOM", 1), cmd_destroy, "the owner: delete the room and its history"
+    ),
     "rooms": Command(Syntax("/rooms"), cmd_rooms, "rooms you are in"),
     "token": Command(Syntax("/token"), cmd_token, "a resume token for this account"),
     "resume": Command(

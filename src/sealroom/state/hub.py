@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.model import Mode, RoomRecord, RoomView
 from sealroom.core.protocol import encode_line
 from sealroom.state.outbox import Outbox
 
@@ -31,10 +32,47 @@ class Member:
 
 @dataclass(slots=True)
 class Room:
+    """A room: its settings (as stored) and who is in it now. It exists, empty or not,
+    until it is destroyed."""
+
     name: str
     members: dict[Member, None] = field(default_factory=dict)  # an insertion-ordered set
     sessions_per_name: dict[str, int] = field(default_factory=dict)
-    creator: str | None = None
+    owner: str | None = None
+    mode: Mode = Mode.OPEN
+    topic: str = ""
+    operators: set[str] = field(default_factory=set)
+    invited: set[str] = field(default_factory=set)
+    banned: set[str] = field(default_factory=set)
+    version: int = 0  # of the stored record these settings come from
+
+    @classmethod
+    def from_record(cls, record: RoomRecord) -> Room:
+        return cls(
+            record.name,
+            owner=record.owner,
+            mode=Mode(record.mode),
+            topic=record.topic,
+            operators=set(record.operators),
+            invited=set(record.invited),
+            banned=set(record.banned),
+            version=record.version,
+        )
+
+    def view(self) -> RoomView:
+        """A copy for the policy to judge, consistent as of the moment it is made."""
+        return RoomView(
+            owner=self.owner,
+            mode=self.mode,
+            operators=frozenset(self.operators),
+            invited=frozenset(self.invited),
+            banned=frozenset(self.banned),
+            members=frozenset(self.sessions_per_name),
+        )
+
+
+# What a join asks of the room, judged under the hub's lock: raises ProtocolError to refuse.
+Admit = Callable[[RoomView], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +91,6 @@ class Hub:
         self._lock = threading.Lock()
         self._rooms: dict[str, Room] = {}
         self._sessions: dict[str, list[Member]] = {}
-        self._created: dict[str, int] = {}  # rooms that exist now, by the account that made them
         counter = itertools.count(1)
         self._next_id = next_id or (lambda: next(counter))
         # MSG, DM and WALL lines queued to recipients, and their bytes: counted once per
@@ -122,12 +159,23 @@ class Hub:
 
     # -- rooms ------------------------------------------------------------------------------
 
-    def join(self, member: Member, room_name: str, reply: bytes) -> None:
-        """Join ``room_name``, queueing ``reply`` before any event from the room can follow it."""
+    def join(
+        self, member: Member, room_name: str, reply: bytes, admit: Admit | None = None
+    ) -> None:
+        """Join ``room_name``, queueing ``reply`` before any event from the room can follow it.
+
+        ``admit`` judges the room's settings under the lock, so that no ban or mode change
+        can slip between the check and the join. A missing room is ``no-such-room``: rooms
+        are created by :meth:`apply`, once stored.
+        """
         with self._lock:
             room = self._rooms.get(room_name)
+            if room is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room_name} does not exist")
             if room_name not in member.rooms:
-                room = self._admit_locked(member, room_name, room)
+                self._admit_locked(member, room)
+                if admit is not None:
+                    admit(room.view())
                 room.members[member] = None
                 member.rooms.add(room_name)
                 count = room.sessions_per_name.get(member.name, 0) + 1
@@ -136,32 +184,70 @@ class Hub:
                     self._send_locked(room, encode_line("JOIN", room_name, member.name), member)
             member.outbox.push(reply, wake=False)
 
-    def _admit_locked(self, member: Member, room_name: str, room: Room | None) -> Room:
+    def _admit_locked(self, member: Member, room: Room) -> None:
         limits = self.limits
         if len(member.rooms) >= limits.max_rooms_per_session:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
                 f"a session may be in at most {limits.max_rooms_per_session} rooms",
             )
-        if room is None:
-            default = room_name == limits.default_room
-            if not limits.allow_create and not default:
-                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room_name} does not exist")
+        if len(room.members) >= limits.max_room_members:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{room.name} is full")
+
+    def may_create(self, member: Member) -> None:
+        """Whether ``member`` may create (and then join) one more room now; raises
+        ProtocolError if not. The store decides the race for the name."""
+        limits = self.limits
+        name = member.name
+        with self._lock:
+            if len(member.rooms) >= limits.max_rooms_per_session:
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    f"a session may be in at most {limits.max_rooms_per_session} rooms",
+                )
+            if not (limits.allow_create or member.is_admin):
+                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, "rooms are made by admins here")
             if len(self._rooms) >= limits.max_rooms:
                 raise ProtocolError(ErrorCode.SERVER_BUSY, "too many rooms on this server")
-            creator = None if default else member.name
-            if creator is not None:
-                made = self._created.get(creator, 0)
-                if made >= limits.max_created_per_user:
-                    raise ProtocolError(
-                        ErrorCode.FORBIDDEN,
-                        f"you have {made} rooms; at most {limits.max_created_per_user} at once",
-                    )
-                self._created[creator] = made + 1
-            room = self._rooms[room_name] = Room(room_name, creator=creator)
-        elif len(room.members) >= limits.max_room_members:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{room_name} is full")
-        return room
+            owned = sum(1 for room in self._rooms.values() if room.owner == name)
+            if owned >= limits.max_created_per_user:
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    f"you have {owned} rooms; at most {limits.max_created_per_user} at once",
+                )
+
+    def apply(self, record: RoomRecord, *, by: str = "an operator", reason: str = "") -> None:
+        """Take a room's stored settings, unless the hub already has the same or newer ones
+        (a poll can race a change). Banned users still in the room leave it at once: their
+        sessions get ``BANNED #ROOM BY REASON``, the others ``PART``."""
+        with self._lock:
+            room = self._rooms.get(record.name)
+            if room is None:
+                self._rooms[record.name] = Room.from_record(record)
+                return
+            if record.version <= room.version:
+                return
+            room.owner, room.mode, room.topic = record.owner, Mode(record.mode), record.topic
+            room.operators = set(record.operators)
+            room.invited = set(record.invited)
+            room.banned = set(record.banned)
+            room.version = record.version
+            for name in [n for n in room.sessions_per_name if n in room.banned]:
+                self._evict_locked(room, name, by, reason)
+
+    def load_rooms(self, records: list[RoomRecord], gone: Sequence[str] = ()) -> None:
+        """Bring the hub in line with the store (at start, and when `sealroom room …`
+        changed rooms); ``gone``: rooms the store no longer has (confirmed by the caller)."""
+        for record in records:
+            self.apply(record)
+        for name in gone:
+            self.destroy(name, "an operator")
+
+    def missing(self, records: list[RoomRecord]) -> list[str]:
+        """Rooms the hub knows that ``records`` lack (to confirm before calling them gone)."""
+        stored = {record.name for record in records}
+        with self._lock:
+            return [name for name in self._rooms if name not in stored]
 
     def part(self, member: Member, room_name: str) -> None:
         with self._lock:
@@ -179,14 +265,19 @@ class Hub:
         else:
             del room.sessions_per_name[member.name]
             self._send_locked(room, encode_line("PART", room_name, member.name), member)
-        if not room.members:
-            del self._rooms[room_name]
-            if room.creator is not None:
-                left = self._created[room.creator] - 1
-                if left:
-                    self._created[room.creator] = left
-                else:
-                    del self._created[room.creator]
+
+    def view(self, room_name: str) -> RoomView:
+        """The room's settings and members, for the policy; ``no-such-room`` if missing."""
+        with self._lock:
+            room = self._rooms.get(room_name)
+            if room is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room_name} does not exist")
+            return room.view()
+
+    def topic(self, room_name: str) -> str:
+        with self._lock:
+            room = self._rooms.get(room_name)
+            return "" if room is None else room.topic
 
     def who(self, room_name: str) -> list[str]:
         with self._lock:
@@ -195,6 +286,51 @@ class Hub:
                 raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room_name} does not exist")
             return sorted(room.sessions_per_name)
 
+    def rooms(self) -> list[tuple[str, RoomView, str]]:
+        """Every room: (name, view, topic), sorted by name (for ``/list``)."""
+        with self._lock:
+            return [(n, r.view(), r.topic) for n, r in sorted(self._rooms.items())]
+
+    # -- room events ------------------------------------------------------------------------
+
+    def announce(self, room_name: str, line: bytes) -> None:
+        """To every session in the room (the one that made the change included)."""
+        with self._lock:
+            room = self._rooms.get(room_name)
+            if room is not None:
+                self._send_locked(room, line, None)
+
+    def notify(self, name: str, line: bytes) -> None:
+        """To every session of user ``name``."""
+        with self._lock:
+            for target in self._sessions.get(name, ()):
+                target.outbox.push(line)
+
+    def _evict_locked(self, room: Room, name: str, by: str, reason: str) -> None:
+        line = encode_line("BANNED", room.name, by, reason)
+        leaving = [m for m in room.members if m.name == name]
+        for member in leaving:
+            del room.members[member]
+            member.rooms.discard(room.name)
+            member.outbox.push(line)
+        if leaving:
+            del room.sessions_per_name[name]
+            self._send_locked(room, encode_line("PART", room.name, name), None)
+
+    def destroy(self, room_name: str, by: str) -> None:
+        with self._lock:
+            room = self._rooms.get(room_name)
+            if room is not None:
+                self._destroy_locked(room, by)
+
+    def _destroy_locked(self, room: Room, by: str) -> None:
+        """Everyone in it is told and is out of it (no PART follows); the name is free."""
+        line = encode_line("DESTROYED", room.name, by)
+        for member in room.members:
+            member.rooms.discard(room.name)
+            member.outbox.push(line)
+        del self._rooms[room.name]
+
     # -- messages ---------------------------------------------------------------------------
 
     def say(self, member: Member, room_name: str, text: str) -> int:
@@ -202,6 +338,9 @@ class Hub:
         line = encode_line("MSG", room_name, member.name, text)
         with self._lock:
             if room_name not in member.rooms:
+                room = self._rooms.get(room_name)
+                if room is not None and member.name in room.banned:
+                    raise ProtocolError(ErrorCode.FORBIDDEN, f"you are banned from {room_name}")
                 raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room_name}")
             message_id = self._next_id()
             room = self._rooms[room_name]

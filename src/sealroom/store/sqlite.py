@@ -34,6 +34,7 @@ from sealroom.core.model import (
     Account,
     AccountExists,
     NoSuchAccount,
+    RoomRecord,
     SchemaTooNew,
     StoredMessage,
     StoreError,
@@ -152,6 +153,81 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
     ),
 )
+
+_MIGRATION_5_ROOMS: Final = (
+    # Version 5: rooms as stored, owned entities. Rooms that only have history become open
+    # rooms without an owner; so does the default room, which the server adds at start.
+    """
+    CREATE TABLE rooms (
+        name       TEXT PRIMARY KEY NOT NULL,
+        owner      TEXT,
+        mode       TEXT NOT NULL DEFAULT 'open' CHECK (mode IN ('open', 'private')),
+        topic      TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        -- Bumped by every change to the room or its roles: whoever holds an older copy
+        -- (the server's memory, a poll racing a change) knows it is older.
+        version    INTEGER NOT NULL DEFAULT 1
+    )
+    """,
+    # Who holds which role in which room. Rows go with their room; an account's go with it.
+    """
+    CREATE TABLE room_roles (
+        room TEXT NOT NULL REFERENCES rooms (name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('operator', 'invited', 'banned')),
+        PRIMARY KEY (room, name, role)
+    )
+    """,
+    """
+    INSERT INTO rooms (name, created_at)
+        SELECT DISTINCT room, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM messages
+        WHERE room IS NOT NULL
+    """,
+    "INSERT INTO meta (key, value) VALUES ('rooms_version', 0)",
+    # The server polls rooms_version to apply what `sealroom room …` changed.
+    """
+    CREATE TRIGGER rooms_changed_insert AFTER INSERT ON rooms
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'rooms_version'; END
+    """,
+    """
+    CREATE TRIGGER rooms_changed_update AFTER UPDATE OF owner, mode, topic ON rooms
+    BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'rooms_version';
+        UPDATE rooms SET version = version + 1 WHERE name = NEW.name;
+    END
+    """,
+    """
+    CREATE TRIGGER rooms_changed_delete AFTER DELETE ON rooms
+    BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'rooms_version';
+        DELETE FROM messages WHERE room = OLD.name;
+    END
+    """,
+    # A removed account's rooms lose their owner and its roles go: a name created again is
+    # another account and inherits nothing.
+    """
+    CREATE TRIGGER rooms_account_removed AFTER DELETE ON accounts
+    BEGIN
+        UPDATE rooms SET owner = NULL WHERE owner = OLD.name;
+        DELETE FROM room_roles WHERE name = OLD.name;
+    END
+    """,
+    """
+    CREATE TRIGGER room_roles_changed_insert AFTER INSERT ON room_roles
+    BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'rooms_version';
+        UPDATE rooms SET version = version + 1 WHERE name = NEW.room;
+    END
+    """,
+    """
+    CREATE TRIGGER room_roles_changed_delete AFTER DELETE ON room_roles
+    BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'rooms_version';
+        UPDATE rooms SET version = version + 1 WHERE name = OLD.room;
+    END
+    """,
+)
+MIGRATIONS = (*MIGRATIONS, _MIGRATION_5_ROOMS)
 
 # A new password renews the stamp explicitly (a trigger on password_hash would also fire
 # when a login upgrades the hash of the same password to new parameters, which must not end
@@ -396,6 +472,102 @@ class SqliteStore:
             if renew:
                 for statement in _RENEW_STAMP:
                     conn.execute(statement, () if "?" not in statement else (name,))
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    def list_rooms(self) -> list[RoomRecord]:
+        return self._rooms("", ())
+
+    def get_room(self, name: str) -> RoomRecord | None:
+        found = self._rooms("WHERE name = ?", (name,))
+        return found[0] if found else None
+
+    def _rooms(self, where: str, params: tuple[str, ...]) -> list[RoomRecord]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT name, owner, mode, topic, created_at, version FROM rooms"  # noqa: S608 -- constant clauses
+                f" {where} ORDER BY name",
+                params,
+            ).fetchall()
+            roles = conn.execute(
+                f"SELECT room, name, role FROM room_roles {where.replace('name', 'room')}",  # noqa: S608 -- constant clauses
+                params,
+            ).fetchall()
+        held: dict[tuple[str, str], set[str]] = {}
+        for room, name, role in roles:
+            held.setdefault((room, role), set()).add(name)
+        return [
+            RoomRecord(
+                name=name,
+                owner=owner,
+                mode=mode,
+                topic=topic,
+                created_at=created_at,
+                operators=frozenset(held.get((name, "operator"), ())),
+                invited=frozenset(held.get((name, "invited"), ())),
+                banned=frozenset(held.get((name, "banned"), ())),
+                version=version,
+            )
+            for name, owner, mode, topic, created_at, version in rows
+        ]
+
+    def create_room(self, name: str, owner: str | None) -> bool:
+        """A new room owned (and operated) by ``owner``; False if the name is taken."""
+        with self._transaction() as conn:
+            created = conn.execute(
+                "INSERT INTO rooms (name, owner, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, owner, iso_utc(self._clock())),
+            ).rowcount
+            if created and owner is not None:
+                conn.execute(
+                    "INSERT INTO room_roles (room, name, role) VALUES (?, ?, 'operator')",
+                    (name, owner),
+                )
+        return created == 1
+
+    def set_room(self, name: str, *, topic: str | None = None, mode: str | None = None) -> None:
+        """Change the topic or the mode. Making a room private invites its present members
+        is the caller's to do (:meth:`set_role`), in the order it decides."""
+        with self._transaction() as conn:
+            if topic is not None:
+                conn.execute("UPDATE rooms SET topic = ? WHERE name = ?", (topic, name))
+            if mode is not None:
+                conn.execute("UPDATE rooms SET mode = ? WHERE name = ?", (mode, name))
+
+    def set_role(self, room: str, name: str, role: str, held: bool) -> None:
+        """Give (``held``) or take a role (operator, invited, banned). A ban withdraws any
+        invitation and operator role."""
+        with self._transaction() as conn:
+            if not held:
+                conn.execute(
+                    "DELETE FROM room_roles WHERE room = ? AND name = ? AND role = ?",
+                    (room, name, role),
+                )
+                return
+            if role == "banned":
+                conn.execute(
+                    "DELETE FROM room_roles WHERE room = ? AND name = ?"
+                    " AND role IN ('invited', 'operator')",
+                    (room, name),
+                )
+            conn.execute(
+                "INSERT INTO room_roles (room, name, role) SELECT name, ?, ? FROM rooms"
+                " WHERE name = ? ON CONFLICT DO NOTHING",
+                (name, role, room),
+            )
+
+    def destroy_room(self, name: str) -> bool:
+        """Delete the room, its roles and its history; False if there was none."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM room_roles WHERE room = ?", (name,))
+            return conn.execute("DELETE FROM rooms WHERE name = ?", (name,)).rowcount == 1
+
+    def rooms_version(self) -> int:
+        """Bumped by every change to rooms and their roles (the server polls it)."""
+        with self._connection() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'rooms_version'").fetchone()
+        return int(row[0]) if row else 0
 
     # -- resume tokens ----------------------------------------------------------------------
 
