@@ -21,11 +21,11 @@ import pytest
 from helpers import Client, Server, ServerFactory
 from sealroom.config import settings_from_mapping
 from sealroom.core.blocking import BlockingCallError, check_may_block, forbid_blocking
+from sealroom.core.model import RoomRecord
 from sealroom.net.connection import OwnershipError
 from sealroom.net.reactor import Reactor
 from sealroom.policy.ratelimit import KeyedBuckets
 from sealroom.session import COMMANDS, Command, Outcome, Pool, Services, Session
-from sealroom.core.model import RoomRecord
 from sealroom.state.hub import Hub, HubLimits, Member
 from sealroom.state.messages import MessageIds
 from sealroom.state.outbox import Outbox
