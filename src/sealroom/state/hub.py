@@ -81,6 +81,15 @@ class Hub:
         with self._lock:
             return list(self._sessions)
 
+    def sessions_of(self, name: str) -> list[Member]:
+        with self._lock:
+            return list(self._sessions.get(name, ()))
+
+    def rooms_of(self, member: Member) -> list[str]:
+        """The rooms ``member`` is in, sorted (read under the lock that changes them)."""
+        with self._lock:
+            return sorted(member.rooms)
+
     def counts(self) -> tuple[int, int]:
         """(logged-in sessions, rooms) for status lines."""
         with self._lock:
@@ -162,13 +171,17 @@ class Hub:
     # -- messages ---------------------------------------------------------------------------
 
     def say(self, member: Member, room_name: str, text: str) -> int:
-        """Relay ``text`` to the room's other sessions; returns the message id."""
+        """Relay ``text`` to the room's other sessions; returns the message id.
+
+        A session need not be in an existing room to post to it (as on IRC without +n):
+        ``sealroom send`` posts without a JOIN and a PART around every message.
+        """
         line = encode_line("MSG", room_name, member.name, text)
         with self._lock:
-            if room_name not in member.rooms:
-                raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room_name}")
+            room = self._rooms.get(room_name)
+            if room is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room_name} does not exist")
             message_id = self._next_id()
-            room = self._rooms[room_name]
             self._send_locked(room, line, member)
             self._count_locked(len(room.members) - 1, line)
         return message_id
