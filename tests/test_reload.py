@@ -139,9 +139,15 @@ def test_a_broken_configuration_changes_nothing(rotating: tuple[Server, Path, Pa
     server.config.write_text("limits: {max_connections: -1}\nnonsense: [\n")
     with captured_lines() as logs:
         assert not server.app.reload()
-    assert "invalid YAML" in logs.wait_for("reload refused")
+    refusal = logs.wait_for("reload refused")
+    assert "invalid YAML" in refusal
+    assert refusal.count(str(server.config)) == 1  # issue 13, report 10: it was named twice
     server.config.write_text("limits: {max_connections: -1}\n")
-    assert not server.app.reload()
+    with captured_lines() as logs:
+        assert not server.app.reload()
+    refusal = logs.wait_for("reload refused")
+    assert f"configuration {server.config}: limits.max_connections" in refusal
+    assert refusal.count(str(server.config)) == 1
     assert server.app.settings is settings
     server.client().close()  # still serving
 
