@@ -13,7 +13,6 @@ the same parser.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import getpass
 import json
 import os
@@ -120,15 +119,13 @@ def tls_problems(settings: Settings) -> list[str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if args.listen:
-        for address in args.listen:
-            try:
-                parse_address(address)
-            except ValueError as error:
-                raise UserError(f"--listen: {error}") from None
-        settings = dataclasses.replace(settings, listen=tuple(args.listen))
+    for address in args.listen or ():
+        try:
+            parse_address(address)
+        except ValueError as error:
+            raise UserError(f"--listen: {error}") from None
     configure_logging(settings.log.level, settings.log.format)
-    return serve(settings)
+    return serve(settings, listen=args.listen or ())
 
 
 def cmd_certs_init(args: argparse.Namespace) -> int:

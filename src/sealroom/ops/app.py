@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -68,7 +68,13 @@ class App:
     """A running Sealroom: listeners, shared state and housekeeping."""
 
     # One statement per part of the server, in the order they depend on each other.
-    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:  # noqa: PLR0915
+    def __init__(  # noqa: PLR0915
+        self, settings: Settings, notifier: Notifier | None = None, *, listen: Sequence[str] = ()
+    ) -> None:
+        # `serve --listen` replaces the configured addresses for the life of the process.
+        self.listen_override = tuple(listen)
+        if listen:
+            settings = dataclasses.replace(settings, listen=self.listen_override)
         self.settings = settings
         # Only the process entry point, serve(), listens to NOTIFY_SOCKET: an App built
         # elsewhere (tests, tools) must not speak for the process to its service manager.
@@ -300,6 +306,8 @@ class App:
         source = running.source
         try:
             loaded = running if source is None else load_settings(source)
+            if self.listen_override:  # the file's listen is not what this process serves
+                loaded = dataclasses.replace(loaded, listen=self.listen_override)
         except ConfigError as error:
             # A problem with the file itself already starts with its path; a key's does not.
             problems = [
@@ -577,9 +585,12 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(settings: Settings) -> int:
-    """Run in the foreground until SIGTERM or SIGINT, reloading on SIGHUP; ``sealroom serve``."""
-    app = App(settings, Notifier())
+def serve(settings: Settings, *, listen: Sequence[str] = ()) -> int:
+    """Run in the foreground until SIGTERM or SIGINT, reloading on SIGHUP; ``sealroom serve``.
+
+    ``listen``, when given, replaces the configured listen addresses (``serve --listen``).
+    """
+    app = App(settings, Notifier(), listen=listen)
     received: list[int] = []
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
