@@ -33,11 +33,13 @@ $(VENV)/.installed-fuzz: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[test,fuzz]'
 	@touch $@
 
+# `make run PORT=7444` serves on another port (the built-in configuration's is 7443).
+PORT ?= 7443
 run: $(VENV)/.installed
 	@test -f certs/server.crt || $(SEALROOM) certs init --dir certs
 	@sh scripts/dev-admin.sh $(SEALROOM)
-	@echo "Connect with:  openssl s_client -quiet -CAfile certs/ca.crt -connect 127.0.0.1:7443"
-	$(SEALROOM) serve
+	@echo "Connect with:  openssl s_client -quiet -CAfile certs/ca.crt -connect 127.0.0.1:$(PORT)"
+	$(SEALROOM) serve --listen 127.0.0.1:$(PORT)
 
 test: $(VENV)/.installed-test
 	@sh scripts/ensure-system-deps.sh

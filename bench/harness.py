@@ -154,6 +154,7 @@ def workspace() -> Iterator[Workspace]:
         space = Workspace(Path(folder))
         space.configure()
         space.sealroom("certs", "init", "--dir", str(space.root / "certs"))
+        space.sealroom("db", "init")  # account commands never create the database
         yield space
 
 

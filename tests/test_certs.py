@@ -111,11 +111,36 @@ def test_one_existing_file_blocks_and_nothing_is_written(tmp_path: Path) -> None
     assert (tmp_path / "server.key").read_text() == "keep me\n"
 
 
-def test_force_replaces_everything(tmp_path: Path) -> None:
+def test_force_renews_only_the_leaf_under_the_existing_ca(tmp_path: Path) -> None:
+    """Issue 13, report 10: `certs init --force --host X` broke every client's ca.crt."""
+    certs.init_certs(tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in NAMES}
+    (tmp_path / "server.key").chmod(0o644)  # replacing must not keep a loosened mode
+    written = certs.init_certs(tmp_path, ["other.test"], force=True)
+    assert [p.name for p in written] == ["server.crt", "server.key"]
+    for name in ("ca.crt", "ca.key"):
+        assert (tmp_path / name).read_bytes() == before[name]
+    for name in ("server.crt", "server.key"):
+        assert (tmp_path / name).read_bytes() != before[name]
+    assert mode(tmp_path / "server.key") == 0o600
+    server = load_cert(tmp_path / "server.crt")
+    server.verify_directly_issued_by(load_cert(tmp_path / "ca.crt"))
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "other.test" in names.get_values_for_type(x509.DNSName)
+
+
+def test_force_with_a_broken_ca_points_at_new_ca(tmp_path: Path) -> None:
+    certs.init_certs(tmp_path)
+    (tmp_path / "ca.key").write_text("garbage\n")
+    with pytest.raises(UserError, match="--new-ca"):
+        certs.init_certs(tmp_path, force=True)
+
+
+def test_force_new_ca_replaces_everything(tmp_path: Path) -> None:
     certs.init_certs(tmp_path)
     before = {name: (tmp_path / name).read_bytes() for name in NAMES}
     (tmp_path / "ca.key").chmod(0o644)  # replacing must not keep a loosened mode
-    certs.init_certs(tmp_path, ["other.test"], force=True)
+    certs.init_certs(tmp_path, ["other.test"], force=True, new_ca=True)
     for name in NAMES:
         assert (tmp_path / name).read_bytes() != before[name]
     assert mode(tmp_path / "ca.key") == 0o600

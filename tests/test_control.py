@@ -10,6 +10,7 @@ import socket
 import stat
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,8 @@ def test_kick_closes_every_session_of_an_account(
     assert alice.request("/ping") == "OK ping"
 
     code, out, _ = cli(capsys, "kick", "alice", "-c", str(server.config))
-    assert (code, out.strip()) == (0, "kicked alice (1 sessions closed)")
+    # Issue 13, report 10: it said "1 sessions closed".
+    assert (code, out.strip()) == (0, "kicked alice (1 session closed)")
     assert alice.closed()[-1] == "BYE kicked"
 
 
@@ -269,3 +271,72 @@ def test_argon2_timing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "(median of 3," in lines[1]
     assert "max_concurrent_verifications=4: at most 0 MiB" in lines[2]
     assert "under 100 ms" in lines[3]  # such cheap parameters are flagged
+
+
+# -- sealroom reload and sealroom sessions (issue 13, report 9) -----------------------------------
+
+
+def test_reload_through_the_control_socket(
+    make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reloading took `kill -HUP $(pidof …)`; now `sealroom reload`, which waits for it."""
+    server = make_server()
+    alice = server.user("alice")
+    code, out, err = cli(capsys, "reload", "-c", str(server.config))
+    assert (code, err) == (0, "")
+    assert out.startswith(f"reloaded {server.config}; TLS certificate valid until ")
+    assert server.app.reloads == {"ok": 1, "failed": 0}
+    assert alice.request("/ping") == "OK ping"
+
+    missing = server.config.parent / "missing.crt"
+    server.config.write_text(
+        server.config.read_text().replace(str(server.app.settings.tls.cert), str(missing))
+    )
+    code, out, err = cli(capsys, "reload", "-c", str(server.config))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"sealroom: reload refused: cannot read TLS certificate {missing}: "
+        "No such file or directory\n"
+    )
+    assert err.count("\n") == 1
+    assert server.app.reloads == {"ok": 1, "failed": 1}
+
+
+def test_sessions_lists_who_is_connected(
+    make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = make_server()
+    alice = server.user("alice")
+    assert alice.request("/join #tea").startswith("OK join")
+    bob = server.user("bob")
+    server.client()  # connected, not logged in: not a session
+    code, out, err = cli(capsys, "sessions", "--json", "-c", str(server.config))
+    assert (code, err) == (0, "")
+    rows = json.loads(out)
+    assert [(r["user"], r["address"], r["rooms"]) for r in rows] == [
+        ("alice", "127.0.0.1", ["#lobby", "#tea"]),
+        ("bob", "127.0.0.1", ["#lobby"]),
+    ]
+    for row in rows:
+        since = datetime.fromisoformat(row["connected_since"].replace("Z", "+00:00"))
+        assert timedelta(0) <= datetime.now(UTC) - since < timedelta(minutes=1)
+
+    code, out, _ = cli(capsys, "sessions", "-c", str(server.config))
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split() == ["USER", "ADDRESS", "CONNECTED", "SINCE", "ROOMS"]
+    assert lines[0].split()[0] == "alice"
+    assert lines[0].endswith("#lobby #tea")
+    bob.close()
+
+
+def test_reload_and_sessions_without_a_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "sealroom.yaml"
+    config.write_text("control: {socket: ctl.sock}\n")
+    for command in ("reload", "sessions"):
+        code, out, err = cli(capsys, command, "-c", str(config))
+        assert (code, out) == (1, "")
+        assert "is the server running?" in err
+        assert err.count("\n") == 1

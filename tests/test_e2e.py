@@ -37,6 +37,7 @@ def deployment(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, subproces
     config = write_config(tmp_path, {"listen": ["127.0.0.1:0"], "auth": {"argon2": CHEAP_ARGON2}})
     env = {**os.environ, "SEALROOM_CONFIG": str(config)}
     sealroom("certs", "init", "--dir", str(tmp_path / "certs"), env=env)
+    sealroom("db", "init", env=env)
     for name in ("alice", "bob"):
         sealroom("user", "add", name, "--password-stdin", env=env, stdin=f"{name} password\n")
     server = subprocess.Popen(

@@ -219,14 +219,23 @@ def test_say_reaches_the_room_but_not_the_sender(
     assert scene.hub.deliveries == len(recipients)
 
 
-def test_say_outside_the_room_is_refused() -> None:
+def test_say_from_outside_an_existing_room_reaches_its_members() -> None:
+    """Issue 13, report 8: posting needs no JOIN and PART around it (IRC without +n)."""
     scene = Scene()
     scene.do("join amy #tea")
     scene.do("join bob #other")
+    scene.hub.say(scene["bob"], "#tea", "hi")
+    assert scene.inbox("amy").drain() == ["OK join", "MSG #tea bob hi"]
+    assert scene.inbox("bob").drain() == ["OK join"]
+    assert scene["bob"].rooms == {"#other"}  # still not a member
+
+
+def test_say_to_a_missing_room_is_refused() -> None:
+    scene = Scene()
+    scene.do("join bob #other")
     with pytest.raises(ProtocolError) as raised:
         scene.hub.say(scene["bob"], "#tea", "hi")
-    assert raised.value.code is ErrorCode.NOT_IN_ROOM
-    assert scene.inbox("amy").drain() == ["OK join"]
+    assert raised.value.code is ErrorCode.NO_SUCH_ROOM
 
 
 @pytest.mark.parametrize(

@@ -188,8 +188,8 @@ def alice_session() -> tuple[Session, Outbox, MessageIds]:
         def __init__(self) -> None:
             self.ids = ids
 
-        def say(self, member: Member, room: str, text: str) -> int:
-            return hub.say(member, room, text)
+        def say(self, member: Member, room: str, text: str, admit: Any = None) -> int:
+            return hub.say(member, room, text, admit)
 
     absent = cast(Any, None)
     messages = cast(Any, Messages())

@@ -13,8 +13,10 @@ import pytest
 import trustme
 import yaml
 
-from helpers import PASSWORD, Client, Server, ServerFactory
+from helpers import PASSWORD, Client, Server, ServerFactory, server_config, write_config
 from opshelp import captured_lines, file_fingerprint, fingerprint, serve_process, write_leaf
+from sealroom.config import load_settings
+from sealroom.ops.app import App
 
 
 @pytest.fixture
@@ -139,9 +141,15 @@ def test_a_broken_configuration_changes_nothing(rotating: tuple[Server, Path, Pa
     server.config.write_text("limits: {max_connections: -1}\nnonsense: [\n")
     with captured_lines() as logs:
         assert not server.app.reload()
-    assert "invalid YAML" in logs.wait_for("reload refused")
+    refusal = logs.wait_for("reload refused")
+    assert "invalid YAML" in refusal
+    assert refusal.count(str(server.config)) == 1  # issue 13, report 10: it was named twice
     server.config.write_text("limits: {max_connections: -1}\n")
-    assert not server.app.reload()
+    with captured_lines() as logs:
+        assert not server.app.reload()
+    refusal = logs.wait_for("reload refused")
+    assert f"configuration {server.config}: limits.max_connections" in refusal
+    assert refusal.count(str(server.config)) == 1
     assert server.app.settings is settings
     server.client().close()  # still serving
 
@@ -235,3 +243,23 @@ def test_sighup_rotates_the_certificate_of_a_running_server(ca: trustme.CA, tmp_
         served.process.send_signal(signal.SIGTERM)
         notify.until("STOPPING")
         assert served.process.wait(timeout=15) == 0
+
+
+def test_listen_from_the_command_line_is_not_a_change(
+    tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """`serve --listen ADDR` (issue 13): the file's listen differs, and a reload must not
+    report it as a change waiting for a restart, nor drop the address served."""
+    config = write_config(tmp_path, server_config(tls_files, {"listen": ["127.0.0.1:9"]}))
+    app = App(load_settings(config), listen=["127.0.0.1:0"])
+    try:
+        app.start()
+        assert app.addresses[0].startswith("127.0.0.1:")
+        assert app.addresses[0] != "127.0.0.1:9"
+        with captured_lines() as logs:
+            assert app.reload()
+            logs.wait_for("reloaded")
+        assert not [line for line in logs.lines if "only after a restart" in line]
+        assert app.settings.listen == ("127.0.0.1:0",)
+    finally:
+        app.stop(grace_s=1.0)

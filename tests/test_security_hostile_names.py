@@ -98,6 +98,8 @@ def test_cli_refuses_hostile_account_names(
     config = write_config(
         tmp_path, {"storage": {"database": "db.sqlite"}, "auth": {"argon2": CHEAP_ARGON2}}
     )
+    assert main(["db", "init", "-c", str(config)]) == 0
+    capsys.readouterr()
     monkeypatch.setattr(sys, "stdin", io.StringIO("a long password\n"))
     assert main(["user", "add", raw, "--password-stdin", "-c", str(config)]) == 1
     error = capsys.readouterr().err

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,3 +348,144 @@ def test_many_processes_opening_a_new_file_at_once(tmp_path: Path) -> None:
             thread.join()
         assert raw_query(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     assert errors == []
+
+
+# -- opening only what exists; files born private ---------------------------------------------
+
+
+def test_create_false_never_creates_a_database(tmp_path: Path) -> None:
+    """Issue 13, report 1: a command must not leave a new, empty database behind."""
+    missing = tmp_path / "var" / "none.db"
+    with pytest.raises(store_module.MissingDatabase) as raised:
+        SqliteStore(missing, create=False)
+    assert str(missing) in str(raised.value)
+    assert not missing.exists()
+    assert not missing.parent.exists()
+
+
+def test_create_false_opens_an_existing_database(db_path: Path) -> None:
+    with SqliteStore(db_path) as store:
+        store.add_account("alice", "hash-a")
+    with SqliteStore(db_path, create=False) as store:
+        assert [a.name for a in store.list_accounts()] == ["alice"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_database_and_side_files_are_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """Issue 13, report 3: argon2 hashes and private messages, mode 0600 (and -wal, -shm)."""
+    db_path = tmp_path / "sealroom.db"
+    backup = tmp_path / "backup.db"
+    previous = os.umask(umask)
+    try:
+        with SqliteStore(db_path) as store:
+            store.add_account("alice", "hash-a")
+            modes = {
+                path.name: stat.S_IMODE(path.stat().st_mode)
+                for path in tmp_path.iterdir()
+                if path.name.startswith("sealroom.db")
+            }
+            store.backup(backup)
+    finally:
+        os.umask(previous)
+    assert modes == {"sealroom.db": 0o600, "sealroom.db-wal": 0o600, "sealroom.db-shm": 0o600}
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    # A backup is one self-contained file: no -wal or -shm needed beside it.
+    assert raw_query(backup, "PRAGMA journal_mode") == [("delete",)]
+
+
+def test_backup_never_follows_a_planted_file(store: SqliteStore, tmp_path: Path) -> None:
+    target = tmp_path / "planted.db"
+    target.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StoreError, match="exists"):
+        store.backup(target)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_check_file_reads_a_backup_without_touching_it(store: SqliteStore, tmp_path: Path) -> None:
+    store.add_account("alice", "hash-a")
+    backup = tmp_path / "backup.db"
+    store.backup(backup)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert store_module.check_file(backup) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "no such file"),
+        (b"", "not a Sealroom database"),
+        (b"not a database at all, just text" * 40, "not an SQLite"),
+    ],
+)
+def test_check_file_reports_what_is_wrong(
+    tmp_path: Path, content: bytes | None, problem: str
+) -> None:
+    path = tmp_path / "backup.db"
+    if content is not None:
+        path.write_bytes(content)
+    problems = store_module.check_file(path)
+    assert len(problems) == 1
+    assert problem in problems[0]
+    assert str(path) in problems[0]
+
+
+def test_check_file_finds_damage(store: SqliteStore, tmp_path: Path) -> None:
+    for index in range(200):
+        store.add_account(f"user{index}", "x" * 200)
+    backup = tmp_path / "backup.db"
+    store.backup(backup)
+    data = bytearray(backup.read_bytes())
+    page = 4096
+    data[2 * page + 100 : 2 * page + 400] = b"\xff" * 300  # scribble over a b-tree page
+    backup.write_bytes(bytes(data))
+    assert store_module.check_file(backup) != []
+
+
+# -- roles and the last admin --------------------------------------------------------------------
+
+
+def test_set_admin_changes_the_role_and_counts_as_an_account_change(store: SqliteStore) -> None:
+    store.add_account("alice", "hash-a", is_admin=True)
+    store.add_account("bob", "hash-b")
+    version = store.accounts_version()
+    store.set_admin("bob", True)
+    account = store.get_account("bob")
+    assert account is not None
+    assert account.is_admin
+    assert store.accounts_version() > version
+    with pytest.raises(NoSuchAccount):
+        store.set_admin("carol", True)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda store: store.set_admin("alice", False),
+        lambda store: store.set_enabled("alice", False),
+        lambda store: store.remove_account("alice"),
+    ],
+    ids=["demote", "disable", "remove"],
+)
+def test_the_last_enabled_admin_stays(store: SqliteStore, change: Any) -> None:
+    store.add_account("alice", "hash-a", is_admin=True)
+    store.add_account("bob", "hash-b")
+    with pytest.raises(store_module.LastAdmin, match="alice"):
+        change(store)
+    account = store.get_account("alice")
+    assert account is not None
+    assert (account.is_admin, account.enabled) == (True, True)
+    # With a second enabled admin it is allowed.
+    store.add_account("carol", "hash-c", is_admin=True)
+    change(store)
+
+
+def test_a_disabled_admin_does_not_count(store: SqliteStore) -> None:
+    store.add_account("alice", "hash-a", is_admin=True)
+    store.add_account("carol", "hash-c", is_admin=True)
+    store.set_enabled("carol", False)
+    with pytest.raises(store_module.LastAdmin):
+        store.remove_account("alice")
+    # Plain users come and go freely, admins or not elsewhere.
+    store.add_account("bob", "hash-b")
+    store.remove_account("bob")

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PASSWORD, Server
+from helpers import PASSWORD, Server, ServerFactory
 from helpers import Client as RawClient
 from sealroom.cli.lineedit import LineEditor
 from sealroom.cli.render import as_json, render, safe
@@ -31,6 +32,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def environment(password: str | None = PASSWORD) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALROOM_")}
+    env["SEALROOM_CLIENT_CONFIG"] = "/nonexistent/client.yaml"  # not the tester's profiles
     if password is not None:
         env["SEALROOM_PASSWORD"] = password
     return env
@@ -78,9 +80,7 @@ def test_send_posts_to_a_room_and_to_a_person(server: Server, tmp_path: Path) ->
     assert refused.stderr.endswith("listens on port 0 (any free port): give --port\n")
     done = sealroom("send", *argv, "--port", str(server.port), "--room", "tea", "hello", "tea")
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-    until(bob, "JOIN #tea alice")
-    assert bob.expect("MSG #tea alice hello tea")
-    assert {bob.line(), bob.line()} == {"PART #tea alice", "PART #lobby alice"}
+    until(bob, "MSG #tea alice hello tea")
 
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD + "\n")
@@ -98,6 +98,122 @@ def test_send_posts_to_a_room_and_to_a_person(server: Server, tmp_path: Path) ->
     until(bob, "DM alice line one")
     assert bob.expect("DM alice line \\x1b[31mtwo")  # control characters shown, not sent
     assert bob.expect("DM alice /three")
+
+
+def test_send_to_a_room_is_quiet_for_its_members(server: Server) -> None:
+    """Issue 13, report 8: each post showed the room JOIN, the message, PART."""
+    server.add_user("alice")
+    bob = server.user("bob")
+    assert bob.request("/join #tea").startswith("OK join")
+    assert bob.request("/part #lobby") == "OK part #lobby"  # only the room's view matters
+    done = sealroom("send", *common(server, server.ca_file), "--room", "tea", "one", "post")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert bob.line() == "MSG #tea alice one post"
+    assert bob.request("/ping after") == "OK ping after"  # nothing else came before it
+
+
+def test_send_with_empty_input_is_a_user_error(server: Server) -> None:
+    """Issue 13: `send` with nothing on standard input said nothing and exited 0."""
+    server.add_user("alice")
+    for stdin in ("", "\n  \n"):
+        done = sealroom("send", *common(server, server.ca_file), "--room", "tea", stdin=stdin)
+        assert (done.returncode, done.stderr) == (
+            1,
+            "sealroom: nothing to send: standard input held no text\n",
+        )
+    assert server.app.counters.logins_ok == 0  # found out before logging in
+
+
+def test_send_says_when_it_waits_on_the_rate_limit(make_server: ServerFactory) -> None:
+    """Issue 13: a send that waited on `rate-limited` looked hung."""
+    server = make_server(rate={"messages": {"rate": 2, "burst": 2}})
+    server.add_user("alice")
+    bob = server.user("bob")
+    assert bob.request("/join #tea").startswith("OK join")
+    done = sealroom(
+        "send", *common(server, server.ca_file), "--room", "tea", stdin="one\ntwo\nthree\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(
+        r"sealroom: rate-limited by the server; waiting [\d.]+s \(try 1 of", done.stderr
+    )
+    texts = [until(bob, "MSG #tea alice").rsplit(" ", 1)[1] for _ in range(3)]
+    assert texts == ["one", "two", "three"]
+
+
+def test_an_unverified_certificate_suggests_ca(server: Server) -> None:
+    """Issue 13, report 10: a certificate-verify failure did not suggest --ca."""
+    server.add_user("alice")
+    argv = ["--port", str(server.port), "--user", "alice", "--to", "bob", "hi"]
+    done = sealroom("send", *argv)
+    assert done.returncode == 1
+    assert "cannot verify the certificate of 127.0.0.1:" in done.stderr
+    assert "give its certificate with --ca FILE" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+# -- client profiles ----------------------------------------------------------------------------
+
+
+def write_profiles(folder: Path, text: str, mode: int = 0o600) -> dict[str, str]:
+    """A profile file in ``folder``; the environment that points the tools at it."""
+    path = folder / "client.yaml"
+    path.write_text(text)
+    path.chmod(mode)
+    env = environment(password=None)
+    env["SEALROOM_CLIENT_CONFIG"] = str(path)
+    return env
+
+
+def test_profiles_supply_the_connection_options(server: Server, tmp_path: Path) -> None:
+    """Issue 13: `--ca … --user …` on every command; now a profile, flags still win."""
+    server.add_user("alice")
+    server.add_user("carol")
+    bob = server.user("bob")
+    (tmp_path / "alice.password").write_text(PASSWORD + "\n")
+    shutil.copy(server.ca_file, tmp_path / "ca.pem")
+    env = write_profiles(
+        tmp_path,
+        "default: local\n"
+        "profiles:\n"
+        f"  local: {{port: {server.port}, ca: ca.pem, user: alice,"
+        " password_file: alice.password}\n"
+        "  other: {port: 1, user: nobody}\n",
+    )
+    done = sealroom("send", "--to", "bob", "from the default profile", env=env)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert until(bob, "DM alice") == "DM alice from the default profile"
+
+    with_env = {**env, "SEALROOM_PASSWORD": PASSWORD}
+    done = sealroom("send", "--user", "carol", "--to", "bob", "a flag wins", env=with_env)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert until(bob, "DM carol") == "DM carol a flag wins"
+
+    done = sealroom("send", "--profile", "other", "--to", "bob", "hi", env=with_env)
+    assert done.returncode == 1
+    assert "cannot connect to 127.0.0.1:1" in done.stderr
+
+    done = sealroom("send", "--profile", "missing", "--to", "bob", "hi", env=env)
+    assert done.stderr == (
+        f"sealroom: no profile 'missing' in {tmp_path / 'client.yaml'} (it has: local, other)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "message"),
+    [
+        ("default: a\nprofiles: {a: {port: 7443}}\n", 0o644, "chmod 600"),
+        ("default: a\nprofiles: {a: {prot: 7443}}\n", 0o600, "profiles.a.prot: unknown key"),
+        ("default: a\nprofiles: {a: {port: 70000}}\n", 0o600, "profiles.a.port: a port"),
+        ("profiles: [\n", 0o600, "not valid YAML"),
+    ],
+)
+def test_bad_profile_files_are_one_line(tmp_path: Path, text: str, mode: int, message: str) -> None:
+    env = write_profiles(tmp_path, text, mode)
+    done = sealroom("send", "--to", "bob", "hi", env=env)
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert done.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(

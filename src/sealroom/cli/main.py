@@ -1,7 +1,13 @@
 """The ``sealroom`` command: one small function per subcommand, one error boundary.
 
 User mistakes (a bad config, a missing file, an existing account) end as one line on stderr
-and exit status 1; bad usage is argparse's exit status 2; a traceback means a bug.
+and exit status 1, with or without a terminal; bad usage is argparse's exit status 2; a
+traceback means a bug. ``-c/--config`` is accepted before or after a command's name.
+
+Commands that use the database never create one: ``db init`` does (and ``serve`` on its
+first start). Every command's ``--help`` ends with examples, written once, in the table
+that builds the parser; ``sealroom completion bash`` prints a completion script made from
+the same parser.
 """
 
 from __future__ import annotations
@@ -15,22 +21,26 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sealroom import __version__
+from sealroom.cli.commands import CommandTable, build_parser
 from sealroom.cli.tools import add_client_commands
-from sealroom.config import ConfigError, Settings, load_settings
+from sealroom.config import ConfigError, Settings, load_settings, parse_address
 from sealroom.core.errors import UserError
-from sealroom.core.model import AccountExists, StoreError
+from sealroom.core.model import AccountExists, MissingDatabase, StoreError
 from sealroom.core.storage import Store
 from sealroom.core.text import escape_for_log, password_problem, user_name
+from sealroom.net.tls import build_server_context
 from sealroom.ops.app import serve
 from sealroom.ops.certs import init_certs
 from sealroom.ops.control import request as control_request
 from sealroom.ops.logs import configure_logging
 from sealroom.ops.observe import status_text
+from sealroom.ops.reload import certificate_validity, check_certificate_dates
 from sealroom.policy.auth import encoded_hash_problem, password_hasher
-from sealroom.store.sqlite import SqliteStore
+from sealroom.store.sqlite import SqliteStore, check_file
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -40,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_usage(sys.stderr)
+        # `sealroom` or `sealroom user` alone: what there is to run, not just a usage line.
+        getattr(args, "help_parser", parser).print_help(sys.stderr)
         return 2
     try:
         return handler(args)
@@ -50,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sealroom: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         print("sealroom: interrupted", file=sys.stderr)
+    except EOFError:
+        print("sealroom: end of input", file=sys.stderr)
     return 1
 
 
@@ -68,9 +81,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         return 1
+    problems = tls_problems(settings)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
     where = settings.source or "built-in defaults"
     print(f"configuration OK ({where})")
     return 0
+
+
+def tls_problems(settings: Settings) -> list[str]:
+    """What keeps ``serve`` from starting with these TLS files: each problem once.
+
+    The certificate, key and client CA must be readable, the key must match the
+    certificate, and the certificate must be valid now.
+    """
+    tls = settings.tls
+    problems = []
+    try:
+        build_server_context(tls.cert, tls.key, tls.client_ca, tls.profile)
+    except (UserError, ValueError) as error:
+        problems.append(f"tls: {error}")
+    try:
+        certificate_validity(tls.cert)
+    except UserError:
+        return problems  # unreadable or not a certificate: said above
+    try:
+        check_certificate_dates(tls.cert)
+    except UserError as error:
+        problems.append(f"tls.cert: {error}")
+    return problems
 
 
 # -- serve and certs ---------------------------------------------------------------------------
@@ -78,14 +119,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    for address in args.listen or ():
+        try:
+            parse_address(address)
+        except ValueError as error:
+            raise UserError(f"--listen: {error}") from None
     configure_logging(settings.log.level, settings.log.format)
-    return serve(settings)
+    return serve(settings, listen=args.listen or ())
 
 
 def cmd_certs_init(args: argparse.Namespace) -> int:
-    written = init_certs(Path(args.dir), args.host or (), force=args.force)
+    written = init_certs(Path(args.dir), args.host or (), force=args.force, new_ca=args.new_ca)
     for path in written:
         print(f"wrote {path}")
+    if args.force and not args.new_ca and len(written) == 2:
+        print("kept the CA: clients that trust its ca.crt trust the new certificate")
     return 0
 
 
@@ -102,15 +150,31 @@ def _canonical_name(raw: str) -> str:
 def _read_new_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         line = sys.stdin.readline()
+        if not line:
+            raise UserError("--password-stdin: standard input is empty")
         password = line.removesuffix("\n").removesuffix("\r")
     else:
-        password = getpass.getpass("New password: ")
-        if getpass.getpass("Repeat password: ") != password:
+        _require_terminal()
+        try:
+            password = getpass.getpass("New password: ")
+            again = getpass.getpass("Repeat password: ")
+        except EOFError:
+            raise UserError("no password given") from None
+        if again != password:
             raise UserError("passwords do not match")
     problem = password_problem(password)
     if problem:
         raise UserError(problem)
     return password
+
+
+def _require_terminal() -> None:
+    """getpass would fall back to standard input, with a warning, without a terminal."""
+    try:
+        with open("/dev/tty", "rb"):
+            pass
+    except OSError:
+        raise UserError("no terminal to ask for the password on: use --password-stdin") from None
 
 
 def _hash_password(settings: Settings, password: str) -> str:
@@ -120,7 +184,18 @@ def _hash_password(settings: Settings, password: str) -> str:
 
 
 def _open_store(settings: Settings) -> Store:
-    return SqliteStore(settings.storage.database)
+    """The configured database, which must exist: a command never creates one by mistake."""
+    path = settings.storage.database
+    try:
+        return SqliteStore(path, create=False)
+    except MissingDatabase:
+        if settings.source is None:
+            where = "the built-in default; the server's configuration is named with -c"
+        else:
+            where = f"storage.database in {settings.source}"
+        raise UserError(
+            f"no database at {path.absolute()} ({where}); create one with 'sealroom db init'"
+        ) from None
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -168,6 +243,14 @@ def cmd_user_disable(args: argparse.Namespace) -> int:
 
 def cmd_user_enable(args: argparse.Namespace) -> int:
     return _set_enabled(args, enabled=True)
+
+
+def cmd_user_role(args: argparse.Namespace) -> int:
+    with _open_store(_settings(args)) as store:
+        name = _existing(store, args.name)
+        store.set_admin(name, args.role == "admin")
+    print(f"{name} is now {'an admin' if args.role == 'admin' else 'a plain user'}")
+    return 0
 
 
 def cmd_user_remove(args: argparse.Namespace) -> int:
@@ -263,6 +346,18 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 # -- the database ------------------------------------------------------------------------------
 
 
+def cmd_db_init(args: argparse.Namespace) -> int:
+    path = _settings(args).storage.database
+    existed = path.exists()
+    with SqliteStore(path, create=True) as store:
+        accounts = store.count_accounts()
+    if existed:
+        print(f"database {path.absolute()} exists ({accounts} accounts); left as it is")
+    else:
+        print(f"created an empty database at {path.absolute()}")
+    return 0
+
+
 def cmd_db_backup(args: argparse.Namespace) -> int:
     destination = Path(args.path)
     with _open_store(_settings(args)) as store:
@@ -272,13 +367,19 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
-    with _open_store(_settings(args)) as store:
-        problems = store.check()
+    if args.path is not None:
+        target = Path(args.path)
+        problems = check_file(target)
+        where = str(target)
+    else:
+        with _open_store(_settings(args)) as store:
+            problems = store.check()
+        where = store.location
     for problem in problems:
-        print(problem, file=sys.stderr)
+        print(f"sealroom: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print(f"database ok ({store.location})")
+    print(f"database ok ({where})")
     return 0
 
 
@@ -309,8 +410,52 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_kick(args: argparse.Namespace) -> int:
     name = _canonical_name(args.name)
     reply = _ask_server(args, {"command": "kick", "name": name, "reason": args.reason or ""})
-    print(f"kicked {name} ({reply.get('sessions', 0)} sessions closed)")
+    count = int(str(reply.get("sessions", 0)))
+    print(f"kicked {name} ({count} {'session' if count == 1 else 'sessions'} closed)")
     return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = _ask_server(args, {"command": "reload"})
+    source = reply.get("source") or "built-in defaults"
+    expires = reply.get("certificate_expires")
+    until = f"; TLS certificate valid until {expires}" if expires else ""
+    print(escape_for_log(f"reloaded {source}{until}"))
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    reply = _ask_server(args, {"command": "sessions"})
+    rows = reply.get("sessions")
+    if not isinstance(rows, list):
+        raise UserError("the server sent no session list")
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'USER':<33} {'ADDRESS':<40} {'CONNECTED SINCE':<25} ROOMS")
+    for row in rows:
+        rooms = " ".join(row.get("rooms", ())) or "-"
+        since = str(row.get("connected_since", "?"))
+        print(
+            escape_for_log(
+                f"{row.get('user', '?'):<33} {row.get('address', '?'):<40} "
+                f"{since + _ago(since):<25} {rooms}"
+            )
+        )
+    return 0
+
+
+def _ago(iso: str) -> str:
+    """`` (5m)``: how long ago ``iso`` was, for people scanning the list."""
+    try:
+        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    seconds = max(0, int((datetime.now(UTC) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f" ({seconds // size}{unit})"
+    return f" ({seconds}s)"
 
 
 def cmd_argon2_timing(args: argparse.Namespace) -> int:
@@ -353,35 +498,97 @@ def _rounds(text: str) -> int:
 # -- the parser --------------------------------------------------------------------------------
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    # Only this command needs shtab: every other one starts without importing it.
+    from sealroom.cli.completion import completion_script  # noqa: PLC0415
+
+    print(completion_script(_build_parser(), args.shell), end="")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sealroom", description="A TLS-secured, authenticated message server."
-    )
-    parser.add_argument("--version", action="version", version=f"sealroom {__version__}")
-    commands = parser.add_subparsers(metavar="COMMAND")
-
-    def command(
-        group: argparse._SubParsersAction[argparse.ArgumentParser],
-        name: str,
-        handler: Handler,
-        help_text: str,
-    ) -> argparse.ArgumentParser:
-        sub = group.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "-c",
-            "--config",
-            metavar="PATH",
-            help="configuration file (default: $SEALROOM_CONFIG, else built-in defaults)",
+    table = CommandTable(
+        build_parser(
+            "sealroom",
+            "A TLS-secured, authenticated message server.",
+            version=f"sealroom {__version__}",
         )
-        sub.set_defaults(handler=handler)
-        return sub
-
-    command(commands, "serve", cmd_serve, "run the server in the foreground")
-    command(commands, "check-config", cmd_check_config, "validate the configuration")
-    command(commands, "status", cmd_status, "what the running server is doing").add_argument(
-        "--json", action="store_true", help="machine-readable output"
     )
-    kick = command(commands, "kick", cmd_kick, "disconnect every session of an account")
+    _server_commands(table)
+    _certs_commands(table)
+    _db_commands(table)
+    _user_commands(table)
+    add_client_commands(table)
+    table.command(
+        table.commands,
+        "completion",
+        cmd_completion,
+        "print a shell completion script",
+        examples=(
+            (
+                "sealroom completion bash > ~/.local/share/bash-completion/completions/sealroom",
+                "install it for your user",
+            ),
+            ("source <(sealroom completion bash)", "try it in this shell"),
+        ),
+    ).add_argument("shell", choices=("bash",), help="the shell (bash)")
+    return table.parser
+
+
+def _server_commands(table: CommandTable) -> None:
+    command, commands = table.command, table.commands
+    serve_parser = command(
+        commands,
+        "serve",
+        cmd_serve,
+        "run the server in the foreground",
+        examples=(
+            ("sealroom serve -c /etc/sealroom/sealroom.yaml", "with a configuration file"),
+            ("sealroom serve --listen 127.0.0.1:7444", "on another port than the configured one"),
+        ),
+    )
+    serve_parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="listen on ADDR (HOST:PORT, [IPV6]:PORT) instead of the configured listen "
+        "(repeatable)",
+    )
+    command(
+        commands,
+        "check-config",
+        cmd_check_config,
+        "validate the configuration and the TLS files it names",
+        examples=(("sealroom check-config -c /etc/sealroom/sealroom.yaml", ""),),
+    )
+    command(
+        commands,
+        "status",
+        cmd_status,
+        "what the running server is doing",
+        examples=(("sealroom status", ""), ("sealroom status --json", "for scripts")),
+    ).add_argument("--json", action="store_true", help="machine-readable output")
+    command(
+        commands,
+        "sessions",
+        cmd_sessions,
+        "the running server's live sessions",
+        examples=(("sealroom sessions", ""), ("sealroom sessions --json", "for scripts")),
+    ).add_argument("--json", action="store_true", help="machine-readable output")
+    command(
+        commands,
+        "reload",
+        cmd_reload,
+        "reload the running server's configuration and TLS files, as SIGHUP does",
+        examples=(("sealroom reload -c /etc/sealroom/sealroom.yaml", ""),),
+    )
+    kick = command(
+        commands,
+        "kick",
+        cmd_kick,
+        "disconnect every session of an account",
+        examples=(("sealroom kick mallory --reason spam", ""),),
+    )
     kick.add_argument("name", metavar="NAME")
     kick.add_argument("--reason", metavar="TEXT", help="shown to the user in BYE")
     timing = command(
@@ -389,18 +596,28 @@ def _build_parser() -> argparse.ArgumentParser:
         "argon2-timing",
         cmd_argon2_timing,
         "time one password hash with the configured argon2 parameters on this host",
+        examples=(("sealroom argon2-timing --rounds 10", ""),),
     )
     timing.add_argument(
         "--rounds", type=_rounds, default=5, metavar="N", help="hashes to time (default: 5)"
     )
 
-    certs = commands.add_parser("certs", help="development certificates")
-    certs_commands = certs.add_subparsers(metavar="COMMAND")
-    init = command(
-        certs_commands,
+
+def _certs_commands(table: CommandTable) -> None:
+    certs = table.group("certs", "development certificates")
+    init = table.command(
+        certs,
         "init",
         cmd_certs_init,
         "create a private CA and a server certificate signed by it",
+        examples=(
+            ("sealroom certs init --dir certs --host chat.example.org", "the first time"),
+            (
+                "sealroom certs init --dir certs --host chat.example.org --force",
+                "renew the server certificate; clients keep their ca.crt",
+            ),
+            ("sealroom certs init --dir certs --force --new-ca", "start over with a new CA"),
+        ),
     )
     init.add_argument("--dir", default="certs", help="where to write them (default: certs)")
     init.add_argument(
@@ -409,48 +626,101 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a DNS name or IP address for the certificate (repeatable)",
     )
-    init.add_argument("--force", action="store_true", help="replace existing files")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the server certificate and key (under the existing CA)",
+    )
+    init.add_argument("--new-ca", action="store_true", help="with --force: replace the CA as well")
 
-    database = commands.add_parser("db", help="the database")
-    db_commands = database.add_subparsers(metavar="COMMAND")
-    backup = command(
-        db_commands,
+
+def _db_commands(table: CommandTable) -> None:
+    db = table.group("db", "the database")
+    table.command(
+        db,
+        "init",
+        cmd_db_init,
+        "create an empty database (storage.database) if there is none",
+        examples=(("sealroom db init -c /etc/sealroom/sealroom.yaml", ""),),
+    )
+    table.command(
+        db,
         "backup",
         cmd_db_backup,
         "copy the database to PATH (safe while the server runs)",
+        examples=(("sealroom db backup /var/backups/sealroom/sealroom.db", ""),),
+    ).add_argument("path", metavar="PATH", help="a new file for the copy (mode 0600)")
+    table.command(
+        db,
+        "check",
+        cmd_db_check,
+        "check the database's integrity, or a backup's",
+        examples=(
+            ("sealroom db check", "the configured database"),
+            ("sealroom db check /var/backups/sealroom/sealroom.db", "a backup, read only"),
+        ),
+    ).add_argument(
+        "path", nargs="?", metavar="PATH", help="a database file to check instead (a backup)"
     )
-    backup.add_argument("path", metavar="PATH", help="a new file for the copy")
-    command(db_commands, "check", cmd_db_check, "check the database's integrity")
 
-    user = commands.add_parser("user", help="manage accounts")
-    users = user.add_subparsers(metavar="COMMAND")
-    for name, handler, text in (
-        ("add", cmd_user_add, "create an account"),
-        ("passwd", cmd_user_passwd, "set a new password"),
-    ):
-        sub = command(users, name, handler, text)
-        sub.add_argument("name", metavar="NAME")
-        sub.add_argument(
-            "--password-stdin",
-            action="store_true",
-            help="read the password as one line from standard input",
-        )
-        if name == "add":
-            sub.add_argument("--admin", action="store_true", help="an administrator")
+
+def _user_commands(table: CommandTable) -> None:
+    users = table.group("user", "manage accounts")
+    stdin_help = "read the password as one line from standard input"
+    add = table.command(
+        users,
+        "add",
+        cmd_user_add,
+        "create an account",
+        examples=(
+            ("sealroom user add alice", "prompts twice for the password"),
+            ("sealroom user add bot --password-stdin < bot.password", "from a script"),
+            ("sealroom user add carol --admin", "an administrator"),
+        ),
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--password-stdin", action="store_true", help=stdin_help)
+    add.add_argument("--admin", action="store_true", help="an administrator")
+    passwd = table.command(
+        users,
+        "passwd",
+        cmd_user_passwd,
+        "set a new password",
+        examples=(("sealroom user passwd alice", "prompts twice"),),
+    )
+    passwd.add_argument("name", metavar="NAME")
+    passwd.add_argument("--password-stdin", action="store_true", help=stdin_help)
     for name, handler, text in (
         ("disable", cmd_user_disable, "lock an account and drop its sessions"),
         ("enable", cmd_user_enable, "unlock an account"),
-        ("remove", cmd_user_remove, "delete an account"),
+        ("remove", cmd_user_remove, "delete an account and its messages"),
     ):
-        command(users, name, handler, text).add_argument("name", metavar="NAME")
-    command(
+        table.command(
+            users, name, handler, text, examples=((f"sealroom user {name} mallory", ""),)
+        ).add_argument("name", metavar="NAME")
+    role = table.command(
+        users,
+        "role",
+        cmd_user_role,
+        "make an account an admin or a plain user (its sessions are closed)",
+        examples=(
+            ("sealroom user role carol admin", ""),
+            ("sealroom user role alice user", "refused if alice is the last enabled admin"),
+        ),
+    )
+    role.add_argument("name", metavar="NAME")
+    role.add_argument("role", choices=("admin", "user"), help="the new role")
+    table.command(
         users,
         "import",
         cmd_user_import,
         "create accounts from a file of NAME:PASSWORD or NAME:ARGON2ID-HASH lines",
+        examples=(("sealroom user import accounts.txt", "existing accounts are left alone"),),
     ).add_argument("file", metavar="FILE")
-    command(users, "list", cmd_user_list, "list accounts").add_argument(
-        "--json", action="store_true", help="machine-readable output"
-    )
-    add_client_commands(commands, command)
-    return parser
+    table.command(
+        users,
+        "list",
+        cmd_user_list,
+        "list accounts",
+        examples=(("sealroom user list", ""), ("sealroom user list --json", "for scripts")),
+    ).add_argument("--json", action="store_true", help="machine-readable output")

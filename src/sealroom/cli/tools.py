@@ -1,11 +1,15 @@
 """The client commands: ``sealroom send``, ``sealroom tail`` and ``sealroom chat``.
 
 All three log in with the common options (``--host``, ``--port``, ``--user``, ``--ca``,
-``--cert``/``--key``); the password comes from ``--password-file``, else the
-``SEALROOM_PASSWORD`` environment variable, else a prompt on the terminal, never from a
-command-line flag (other users can read a process's arguments). ``-c/--config``, which
-every ``sealroom`` command takes, supplies only the default address: the server
-configuration's first ``listen`` entry.
+``--cert``/``--key``), which a client profile (:mod:`sealroom.cli.profiles`, chosen with
+``--profile``) can supply; flags override it. The password comes from ``--password-file``,
+else the ``SEALROOM_PASSWORD`` environment variable, else the profile's ``password_file``,
+else a prompt on the terminal, never from a command-line flag (other users can read a
+process's arguments). ``-c/--config``, which every ``sealroom`` command takes, supplies only
+the default address: the server configuration's first ``listen`` entry.
+
+``send`` posts to a room without joining it, so the room sees the message and no JOIN or
+PART around it; a wait on the server's rate limit is said on stderr.
 
 This module is the command line: the options, logging in, ``send`` and ``tail``. What is
 shown comes from :mod:`sealroom.cli.render` (server text is untrusted and escaped there);
@@ -28,12 +32,15 @@ from pathlib import Path
 from typing import Final, TypeAlias
 
 from sealroom.cli.chat import run_chat
+from sealroom.cli.commands import CommandTable
+from sealroom.cli.profiles import Profile, load_profile
 from sealroom.cli.render import as_json, long_clock, render, safe
 from sealroom.client import (
     DEFAULT_PORT,
     Backoff,
     Bye,
     Client,
+    ConnectError,
     Event,
     History,
     Message,
@@ -49,11 +56,6 @@ from sealroom.core.errors import ErrorCode, UserError
 from sealroom.core.text import escape_for_log, room_name, user_name
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
-# A string: argparse's private action class is not subscriptable at run time.
-CommandAdder: TypeAlias = (
-    "Callable[[argparse._SubParsersAction[argparse.ArgumentParser], str, Handler, str], "
-    "argparse.ArgumentParser]"
-)
 
 DEFAULT_HOST: Final = "127.0.0.1"
 PASSWORD_ENV: Final = "SEALROOM_PASSWORD"  # noqa: S105 -- a variable's name
@@ -63,11 +65,22 @@ MAX_RETRY_WAIT_S: Final = 30.0
 MAX_PASSWORD_FILE_BYTES: Final = 8192
 
 
-def add_client_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], command: CommandAdder
-) -> None:
-    """Register ``send``, ``tail`` and ``chat`` with ``command`` (cli's helper adds -c)."""
-    send = command(subparsers, "send", cmd_send, "send a message to a room or a person")
+def add_client_commands(table: CommandTable) -> None:
+    """Register ``send``, ``tail`` and ``chat`` in the command table (which adds -c)."""
+    send = table.command(
+        table.commands,
+        "send",
+        cmd_send,
+        "send a message to a room or a person",
+        examples=(
+            ("sealroom send --profile work --room builds 'v1.4.2 is live'", ""),
+            ("make 2>&1 | sealroom send --room builds", "each line of input, a message"),
+            (
+                "sealroom send --ca certs/ca.crt --user deploy --to alice 'done'",
+                "no profile",
+            ),
+        ),
+    )
     _connection_options(send)
     target = send.add_mutually_exclusive_group(required=True)
     target.add_argument("--room", metavar="#ROOM", help="the room to post to (# optional)")
@@ -79,7 +92,16 @@ def add_client_commands(
         help="the message (words joined by spaces); without it, each line of standard input",
     )
 
-    tail = command(subparsers, "tail", cmd_tail, "print the messages of rooms as they arrive")
+    tail = table.command(
+        table.commands,
+        "tail",
+        cmd_tail,
+        "print the messages of rooms as they arrive",
+        examples=(
+            ("sealroom tail --history 20 tea builds", "the last 20 of each, then new ones"),
+            ("sealroom tail --json --count 1 alerts", "one message as JSON, then exit"),
+        ),
+    )
     _connection_options(tail)
     tail.add_argument("rooms", nargs="+", metavar="#ROOM", help="rooms to follow (# optional)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -90,13 +112,30 @@ def add_client_commands(
         "--count", type=_count, metavar="N", help="exit after N new messages (default: never)"
     )
 
-    chat = command(subparsers, "chat", cmd_chat, "an interactive terminal client")
+    chat = table.command(
+        table.commands,
+        "chat",
+        cmd_chat,
+        "an interactive terminal client",
+        examples=(
+            ("sealroom chat '#tea'", "with the default profile"),
+            ("sealroom chat --host chat.example.org --user alice tea", ""),
+        ),
+    )
     _connection_options(chat)
     chat.add_argument("rooms", nargs="*", metavar="#ROOM", help="rooms to join (# optional)")
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("connection")
+    group = parser.add_argument_group(
+        "connection", "flags override the profile (see 'Client profiles' in docs/clients.md)"
+    )
+    group.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="a profile of ~/.config/sealroom/client.yaml (default: $SEALROOM_PROFILE, "
+        "else the file's default)",
+    )
     group.add_argument(
         "--host", help=f"server name or address (default: {DEFAULT_HOST}, or -c's listen address)"
     )
@@ -128,6 +167,20 @@ def _count(text: str) -> int:
 
 
 # -- logging in --------------------------------------------------------------------------------
+
+
+def _with_profile(args: argparse.Namespace) -> Profile:
+    """Fill the connection options the command line left out from the chosen profile."""
+    profile = load_profile(args.profile)
+    for option in ("host", "port", "ca", "cert", "key"):
+        if getattr(args, option) is None:
+            setattr(args, option, getattr(profile, option))
+    # The environment names this run's account and password: it beats the profile.
+    if args.user is None and not os.environ.get(USER_ENV):
+        args.user = profile.user
+    if args.password_file is None and not os.environ.get(PASSWORD_ENV):
+        args.password_file = profile.password_file
+    return profile
 
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, int]:
@@ -189,10 +242,18 @@ def _password(args: argparse.Namespace, user: str, host: str) -> str:
 
 
 @contextlib.contextmanager
-def _translated() -> Iterator[None]:
+def _translated(ca_given: bool = True) -> Iterator[None]:
     """The library's errors as one-line user errors (server text escaped)."""
     try:
         yield
+    except ConnectError as error:
+        hint = ""
+        if not ca_given and "cannot verify the certificate" in str(error):
+            hint = (
+                "; if the server uses a private CA (sealroom certs init), give its certificate"
+                " with --ca FILE (or ca: in a profile)"
+            )
+        raise UserError(escape_for_log(str(error)) + hint) from None
     except ReconnectFailed as error:
         raise UserError(f"lost the connection: {error}") from None
     except RequestError as error:
@@ -204,11 +265,13 @@ def _translated() -> Iterator[None]:
 @contextlib.contextmanager
 def _session(args: argparse.Namespace, *, reconnect: bool) -> Iterator[Client]:
     """A logged-in client for the common options; closed on the way out."""
+    _with_profile(args)
     host, port = _endpoint(args)
     user = _user(args)
     if args.key is not None and args.cert is None:
         raise UserError("--key needs --cert")
-    with _translated():
+    ca_given = args.ca is not None
+    with _translated(ca_given):
         client = Client(
             host,
             port,
@@ -218,7 +281,7 @@ def _session(args: argparse.Namespace, *, reconnect: bool) -> Iterator[Client]:
             reconnect=Backoff() if reconnect else None,
         )
     password = _password(args, user, host)
-    with _translated(), client:
+    with _translated(ca_given), client:
         client.login(user, password)
         del password
         yield client
@@ -250,23 +313,36 @@ def cmd_send(args: argparse.Namespace) -> int:
             raise UserError("nothing to send: the message is empty")
         texts: Iterator[str] = iter([text])
     else:
-        texts = _stdin_lines()
+        # Nothing to say is a mistake worth a word, found before logging in.
+        lines = (line for line in _stdin_lines() if line.strip())
+        first = next(lines, None)
+        if first is None:
+            raise UserError("nothing to send: standard input held no text")
+        texts = itertools.chain([first], lines)
     # Reading standard input may take long: then come back after a restart.
     with _session(args, reconnect=not args.text) as client:
-        if room is not None and room not in client.rooms:
-            client.join(room)
         for raw in texts:
             # The server refuses control characters; show them (\x1b) rather than fail.
             text = escape_for_log(raw)
-            if not text.strip():
-                continue
             if room is not None:
-                _retry_rate_limited(functools.partial(client.say, text, room=room))
+                _retry_rate_limited(functools.partial(_post, client, room, text))
             else:
                 assert recipient is not None  # one of --room/--to is required  # noqa: S101
                 _retry_rate_limited(functools.partial(client.msg, recipient, text))
         client.quit()
     return 0
+
+
+def _post(client: Client, room: str, text: str) -> int:
+    """Post without joining, so the room sees no JOIN and PART; join only for a server
+    that wants members to post (older Sealrooms answer ``not-in-room``)."""
+    try:
+        return client.say(text, room=room)
+    except RequestError as error:
+        if error.code is not ErrorCode.NOT_IN_ROOM or room in client.rooms:
+            raise
+    client.join(room)
+    return client.say(text, room=room)
 
 
 def _stdin_lines() -> Iterator[str]:
@@ -275,13 +351,20 @@ def _stdin_lines() -> Iterator[str]:
 
 
 def _retry_rate_limited(action: Callable[[], int]) -> int:
-    for _ in range(RATE_LIMIT_RETRIES):
+    for attempt in range(1, RATE_LIMIT_RETRIES + 1):
         try:
             return action()
         except RequestError as error:
             if error.code is not ErrorCode.RATE_LIMITED:
                 raise
-            time.sleep(min(error.retry_after or 1.0, MAX_RETRY_WAIT_S))
+            wait = min(error.retry_after or 1.0, MAX_RETRY_WAIT_S)
+            print(
+                f"sealroom: rate-limited by the server; waiting {wait:g}s "
+                f"(try {attempt} of {RATE_LIMIT_RETRIES})",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(wait)
     return action()
 
 

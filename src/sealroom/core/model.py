@@ -29,6 +29,14 @@ class NoSuchAccount(StoreError):  # noqa: N818 -- names the condition, as caller
     pass
 
 
+class MissingDatabase(StoreError):  # noqa: N818 -- names the condition, as callers read it
+    """Asked to open only an existing database, and there is none at the path."""
+
+
+class LastAdmin(StoreError):  # noqa: N818 -- names the condition, as callers read it
+    """The change would leave the server without an enabled admin."""
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     name: str

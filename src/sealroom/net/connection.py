@@ -94,6 +94,11 @@ class Registry:
     def __len__(self) -> int:
         return len(self._live)
 
+    def snapshot(self) -> list[Connection]:
+        """The live connections at this moment (for ``sealroom sessions``)."""
+        with self._cond:
+            return list(self._live)
+
     def queued(self) -> list[int]:
         """Bytes waiting in each connection's outbox (for status: queue depths)."""
         with self._cond:
@@ -127,6 +132,7 @@ class Connection:
     __slots__ = (
         "again",
         "close_deadline",
+        "connected_at",
         "deadline",
         "events",
         "fd",
@@ -149,6 +155,7 @@ class Connection:
         sock.setblocking(False)  # the reactor never waits on one socket
         self.fd = sock.fileno()
         self.peer = peer
+        self.connected_at = time.time()  # wall clock, for people (``sealroom sessions``)
         self.services = shared.services  # read once: a reload may swap it for new connections
         self.outbox = Outbox(self.services.settings.limits.outbound_queue_bytes, _not_yet)
         self.session: Session | None = None

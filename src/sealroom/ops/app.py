@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 from sealroom import __version__
 from sealroom.config import ConfigError, Settings, load_settings, parse_address
 from sealroom.core.errors import UserError
+from sealroom.core.model import iso_utc
 from sealroom.core.storage import Store
 from sealroom.core.text import has_forbidden_chars, user_name
 from sealroom.net.connection import Registry, Shared
@@ -66,7 +67,14 @@ MAX_KICK_REASON = 200  # characters of an operator's kick reason
 class App:
     """A running Sealroom: listeners, shared state and housekeeping."""
 
-    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+    # One statement per part of the server, in the order they depend on each other.
+    def __init__(
+        self, settings: Settings, notifier: Notifier | None = None, *, listen: Sequence[str] = ()
+    ) -> None:
+        # `serve --listen` replaces the configured addresses for the life of the process.
+        self.listen_override = tuple(listen)
+        if listen:
+            settings = dataclasses.replace(settings, listen=self.listen_override)
         self.settings = settings
         # Only the process entry point, serve(), listens to NOTIFY_SOCKET: an App built
         # elsewhere (tests, tools) must not speak for the process to its service manager.
@@ -97,6 +105,9 @@ class App:
         self.certificate: Validity | None = _startup_certificate(settings)
         self.reloads = {"ok": 0, "failed": 0}
         self.last_reload: tuple[datetime, str | None] | None = None  # when, and why it failed
+        # SIGHUP reloads on the main thread, `sealroom reload` on the control thread: one
+        # at a time (re-entrant: the control command reads the outcome under it too).
+        self._reload_lock = threading.RLock()
         self.servers: list[SealroomServer] = []
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
@@ -120,7 +131,13 @@ class App:
                     raise UserError(f"cannot listen on {address}: {error.strerror}") from None
             if settings.control.socket is not None:
                 self.control = ControlServer(
-                    settings.control.socket, {"status": self._control_status, "kick": self.kick}
+                    settings.control.socket,
+                    {
+                        "status": self._control_status,
+                        "kick": self.kick,
+                        "reload": self._control_reload,
+                        "sessions": self._control_sessions,
+                    },
                 )
             if settings.metrics.listen is not None:
                 self.metrics = MetricsServer(
@@ -289,17 +306,18 @@ class App:
         All or nothing: a missing, mismatched or expired certificate or key, or a broken
         configuration, is logged and the running context and settings stay in service.
         """
-        self.notifier.reloading("reloading configuration and TLS certificates")
-        try:
-            problem = self._reload()
-        except Exception:
-            log.exception("reload failed; the running configuration stays in service")
-            problem = "unexpected error (see the log)"
-        self.reloads["failed" if problem else "ok"] += 1
-        self.last_reload = (datetime.now(UTC), problem)
-        self._last_status = self.status_line()
-        self.notifier.ready(self._last_status)
-        return problem is None
+        with self._reload_lock:
+            self.notifier.reloading("reloading configuration and TLS certificates")
+            try:
+                problem = self._reload()
+            except Exception:
+                log.exception("reload failed; the running configuration stays in service")
+                problem = "unexpected error (see the log)"
+            self.reloads["failed" if problem else "ok"] += 1
+            self.last_reload = (datetime.now(UTC), problem)
+            self._last_status = self.status_line()
+            self.notifier.ready(self._last_status)
+            return problem is None
 
     def _reload(self) -> str | None:
         """Reload; None on success, else what was wrong (already logged)."""
@@ -307,8 +325,15 @@ class App:
         source = running.source
         try:
             loaded = running if source is None else load_settings(source)
+            if self.listen_override:  # the file's listen is not what this process serves
+                loaded = dataclasses.replace(loaded, listen=self.listen_override)
         except ConfigError as error:
-            return _refused(f"configuration {source}: {'; '.join(error.problems)}")
+            # A problem with the file itself already starts with its path; a key's does not.
+            problems = [
+                problem if problem.startswith(f"{source}:") else f"{source}: {problem}"
+                for problem in error.problems
+            ]
+            return _refused(f"configuration {'; '.join(problems)}")
         settings, restart_only = effective_settings(running, loaded)
         tls = settings.tls
         try:
@@ -421,6 +446,41 @@ class App:
 
     def _control_status(self, message: Mapping[str, Any]) -> dict[str, Any]:
         return status_report(self.snapshot())
+
+    def _control_reload(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """``sealroom reload``: as SIGHUP does; refused with the reason if it failed."""
+        log.info("control: reload requested")
+        with self._reload_lock:
+            if not self.reload():
+                problem = self.last_reload[1] if self.last_reload else None
+                raise ControlError(f"reload refused: {problem or 'see the log'}")
+        certificate = self.certificate
+        expires = certificate.not_after if certificate else None
+        return {
+            "source": str(self.settings.source) if self.settings.source else None,
+            "certificate_expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ") if expires else None,
+        }
+
+    def _control_sessions(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """``sealroom sessions``: every logged-in session, oldest first."""
+        rows = []
+        for connection in self.shared.registry.snapshot():
+            session = connection.session
+            member = session.member if session is not None else None
+            if member is None:
+                continue  # not logged in (yet): a connection, not a session
+            rows.append(
+                {
+                    "user": member.name,
+                    "address": connection.peer,
+                    "rooms": self.hub.rooms_of(member),
+                    "connected_since": iso_utc(
+                        datetime.fromtimestamp(connection.connected_at, UTC)
+                    ),
+                }
+            )
+        rows.sort(key=lambda row: (row["connected_since"], row["user"]))
+        return {"sessions": rows}
 
     def kick(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """``sealroom kick NAME [--reason TEXT]``: close every session of NAME."""
@@ -578,9 +638,12 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(settings: Settings) -> int:
-    """Run in the foreground until SIGTERM or SIGINT, reloading on SIGHUP; ``sealroom serve``."""
-    app = App(settings, Notifier())
+def serve(settings: Settings, *, listen: Sequence[str] = ()) -> int:
+    """Run in the foreground until SIGTERM or SIGINT, reloading on SIGHUP; ``sealroom serve``.
+
+    ``listen``, when given, replaces the configured listen addresses (``serve --listen``).
+    """
+    app = App(settings, Notifier(), listen=listen)
     received: list[int] = []
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)

@@ -1,7 +1,9 @@
 """Development certificates: a private CA and the leaf certificates it signs.
 
 ``sealroom certs init`` (SPEC.md section 2) calls :func:`init_certs`; it writes
-``ca.crt``, ``ca.key``, ``server.crt`` and ``server.key`` (PEM, ECDSA P-256). The CA
+``ca.crt``, ``ca.key``, ``server.crt`` and ``server.key`` (PEM, ECDSA P-256). Run again
+with ``--force`` it renews the server certificate under the CA already there (clients keep
+trusting ``ca.crt``); only ``--new-ca`` replaces the CA. The CA
 exists only to sign these development leaves, so it is short-lived and may not sign
 other CAs (``pathlen 0``). :func:`issue_client_cert` signs client certificates with
 the same CA for trying out mutual TLS.
@@ -69,6 +71,7 @@ def init_certs(
     hosts: Sequence[str] = (),
     *,
     force: bool = False,
+    new_ca: bool = False,
     now: datetime | None = None,
 ) -> list[Path]:
     """Create a private CA and a server certificate it signs, in ``directory``.
@@ -77,7 +80,11 @@ def init_certs(
     if it parses as one, else a DNS name), together with localhost, 127.0.0.1 and ::1.
     The common name is the first host, or ``localhost``. Existing files are replaced
     only when ``force`` is true; otherwise nothing is written and :class:`UserError`
-    names the files in the way. Returns the paths written.
+    names the files in the way.
+
+    With ``force``, an existing CA is kept and only the server certificate and key are
+    renewed under it, so every client that trusts ``ca.crt`` keeps working; ``new_ca``
+    replaces the CA too. Returns the paths written.
     """
     now = _utc_now(now)
     identities = _identities([*hosts, *DEFAULT_HOSTS])
@@ -87,9 +94,15 @@ def init_certs(
     if not force:
         existing = [str(path) for path in paths.values() if path.exists() or path.is_symlink()]
         if existing:
-            raise UserError(f"refusing to overwrite {', '.join(existing)}; use --force to replace")
+            raise UserError(
+                f"refusing to overwrite {', '.join(existing)}; use --force to renew the "
+                "server certificate (--force --new-ca to replace the CA as well)"
+            )
 
-    ca = _new_ca(now)
+    keep_ca = not new_ca and (paths[CA_CERT].exists() or paths[CA_KEY].exists())
+    ca = _load_ca(directory, hint=" (or replace it with --new-ca)") if keep_ca else _new_ca(now)
+    if keep_ca and now >= ca.cert.not_valid_after_utc:
+        raise UserError(f"the CA {paths[CA_CERT]} has expired; replace it with --new-ca")
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _issue_leaf(
         ca,
@@ -102,11 +115,13 @@ def init_certs(
 
     _make_directory(directory)
     # Keys first: a run cut short leaves no certificate whose key is missing.
-    _write_key(paths[CA_KEY], ca.key)
-    _write_cert(paths[CA_CERT], ca.cert)
+    if not keep_ca:
+        _write_key(paths[CA_KEY], ca.key)
+        _write_cert(paths[CA_CERT], ca.cert)
     _write_key(paths[SERVER_KEY], server_key)
     _write_cert(paths[SERVER_CERT], server_cert)
-    return [paths[CA_CERT], paths[CA_KEY], paths[SERVER_CERT], paths[SERVER_KEY]]
+    written = [SERVER_CERT, SERVER_KEY] if keep_ca else [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY]
+    return [paths[name] for name in written]
 
 
 def issue_client_cert(
@@ -300,31 +315,31 @@ def _issue_leaf(
     return builder.sign(ca.key, hashes.SHA256())
 
 
-def _load_ca(ca_dir: Path) -> _Issuer:
+def _load_ca(ca_dir: Path, hint: str = "") -> _Issuer:
     cert_path = ca_dir / CA_CERT
     key_path = ca_dir / CA_KEY
-    cert_pem = _read(cert_path, "CA certificate")
-    key_pem = _read(key_path, "CA key")
+    cert_pem = _read(cert_path, "CA certificate", hint)
+    key_pem = _read(key_path, "CA key", hint)
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
-        raise UserError(f"{cert_path} is not a PEM certificate") from None
+        raise UserError(f"{cert_path} is not a PEM certificate{hint}") from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
-        raise UserError(f"{key_path} is not an unencrypted PEM private key") from None
+        raise UserError(f"{key_path} is not an unencrypted PEM private key{hint}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise UserError(f"{key_path} is not an ECDSA key (made by 'sealroom certs init')")
+        raise UserError(f"{key_path} is not an ECDSA key (made by 'sealroom certs init'){hint}")
     if key.public_key() != cert.public_key():
-        raise UserError(f"{key_path} does not belong to the certificate {cert_path}")
+        raise UserError(f"{key_path} does not belong to the certificate {cert_path}{hint}")
     return _Issuer(cert=cert, key=key)
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read(path: Path, what: str, hint: str = "") -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}{hint}") from None
 
 
 def _make_directory(directory: Path) -> None:

@@ -1,4 +1,5 @@
-"""The control channel: a Unix-domain socket for ``sealroom status`` and ``sealroom kick``.
+"""The control channel: a Unix-domain socket for ``sealroom status``, ``sessions``, ``reload``
+and ``kick``.
 
 One request per connection, one JSON object per line each way: the client sends
 ``{"command": "status"}`` or ``{"command": "kick", "name": NAME, "reason": TEXT}`` and reads

@@ -241,24 +241,28 @@ def cmd_part(session: Session, request: Request) -> Step:
     return f"OK part {name}"
 
 
-def _say(session: Session, room: str, text: str) -> Step:
+def _say(session: Session, room: str, text: str, *, outside: bool = False) -> Step:
     if not text.strip():
         raise ProtocolError(ErrorCode.BAD_ARGUMENT, "empty message")
     messages = session.services.messages
     if messages.backed_up:
         # The disk is behind: this sender waits for room on a worker, nobody else does.
         wait = messages.writer.wait_for_room
-        return Effect(Pool.STORE, wait, lambda _: _say(session, room, text))
+        return Effect(Pool.STORE, wait, lambda _: _say(session, room, text, outside=outside))
     try:
-        message_id = messages.say(require_member(session), room, text)
+        member = require_member(session)
+        # /say #ROOM may post from outside a room the session may join (as `sealroom send`).
+        admit = _admit(member) if outside else None
+        message_id = messages.say(member, room, text, admit)
     except IdsExhausted:  # a burst outran the ids reserved ahead: reserve, then say
-        return Effect(Pool.STORE, messages.ids.refill, lambda _: _say(session, room, text))
+        refill = messages.ids.refill
+        return Effect(Pool.STORE, refill, lambda _: _say(session, room, text, outside=outside))
     session.services.counters.messages_room += 1
     return f"OK say {room} {message_id}"
 
 
 def cmd_say(session: Session, request: Request) -> Step:
-    return _say(session, room_arg(session, request), request.text or "")
+    return _say(session, room_arg(session, request), request.text or "", outside=True)
 
 
 def cmd_say_current(session: Session, request: Request) -> Step:

@@ -138,6 +138,11 @@ class Hub:
         with self._lock:
             return list(self._sessions)
 
+    def rooms_of(self, member: Member) -> list[str]:
+        """The rooms ``member`` is in, sorted (read under the lock that changes them)."""
+        with self._lock:
+            return sorted(member.rooms)
+
     def counts(self) -> tuple[int, int]:
         """(logged-in sessions, rooms) for status lines."""
         with self._lock:
@@ -333,17 +338,25 @@ class Hub:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def say(self, member: Member, room_name: str, text: str) -> int:
-        """Relay ``text`` to the room's other sessions; returns the message id."""
+    def say(
+        self, member: Member, room_name: str, text: str, admit: Admit | None = None
+    ) -> int:
+        """Relay ``text`` to the room's other sessions; returns the message id.
+
+        A session outside the room may post to it if ``admit`` lets it (it may join): so
+        ``sealroom send`` posts without a JOIN and a PART around every message. Without
+        ``admit``, only members may.
+        """
         line = encode_line("MSG", room_name, member.name, text)
         with self._lock:
+            room = self._rooms.get(room_name)
+            if room is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room_name} does not exist")
             if room_name not in member.rooms:
-                room = self._rooms.get(room_name)
-                if room is not None and member.name in room.banned:
-                    raise ProtocolError(ErrorCode.FORBIDDEN, f"you are banned from {room_name}")
-                raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room_name}")
+                if admit is None:
+                    raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room_name}")
+                admit(room.view())  # an outsider may post where it may join, never elsewhere
             message_id = self._next_id()
-            room = self._rooms[room_name]
             self._send_locked(room, line, member)
             self._count_locked(len(room.members) - 1, line)
         return message_id

@@ -24,7 +24,7 @@ from sealroom.core.blocking import check_may_block
 from sealroom.core.errors import ErrorCode, ProtocolError
 from sealroom.core.model import StoredMessage, iso_utc
 from sealroom.core.storage import Store
-from sealroom.state.hub import Hub, Member
+from sealroom.state.hub import Admit, Hub, Member
 
 log = logging.getLogger("sealroom.messages")
 
@@ -284,10 +284,10 @@ class MessageLog:
 
     # -- rooms ------------------------------------------------------------------------------
 
-    def say(self, member: Member, room: str, text: str) -> int:
+    def say(self, member: Member, room: str, text: str, admit: Admit | None = None) -> int:
         """Relay and queue for storage; raises :class:`IdsExhausted` before relaying if no
         id is reserved (the caller then runs ``ids.refill`` where it may block)."""
-        message_id = self.hub.say(member, room, text)
+        message_id = self.hub.say(member, room, text, admit)
         if self.store_rooms:
             self.writer.submit(StoredMessage(message_id, room, None, member.name, text, self.now()))
         return message_id

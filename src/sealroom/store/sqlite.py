@@ -10,6 +10,12 @@ its own); SQLite serialises writers per file anyway. Triggers count account chan
 ``meta.accounts_version``, which is how the server notices what the CLI changed without a
 restart.
 
+Only the server creates a database (``create=True``, the default); the command line opens
+with ``create=False`` and gets :class:`MissingDatabase` instead of a new, empty file that the
+server never reads. The file is created mode 0600 whatever the umask (it holds password
+hashes and private messages); SQLite gives its ``-wal`` and ``-shm`` files the database's
+mode. Backups are made the same way, as one self-contained file (rollback journal mode).
+
 The schema grows by appending steps to ``MIGRATIONS``; ``PRAGMA user_version`` records how
 many have run. Steps already released are never edited, so every database reaches the same
 schema by the same path.
@@ -19,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -33,6 +41,8 @@ from sealroom.core.blocking import check_may_block
 from sealroom.core.model import (
     Account,
     AccountExists,
+    LastAdmin,
+    MissingDatabase,
     NoSuchAccount,
     RoomRecord,
     SchemaTooNew,
@@ -46,6 +56,9 @@ from sealroom.core.text import user_name
 Clock = Callable[[], datetime]
 
 BUSY_TIMEOUT_MS: Final = 5000
+PRIVATE_MODE: Final = 0o600  # the database, its side files and backups
+
+__all__ = ["MIGRATIONS", "LastAdmin", "MissingDatabase", "SqliteStore", "check_file"]
 
 # Each step is the list of statements that takes the schema from version N to N + 1
 # (the step at index 0 makes version 1). Append new steps; never edit a released one.
@@ -279,16 +292,30 @@ def _account(row: tuple[str, str, int, int, str, str | None, int]) -> Account:
 class SqliteStore:
     """The Sealroom database in one SQLite file; safe to call from any thread."""
 
-    def __init__(self, path: Path, *, clock: Clock = utc_now) -> None:
+    def __init__(self, path: Path, *, clock: Clock = utc_now, create: bool = True) -> None:
+        """Open the database at ``path``, migrating it to the current schema.
+
+        With ``create`` false a missing file is :class:`MissingDatabase`, never a new one.
+        """
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the directory for {path}: {exc.strerror}") from exc
+            _create_private(path)
+        elif not path.exists():
+            raise MissingDatabase(f"no database at {path.absolute()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the directory for {path}: {exc.strerror}") from exc
-        try:
-            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # mode=rw: SQLite itself never creates the file either (no race with a remove).
+            conn = sqlite3.connect(
+                _uri(path, "rwc" if create else "rw"),
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
         try:
@@ -432,12 +459,30 @@ class SqliteStore:
         return updated == 1
 
     def set_enabled(self, name: str, enabled: bool) -> None:
-        """Disabling an account also revokes its resume tokens."""
+        """Disabling an account also revokes its resume tokens; never the last enabled admin."""
         sql = "UPDATE accounts SET enabled = ? WHERE name = ?"
-        self._update_one(name, sql, (int(enabled), name), revoke_tokens=not enabled)
+        self._update_one(
+            name,
+            sql,
+            (int(enabled), name),
+            revoke_tokens=not enabled,
+            keep_an_admin=not enabled,
+        )
+
+    def set_admin(self, name: str, is_admin: bool) -> None:
+        """Make ``name`` an admin or a plain user; never demote the last enabled admin.
+
+        Counted as an account change (``accounts_version``), so the server ends the
+        account's sessions, which hold the role they logged in with.
+        """
+        sql = "UPDATE accounts SET is_admin = ? WHERE name = ?"
+        self._update_one(
+            name, sql, (int(is_admin), name), keep_an_admin=not is_admin
+        )
 
     def remove_account(self, name: str) -> None:
-        self._update_one(name, "DELETE FROM accounts WHERE name = ?", (name,))
+        """Delete an account and its messages; never the last enabled admin."""
+        self._update_one(name, "DELETE FROM accounts WHERE name = ?", (name,), keep_an_admin=True)
 
     def record_login(self, name: str) -> None:
         sql = "UPDATE accounts SET last_login = ? WHERE name = ?"
@@ -463,8 +508,11 @@ class SqliteStore:
         *,
         revoke_tokens: bool = False,
         renew: bool = False,
+        keep_an_admin: bool = False,
     ) -> None:
         with self._transaction() as conn:
+            if keep_an_admin:
+                _refuse_last_admin(conn, name)
             if conn.execute(sql, params).rowcount == 0:
                 raise NoSuchAccount(f"no account named {name}")
             if revoke_tokens:
@@ -712,18 +760,36 @@ class SqliteStore:
     # -- maintenance ------------------------------------------------------------------------
 
     def backup(self, destination: Path) -> None:
-        """Copy the database with SQLite's online backup API: safe while the server runs."""
-        if destination.exists():
-            raise StoreError(f"{destination} exists; choose a new file for the backup")
+        """Copy the database with SQLite's online backup API: safe while the server runs.
+
+        The copy is a new file, mode 0600, in rollback journal mode: one self-contained
+        file, readable without side files (``check_file``) and ready to put in place.
+        """
         try:
-            target = sqlite3.connect(destination)
+            # O_EXCL: a new file of ours, never an existing one or a planted symlink.
+            os.close(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+        except FileExistsError:
+            raise StoreError(f"{destination} exists; choose a new file for the backup") from None
+        except OSError as exc:
+            raise StoreError(f"cannot create {destination}: {exc.strerror}") from None
+        os.chmod(destination, PRIVATE_MODE)  # in case the umask took the owner's bits
+        try:
+            target = sqlite3.connect(destination, isolation_level=None)
         except sqlite3.Error as exc:
+            destination.unlink(missing_ok=True)
             raise StoreError(f"cannot create {destination}: {exc}") from exc
         try:
             with self._connection() as conn:
                 conn.backup(target)
-        finally:
+            try:
+                target.execute("PRAGMA journal_mode = DELETE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot finish the backup {destination}: {exc}") from exc
+        except BaseException:
             target.close()
+            destination.unlink(missing_ok=True)
+            raise
+        target.close()
 
     def check(self) -> list[str]:
         """Problems found by SQLite's integrity and foreign-key checks; empty when sound."""
@@ -732,6 +798,75 @@ class SqliteStore:
             problems = [p for p in problems if p != "ok"]
             problems += [repr(row) for row in conn.execute("PRAGMA foreign_key_check")]
         return problems
+
+
+def check_file(path: Path) -> list[str]:
+    """Problems of the Sealroom database file at ``path`` (a backup, say); empty when sound.
+
+    Read only: the file is never migrated, switched to WAL or created, and no side files are
+    left beside it. Each problem names the path.
+    """
+    if not path.is_file():
+        return [f"{path.absolute()}: no such file" + (" (a directory)" if path.is_dir() else "")]
+    # A file no one is writing (no -wal or -journal beside it) is opened as immutable, so
+    # SQLite creates no -shm beside it either.
+    busy = any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-journal"))
+    try:
+        conn = sqlite3.connect(_uri(path, "ro", immutable=not busy), uri=True)
+    except sqlite3.Error as exc:
+        return [f"{path}: cannot open: {exc}"]
+    try:
+        found = _user_version(conn)
+        if found > len(MIGRATIONS):
+            return [f"{path}: schema version {found} is newer than this Sealroom's"]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if found == 0 or "accounts" not in tables:
+            return [f"{path}: not a Sealroom database (no accounts table)"]
+        problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+        problems = [p for p in problems if p != "ok"]
+        problems += [repr(row) for row in conn.execute("PRAGMA foreign_key_check")]
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            return [f"{path}: not an SQLite database"]
+        return [f"{path}: {exc}"]
+    finally:
+        conn.close()
+    return [f"{path}: {problem}" for problem in problems]
+
+
+def _uri(path: Path, mode: str, *, immutable: bool = False) -> str:
+    """A ``file:`` URI for ``path`` with SQLite's open ``mode`` (ro, rw, rwc)."""
+    quoted = urllib.parse.quote(str(path.absolute()))
+    return f"file:{quoted}?mode={mode}" + ("&immutable=1" if immutable else "")
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (then it is left as it is)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create database {path}: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, PRIVATE_MODE)  # the umask may have taken the owner's bits away
+    finally:
+        os.close(fd)
+
+
+def _refuse_last_admin(conn: sqlite3.Connection, name: str) -> None:
+    """LastAdmin if ``name`` is the only enabled admin (inside the caller's transaction)."""
+    row = conn.execute(
+        "SELECT is_admin = 1 AND enabled = 1 FROM accounts WHERE name = ?", (name,)
+    ).fetchone()
+    if row is None or not row[0]:
+        return
+    (others,) = conn.execute(
+        "SELECT count(*) FROM accounts WHERE is_admin = 1 AND enabled = 1 AND name != ?",
+        (name,),
+    ).fetchone()
+    if not others:
+        raise LastAdmin(f"{name} is the only enabled admin; make another account an admin first")
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:
