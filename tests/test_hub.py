@@ -220,11 +220,22 @@ def test_say_reaches_the_room_but_not_the_sender(
 
 
 def test_say_from_outside_an_existing_room_reaches_its_members() -> None:
-    """Issue 13, report 8: posting needs no JOIN and PART around it (IRC without +n)."""
+    """Issue 13, report 8: posting needs no JOIN and PART around it, where the poster may
+    join (the session passes the room policy as ``admit``); without it, members only."""
     scene = Scene()
     scene.do("join amy #tea")
     scene.do("join bob #other")
-    scene.hub.say(scene["bob"], "#tea", "hi")
+    with pytest.raises(ProtocolError) as raised:
+        scene.hub.say(scene["bob"], "#tea", "hi")
+    assert raised.value.code is ErrorCode.NOT_IN_ROOM
+
+    def refuse(view: object) -> None:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "not you")
+
+    with pytest.raises(ProtocolError) as raised:
+        scene.hub.say(scene["bob"], "#tea", "hi", refuse)
+    assert raised.value.code is ErrorCode.FORBIDDEN
+    scene.hub.say(scene["bob"], "#tea", "hi", lambda view: None)
     assert scene.inbox("amy").drain() == ["OK join", "MSG #tea bob hi"]
     assert scene.inbox("bob").drain() == ["OK join"]
     assert scene["bob"].rooms == {"#other"}  # still not a member

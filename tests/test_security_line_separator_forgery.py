@@ -103,6 +103,8 @@ def test_user_import_does_not_split_lines_on_them(
     config = write_config(
         tmp_path, {"storage": {"database": "db/sealroom.db"}, "auth": {"argon2": CHEAP_ARGON2}}
     )
+    assert main(["db", "init", "-c", str(config)]) == 0  # database commands never create one
+    capsys.readouterr()
     source = tmp_path / "accounts.txt"
     # One line: its password holds a separator, which no password may; it is not two accounts.
     source.write_text(f"ann:a long password{separator}mallory:forged password\n", encoding="utf-8")
