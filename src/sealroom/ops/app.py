@@ -34,6 +34,7 @@ from sealroom.net.connection import Registry, Shared
 from sealroom.net.listener import SealroomServer
 from sealroom.net.reactor import Reactor
 from sealroom.net.tls import build_server_context
+from sealroom.net.web import Site, WebServer
 from sealroom.net.workers import WorkerPool
 from sealroom.ops.control import ControlError, ControlServer
 from sealroom.ops.logs import set_level
@@ -141,6 +142,7 @@ class App:
         self.reloads = {"ok": 0, "failed": 0}
         self.last_reload: tuple[datetime, str | None] | None = None  # when, and why it failed
         self.servers: list[SealroomServer] = []
+        self.web: WebServer | None = None  # the web door (web.listen), beside the TLS port
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self._threads: list[threading.Thread] = []
@@ -151,12 +153,7 @@ class App:
         self._stuck = False  # a serving loop stopped turning (said once per episode)
         self._last_status = ""
         try:
-            for address in settings.listen:
-                try:
-                    server = SealroomServer(parse_address(address), self.shared, self.reactor)
-                    self.servers.append(server)
-                except OSError as error:
-                    raise UserError(f"cannot listen on {address}: {error.strerror}") from None
+            self._listen(settings)
             if settings.control.socket is not None:
                 self.control = ControlServer(
                     settings.control.socket, {"status": self._control_status, "kick": self.kick}
@@ -169,9 +166,30 @@ class App:
             self.close()
             raise
 
+    def _listen(self, settings: Settings) -> None:
+        """Bind the TLS port's listeners, and the web door's when ``web.listen`` is set."""
+        for address in settings.listen:
+            try:
+                server = SealroomServer(parse_address(address), self.shared, self.reactor)
+                self.servers.append(server)
+            except OSError as error:
+                raise UserError(f"cannot listen on {address}: {error.strerror}") from None
+        web = settings.web.listen
+        if web is None:
+            return
+        try:
+            self.web = WebServer(parse_address(web), self.shared, self.reactor, Site.from_package())
+        except OSError as error:
+            raise UserError(f"cannot listen on {web} (web.listen): {error.strerror}") from None
+
     @property
     def addresses(self) -> list[str]:
         return [server.bound for server in self.servers]
+
+    @property
+    def listeners(self) -> list[SealroomServer]:
+        """Every listening socket's server: the TLS port's, then the web door's."""
+        return [*self.servers, *([self.web] if self.web is not None else [])]
 
     def start(self) -> None:
         _raise_fd_limit()
@@ -180,7 +198,7 @@ class App:
         for pool in self.pools.values():
             pool.start()
         self.reactor.start()
-        for server in self.servers:
+        for server in self.listeners:
             thread = threading.Thread(
                 target=server.serve_forever,
                 args=(0.5,),
@@ -190,6 +208,8 @@ class App:
             thread.start()
             self._threads.append(thread)
             log.info("listening on %s", server.bound)
+        if self.web is not None:
+            log.info("web client on https://%s/", self.web.bound)
         for side, what in ((self.control, "control socket"), (self.metrics, "metrics")):
             if side is None:
                 continue
@@ -232,7 +252,7 @@ class App:
         interval = self.notifier.watchdog_interval
         if interval is not None and now >= self._next_watchdog:
             # A listener that stopped turning is a wedged server: let the watchdog fire.
-            loops = [(s.bound, s.heartbeat) for s in self.servers]
+            loops = [(s.bound, s.heartbeat) for s in self.listeners]
             loops.append(("reactor", self.reactor.heartbeat))
             stale = [name for name, beat in loops if now - beat > max(interval, 1.5)]
             if stale and not self._stuck:
@@ -353,6 +373,8 @@ class App:
         sessions, rooms = self.hub.counts()
         queued = shared.registry.queued()
         counters = self.counters
+        web = self.web
+        web_connections, web_sessions = web.door.counts() if web is not None else (0, 0)
         return Snapshot(
             version=__version__,
             pid=os.getpid(),
@@ -390,6 +412,10 @@ class App:
             reloads=dict(self.reloads),
             last_reload=self.last_reload,
             certificate_not_after=self.certificate.not_after if self.certificate else None,
+            web=web.bound if web is not None else None,
+            web_connections=web_connections,
+            web_sessions=web_sessions,
+            web_answers=dict(web.door.answered) if web is not None else {},
         )
 
     def metric_families(self) -> list[Family]:
@@ -441,9 +467,9 @@ class App:
         ending = [threading.Thread(target=side.shutdown, daemon=True) for side in sides]
         for thread in ending if self._side_threads else ():
             thread.start()
-        for server in self.servers:
+        for server in self.listeners:
             server.shutdown()
-        for server in self.servers:
+        for server in self.listeners:
             server.server_close()
         registry = self.shared.registry
         log.info("shutting down: closing %d connections", len(registry))
@@ -460,7 +486,7 @@ class App:
         self.close()
 
     def close(self) -> None:
-        for server in self.servers:
+        for server in self.listeners:
             server.server_close()
         for side in (self.control, self.metrics):
             if side is not None:
