@@ -343,7 +343,9 @@
   }
 
   function note(key, text, failed = false) {
-    addLine(key || state.current, { note: true, text, failed });
+    const where = key || state.current;
+    if (where) addLine(where, { note: true, text, failed });
+    else setStatus(text); // no conversation to show it in yet
   }
 
   function render(line) {
@@ -352,7 +354,10 @@
       item.className = line.failed ? "note failed" : "note";
       item.textContent = line.text;
     } else {
-      item.textContent = `${line.from}: ${line.text}`;
+      const from = document.createElement("span");
+      from.className = "from";
+      from.textContent = line.from;
+      item.append(from, `: ${line.text}`);
       if (line.time) item.title = line.time;
     }
     return item;
@@ -543,15 +548,16 @@
     }
   }
 
+  // To a room or a person; with no conversation open yet, to the server's current room
+  // (the default room right after login), which the reply names.
   function say(key, text) {
-    if (!key) {
-      note(null, "Join a room first: /join #room", true);
-      return;
-    }
-    const line = key.startsWith("#") ? `/say ${key} ${text}` : `/msg ${key} ${text}`;
+    let line = `/say ${key} ${text}`;
+    if (!key) line = text.startsWith("/") ? `/${text}` : text;
+    else if (!key.startsWith("#")) line = `/msg ${key} ${text}`;
     request(line, (ok, reply) => {
-      if (ok) addLine(key, { from: state.name, text });
-      else note(key, `Not sent: ${explain(reply)}`, true);
+      const where = key || (ok ? fields(reply, 3)[1] : null);
+      if (ok) addLine(where, { from: state.name, text });
+      else note(where, `Not sent: ${explain(reply)}`, true);
     });
   }
 
