@@ -10,7 +10,8 @@ SSLYZE_VENV := .venv-sslyze
 
 .PHONY: run test lint typecheck clean system-deps fuzz scan soak bench
 
-# Debian packages the tests use (openssl for s_client); installed only when missing.
+# Debian packages the tests use (openssl for s_client, chromium for the browser test);
+# installed only when missing (as root; otherwise the script says what to install).
 system-deps:
 	@sh scripts/ensure-system-deps.sh
 
@@ -39,6 +40,7 @@ run: $(VENV)/.installed
 	$(SEALROOM) serve
 
 test: $(VENV)/.installed-test
+	@sh scripts/ensure-system-deps.sh
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
