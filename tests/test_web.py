@@ -221,6 +221,13 @@ def test_binary_message_closes_with_1003(web: Server) -> None:
     assert client.close_code == 1003
 
 
+def test_text_that_is_not_utf8_closes_with_1007(web: Server) -> None:
+    client = web.web_client()
+    client.ws.send(b"/ping \xff\xfe", text=True)
+    assert client.closed() == []
+    assert client.close_code == 1007
+
+
 def test_oversized_message_gets_line_too_long_and_the_connection_stays(web: Server) -> None:
     limit = web.settings.limits.max_line_bytes
     client = web.web_client()
