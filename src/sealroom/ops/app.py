@@ -208,8 +208,10 @@ class App:
             thread.start()
             self._threads.append(thread)
             log.info("listening on %s", server.bound)
-        if self.web is not None:
-            log.info("web client on https://%s/", self.web.bound)
+        if self.web is not None:  # the address a browser must use: the origin is checked
+            port = self.web.door.port
+            shown = "" if port == 443 else f":{port}"
+            log.info("web client at https://%s%s/", self.settings.server_name, shown)
         for side, what in ((self.control, "control socket"), (self.metrics, "metrics")):
             if side is None:
                 continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http
 import importlib.resources
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -69,7 +70,9 @@ class Answer:
         if self.close:
             headers.append((b"connection", b"close"))
         body = [] if method == b"HEAD" or not self.body else [h11.Data(data=self.body)]
-        return [h11.Response(status_code=self.status, headers=headers), *body, h11.EndOfMessage()]
+        reason = http.HTTPStatus(self.status).phrase.encode()
+        response = h11.Response(status_code=self.status, headers=headers, reason=reason)
+        return [response, *body, h11.EndOfMessage()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,9 @@ class Upgrade:
     headers: Headers
 
     def event(self) -> h11.InformationalResponse:
-        return h11.InformationalResponse(status_code=101, headers=self.headers)
+        return h11.InformationalResponse(
+            status_code=101, headers=self.headers, reason=b"Switching Protocols"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,20 +207,9 @@ def _is_websocket_key(key: bytes) -> bool:
         return False
 
 
-_REASONS = {
-    400: "bad request",
-    403: "forbidden",
-    404: "not found",
-    405: "method not allowed",
-    413: "request bodies are not accepted",
-    426: "upgrade required",
-    431: "request header fields too large",
-}
-
-
 def error_answer(status: int, *, close: bool = False) -> Answer:
     """A short plain-text error page with the security headers."""
-    body = f"{status} {_REASONS.get(status, 'error')}\n".encode()
+    body = f"{status} {http.HTTPStatus(status).phrase}\n".encode()
     return Answer(
         status,
         [*SECURITY_HEADERS, (b"content-type", b"text/plain; charset=utf-8")],
