@@ -32,7 +32,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from sealroom.core.text import escape_for_log
 from sealroom.net.connection import CLOSE, READ, READ_CHUNK, WRITE, Connection, Shared, State
 from sealroom.net.web.door import WebDoor
-from sealroom.net.web.framing import MessageAssembler, messages_of
+from sealroom.net.web.framing import MessageAssembler
 from sealroom.net.web.site import Answer, Refusal, Upgrade, allowed_origins, error_answer
 from sealroom.session.machine import Session
 from sealroom.state.outbox import Receipt
@@ -283,7 +283,7 @@ class WebConnection(Connection):
         if ws is not None and ws.state is ConnectionState.OPEN:
             data, receipts = self.outbox.take()
             if data:
-                frames = b"".join(ws.send(TextMessage(data=line)) for line in messages_of(data))
+                frames = self.door.frames(data, lambda line: ws.send(TextMessage(data=line)))
                 chunk = chunk + frames if chunk else frames
         return chunk, receipts
 
