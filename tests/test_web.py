@@ -10,7 +10,6 @@ import ssl
 import time
 
 import pytest
-from websockets.exceptions import InvalidStatus
 
 from helpers import PASSWORD, Server, ServerFactory, WebClient, tls_connection, wait_until
 
@@ -181,28 +180,6 @@ def test_upgrade_says_hello(web: Server) -> None:
     client = web.web_client()
     assert re.fullmatch(r"HELLO sealroom 1 localhost .+", client.hello)
     assert client.request("/ping web") == "OK ping web"
-
-
-def test_a_wrong_origin_is_403(web: Server) -> None:
-    for origin in ("https://evil.example", f"http://localhost:{web.web_port}", "null"):
-        with pytest.raises(InvalidStatus) as refused:
-            WebClient(web.web_port, web.ca_file, origin=origin)
-        assert refused.value.response.status_code == 403
-
-
-def test_a_configured_origin_is_allowed(make_server: ServerFactory) -> None:
-    server = make_server(web={"listen": "127.0.0.1:0", "origins": ["https://Chat.Example.org"]})
-    client = WebClient(server.web_port, server.ca_file, origin="https://chat.example.org")
-    assert client.hello.startswith("HELLO ")
-    client.close()
-
-
-def test_an_upgrade_without_origin_is_403(web: Server) -> None:
-    request = (
-        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    assert raw_request(web, request).startswith(b"HTTP/1.1 403 ")
 
 
 def test_a_plain_get_of_ws_is_not_an_upgrade(web: Server) -> None:

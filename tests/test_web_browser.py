@@ -279,3 +279,26 @@ def test_the_policy_blocks_inline_script_and_the_console_says_so(
     assert page.evaluate("window.inlineRan") is None
     assert any("Content Security Policy" in error for error in console.errors), console.errors
     page.context.close()
+
+
+def test_a_page_from_another_origin_cannot_open_the_websocket(
+    browser: Browser, web: Server
+) -> None:
+    """Cross-site WebSocket hijacking, tried by a real browser: a page that is not the
+    server's own (here an opaque origin, which Chromium sends as ``Origin: null``) gets no
+    WebSocket, while the server's own page does."""
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    url = f"wss://localhost:{web.web_port}/ws"
+    script = """url => new Promise(resolve => {
+        const ws = new WebSocket(url);
+        ws.onmessage = event => { resolve("open: " + event.data); ws.close(); };
+        ws.onerror = () => resolve("refused");
+    })"""
+    page.set_content("<p>elsewhere</p>")
+    assert page.evaluate(script, url) == "refused"
+    assert web.app.snapshot().web_answers.get(403) == 1
+    own, _ = open_page(browser, web)
+    assert own.evaluate(script, url).startswith("open: HELLO sealroom 1 ")
+    own.context.close()
+    page.close()
