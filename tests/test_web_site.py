@@ -16,7 +16,7 @@ from wsproto.events import TextMessage
 from sealroom.config import WebSettings, settings_from_mapping
 from sealroom.core.protocol import Framing, LineBuffer
 from sealroom.net.web.door import FRAME_CACHE_BYTES, WebDoor
-from sealroom.net.web.framing import MessageAssembler, messages_of
+from sealroom.net.web.framing import MessageAssembler
 from sealroom.net.web.site import (
     ROUTES,
     SECURITY_HEADERS,
@@ -261,11 +261,6 @@ def test_fragments_or_whole_give_the_same_line_and_the_session_one_event(
         assert first == text.encode().replace(b"\r", b"\x00").replace(b"\n", b"\x00")
     else:
         assert first is Framing.LINE_TOO_LONG
-
-
-def test_messages_of_lines() -> None:
-    assert list(messages_of(b"OK ping\nMSG #a b c\n")) == ["OK ping", "MSG #a b c"]
-    assert list(messages_of(b"")) == []
 
 
 # -- frames shared between recipients -------------------------------------------------------------

@@ -1,14 +1,13 @@
-"""WebSocket text messages to protocol lines and back, without I/O (SPEC section 5).
+"""WebSocket text messages to protocol lines, without I/O (SPEC section 5).
 
-Each text message from a client is one request line without its LF; each line the server
-writes is one text message. The session reads a byte stream of LF-terminated lines (its
-:class:`~sealroom.core.protocol.LineBuffer`), so a message becomes its bytes and an LF, and
-the session's own framing and validator judge it exactly as a line on the TLS port.
+Each text message from a client is one request line without its LF. The session reads a
+byte stream of LF-terminated lines (its :class:`~sealroom.core.protocol.LineBuffer`), so a
+message becomes its bytes and an LF, and the session's own framing and validator judge it
+exactly as a line on the TLS port. (The other way, one text message per server line, is
+:meth:`~sealroom.net.web.door.WebDoor.frames`.)
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 # A CR or LF inside a message would end the line early (or vanish before the LF): both are
 # control characters, which the validator refuses with ERR bad-input. A NUL in their place
@@ -48,15 +47,3 @@ class MessageAssembler:
         line = bytes(self._message).translate(_LINE_BREAKS) + b"\n"
         self._message.clear()
         return line
-
-
-def messages_of(data: bytes) -> Iterator[str]:
-    """The text messages for encoded server lines (each ends in LF, as the outbox holds them)."""
-    text = data.decode("utf-8")
-    start = 0
-    while True:
-        end = text.find("\n", start)
-        if end < 0:
-            return
-        yield text[start:end]
-        start = end + 1
