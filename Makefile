@@ -10,8 +10,9 @@ SSLYZE_VENV := .venv-sslyze
 
 .PHONY: run test lint typecheck clean system-deps fuzz scan soak bench
 
-# Debian packages the tests use (openssl for s_client, systemd-nspawn for the unit's tests);
-# installed only when missing.
+# Debian packages the tests use (openssl for s_client, systemd-nspawn for the unit's tests,
+# chromium for the browser test); installed only when missing (as root; otherwise the script
+# says what to install).
 system-deps:
 	@sh scripts/ensure-system-deps.sh
 

@@ -97,22 +97,29 @@ class Workspace:
         return {**os.environ, "SEALROOM_CONFIG": str(self.config)}
 
     port: int = 0
+    web_port: int = 0  # the web door's, when configured with web=True
     argon2: Argon2Settings = CHEAP_ARGON2
 
     def configure(
-        self, extra: dict[str, Any] | None = None, argon2: Argon2Settings = CHEAP_ARGON2
+        self,
+        extra: dict[str, Any] | None = None,
+        argon2: Argon2Settings = CHEAP_ARGON2,
+        *,
+        web: bool = False,
     ) -> None:
         """Write the configuration, on a free port picked now (logs stay at warning level
         during benchmarks, so the server's "listening on" line is not there to read), with
-        the server's argon2 cost; accounts added after this are hashed at that cost."""
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        the server's argon2 cost; accounts added after this are hashed at that cost. With
+        ``web``, the web door listens too, on a second free port."""
+        self.port = _free_port()
         self.argon2 = argon2
         config = merge(
             BENCH_CONFIG,
             {"listen": [f"127.0.0.1:{self.port}"], "auth": {"argon2": argon2_config(argon2)}},
         )
+        if web:
+            self.web_port = _free_port()
+            config = merge(config, {"web": {"listen": f"127.0.0.1:{self.web_port}"}})
         self.config.write_text(yaml.safe_dump(merge(config, extra or {})))
 
     def sealroom(self, *argv: str, stdin: str | None = None) -> str:
@@ -264,6 +271,12 @@ def server(space: Workspace) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.01) -> bool:

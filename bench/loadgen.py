@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
 PAYLOAD_BYTES = 100
 
 
@@ -66,6 +69,142 @@ class Line:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class WebLine:
+    """A blocking client of the web door for setup steps: one text message per line (wsproto).
+
+    After setup, ``feed`` turns received bytes into lines for a subscriber's event loop.
+    """
+
+    def __init__(self, port: int, ctx: ssl.SSLContext, timeout: float = 60) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self._partial = ""
+        self._lines: list[str] = []
+        origin = f"https://localhost:{port}".encode()
+        self.sock.sendall(
+            self.ws.send(
+                Request(host=f"localhost:{port}", target="/ws", extra_headers=[(b"origin", origin)])
+            )
+        )
+        while not self._accepted():
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("closed during the WebSocket handshake")
+            self.ws.receive_data(chunk)
+        self.hello = self.line()
+
+    def _accepted(self) -> bool:
+        for event in self.ws.events():
+            if isinstance(event, AcceptConnection):
+                return True
+            raise RuntimeError(f"WebSocket upgrade refused: {event!r}")
+        return False
+
+    def feed(self, data: bytes) -> list[str] | None:
+        """The lines that ``data`` completes; None once the server closed."""
+        self.ws.receive_data(data)
+        lines, self._lines = self._lines, []
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                self._partial += event.data
+                if event.message_finished:
+                    lines.append(self._partial)
+                    self._partial = ""
+            elif isinstance(event, CloseConnection):
+                return None
+        return lines
+
+    def line(self) -> str:
+        while not self._lines:
+            chunk = self.sock.recv(65536)
+            lines = self.feed(chunk) if chunk else None
+            if lines is None:
+                raise EOFError("closed")
+            self._lines = lines
+        return self._lines.pop(0)
+
+    def request(self, text: str) -> str:
+        self.sock.sendall(self.ws.send(TextMessage(data=text)))
+        while True:
+            reply = self.line()
+            if reply.startswith(("OK ", "ERR ", "BYE ")):
+                return reply
+
+    def login(self, name: str, password: str) -> None:
+        reply = self.request(f"/login {name} {password}")
+        if not reply.startswith("OK login"):
+            raise RuntimeError(f"login {name}: {reply}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def web_subscriber(
+    port: int,
+    ca: Path,
+    names: list[str],
+    password: str,
+    room: str,
+    expected: int,
+    ready: Any,
+    start: Any,
+    results: Any,
+    timeout: float,
+) -> None:
+    """As :func:`subscriber`, over the web door: each MSG is a WebSocket text message."""
+    raise_fd_limit()
+    ctx = client_context(ca)
+    conns = []
+    for name in names:
+        conn = WebLine(port, ctx)
+        conn.login(name, password)
+        if not conn.request(f"/join {room}").startswith("OK join"):
+            raise RuntimeError("join failed")
+        conns.append(conn)
+    ready.put(len(conns))
+    start.wait()
+    selector = selectors.DefaultSelector()
+    counts = {}
+    latencies: list[int] = []
+    for conn in conns:
+        conn.sock.setblocking(False)
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        counts[conn] = 0
+    prefix = f"MSG {room} "
+    remaining = len(conns)
+    deadline = time.monotonic() + timeout
+    while remaining and time.monotonic() < deadline:
+        events = selector.select(1.0)
+        ready_at = time.monotonic_ns()  # as in subscriber(): when select() saw the socket
+        for key, _ in events:
+            conn = key.data
+            while True:
+                try:
+                    data = conn.sock.recv(262144)
+                except ssl.SSLWantReadError:
+                    break
+                lines = conn.feed(data) if data else None
+                if lines is None:
+                    selector.unregister(conn.sock)
+                    remaining -= 1
+                    break
+                now = time.monotonic_ns()
+                before = counts[conn]
+                for line in lines:
+                    if line.startswith(prefix):
+                        counts[conn] += 1
+                        if len(latencies) < 2_000_000:
+                            sent_at = int(line.split(" ", 4)[3])
+                            arrived = ready_at if sent_at <= ready_at else now
+                            latencies.append(arrived - sent_at)
+                if before < expected <= counts[conn]:
+                    remaining -= 1
+    results.put({"counts": list(counts.values()), "latencies_ns": latencies})
+    for conn in conns:
+        conn.close()
 
 
 def payload(seq: int) -> bytes:

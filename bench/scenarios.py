@@ -89,9 +89,15 @@ def _collect(queue: Any, count: int, timeout: float = 600) -> list[Any]:
     return [queue.get(timeout=timeout) for _ in range(count)]
 
 
-def _fanout(space: Workspace, sizes: Sizes, *, rate: float | None, history: bool) -> dict[str, Any]:
+def _fanout(
+    space: Workspace, sizes: Sizes, *, rate: float | None, history: bool, web: bool = False
+) -> dict[str, Any]:
+    """Subscribers in one room and two publishers; with ``web`` the subscribers come through
+    the web door (WebSocket), the publishers through the TLS port either way."""
     subs = [f"sub{i}" for i in range(sizes.subscribers)]
-    space.configure({"history": {"rooms": history}} if not history else {}, argon2=sizes.argon2)
+    space.configure(
+        {"history": {"rooms": history}} if not history else {}, argon2=sizes.argon2, web=web
+    )
     space.add_accounts([*subs, "pub0", "pub1"])
     room = "#bench"
     if rate is None:
@@ -105,8 +111,8 @@ def _fanout(space: Workspace, sizes: Sizes, *, rate: float | None, history: bool
         groups = [subs[i::2] for i in range(2)]
         workers = [
             loadgen.spawn(
-                loadgen.subscriber,
-                proc.port,
+                loadgen.web_subscriber if web else loadgen.subscriber,
+                space.web_port if web else proc.port,
                 space.ca,
                 group,
                 PASSWORD,
@@ -174,6 +180,20 @@ def fanout_saturated_no_history(sizes: Sizes) -> dict[str, Any]:
 def fanout_steady(sizes: Sizes) -> dict[str, Any]:
     with workspace() as space:
         return _fanout(space, sizes, rate=sizes.steady_rate, history=True)
+
+
+def web(sizes: Sizes) -> dict[str, Any]:
+    """Server CPU per delivery to WebSocket subscribers, beside the same saturated fan-out to
+    TLS subscribers on a fresh server (``tls_*``): what one text frame per line costs."""
+    out: dict[str, Any] = {}
+    for door in ("tls", "web"):
+        with workspace() as space:
+            figures = _fanout(space, sizes, rate=None, history=True, web=door == "web")
+        out.update({f"{door}_{key}": value for key, value in figures.items()})
+    tls, websocket = out["tls_cpu_us_per_delivery"], out["web_cpu_us_per_delivery"]
+    # The CPU clock ticks at 10 ms: a --quick run may see none at all.
+    out["web_over_tls_cpu"] = round(websocket / tls, 2) if tls else "n/a: too little CPU to see"
+    return out
 
 
 # Thousands of sessions in one default room would make every login a JOIN broadcast to all
@@ -450,6 +470,7 @@ SCENARIOS = {
     "handshakes": handshakes,
     "reconnect_storm": reconnect_storm,
     "login_flood": login_flood,
+    "web": web,
 }
 
 

@@ -1,10 +1,13 @@
 #!/bin/sh
-# Install the few Debian packages Sealroom's setup and tests need, only when missing.
+# Install the few Debian packages Sealroom's setup and tests need (openssl, python3-venv,
+# chromium for the browser test), only when missing.
 # Runs apt-get only as root; otherwise says what to install.
 set -eu
 missing=""
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
+# The browser test (tests/test_web_browser.py) drives Debian's headless Chromium.
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 # Optional, best effort: systemd-analyze scores deploy/sealroom.service (the test skips without it).
 if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
         && command -v apt-get >/dev/null 2>&1; then
@@ -25,7 +28,7 @@ fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages:$missing"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 else
     echo "please install:$missing  (sudo apt-get install$missing)" >&2
     exit 1

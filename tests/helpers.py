@@ -7,6 +7,7 @@ are in conftest.py; everything else a test imports comes from here.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import socket
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from sealroom.config import Settings, load_settings
 from sealroom.ops.app import App
@@ -241,6 +245,100 @@ class Client:
         self.sock.close()
 
 
+class WebClient:
+    """A WebSocket client of the web door for tests: one text message per line, each way.
+
+    It speaks like :class:`Client` (``line``, ``request``, ``login``), over ``wss://`` to
+    127.0.0.1 with the test CA, sending ``origin`` (by default the server's own).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        ca_file: Path,
+        *,
+        origin: str | None = None,
+        timeout: float = 5.0,
+        max_size: int | None = 1 << 20,
+        max_queue: int = 16,
+        rcvbuf: int | None = None,
+    ) -> None:
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if rcvbuf is not None:  # set before any data: TCP sizes its window from it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self._stack = contextlib.ExitStack()  # websockets wants connect() used with "with"
+        self.ws: ClientConnection = self._stack.enter_context(
+            connect(
+                f"wss://127.0.0.1:{port}/ws",
+                sock=sock,
+                ssl=ctx,
+                server_hostname="localhost",
+                origin=Origin(origin or f"https://localhost:{port}"),
+                proxy=None,  # never through a proxy from the environment: loopback only
+                compression=None,
+                open_timeout=timeout,
+                close_timeout=2,
+                ping_interval=None,
+                max_size=max_size,
+                max_queue=max_queue,
+            )
+        )
+        try:
+            self.hello = self.line()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def send(self, line: str | bytes) -> None:
+        self.ws.send(line)
+
+    def line(self, timeout: float = 5.0) -> str:
+        """The next message; TimeoutError, or EOFError when the server closed."""
+        try:
+            message = self.ws.recv(timeout=timeout)
+        except ConnectionClosed as closed:
+            raise EOFError(f"closed: {closed}") from None
+        assert isinstance(message, str), f"a binary message: {message!r}"
+        return message
+
+    def request(self, line: str, timeout: float = 5.0) -> str:
+        """Send ``line`` and return its final reply, skipping events that come before it."""
+        self.send(line)
+        while True:
+            reply = self.line(timeout)
+            if reply.startswith(("OK ", "ERR ", "BYE ")) or reply == "OK":
+                return reply
+
+    def expect(self, prefix: str, timeout: float = 5.0) -> str:
+        line = self.line(timeout)
+        assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}"
+        return line
+
+    def login(self, name: str, password: str = PASSWORD) -> str:
+        reply = self.request(f"/login {name} {password}")
+        assert reply.startswith(f"OK login {name}"), reply
+        return reply
+
+    def closed(self, timeout: float = 5.0) -> list[str]:
+        """Read until the server closes; returns the messages read."""
+        lines = []
+        try:
+            while True:
+                lines.append(self.line(timeout))
+        except EOFError:
+            return lines
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the close frame the server sent, once it did."""
+        frame = self.ws.protocol.close_rcvd
+        return None if frame is None else int(frame.code)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
 # -- an in-process server --------------------------------------------------------------------
 
 
@@ -252,7 +350,7 @@ class Server:
         self.ca_file = ca_file
         self.config = config
         self.port = app.servers[0].server_address[1]
-        self._clients: list[Client] = []
+        self._clients: list[Client | WebClient] = []
 
     @property
     def settings(self) -> Settings:
@@ -261,6 +359,26 @@ class Server:
     def add_user(self, name: str, password: str = PASSWORD, *, admin: bool = False) -> None:
         hasher = password_hasher(**CHEAP_ARGON2)
         self.app.store.add_account(name, hasher.hash(password), is_admin=admin)
+
+    @property
+    def web_port(self) -> int:
+        """The web door's port (the server must have been started with ``web.listen``)."""
+        assert self.app.web is not None, "started without web.listen"
+        return self.app.web.door.port
+
+    def web_client(self, **kwargs: Any) -> WebClient:
+        """A new WebSocket connection (see `WebClient`), closed when the server stops."""
+        client = WebClient(self.web_port, self.ca_file, **kwargs)
+        self._clients.append(client)
+        return client
+
+    def web_user(self, name: str, *, admin: bool = False) -> WebClient:
+        """A logged-in WebSocket client for a new account ``name``."""
+        if self.app.store.get_account(name) is None:
+            self.add_user(name, admin=admin)
+        client = self.web_client()
+        client.login(name)
+        return client
 
     def client(self, **kwargs: Any) -> Client:
         """A new connection (see `Client` for the options), closed when the server stops."""

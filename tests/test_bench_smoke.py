@@ -47,3 +47,9 @@ def test_bench_quick(tmp_path: Path) -> None:
     storm = results["reconnect_storm"]
     assert storm["back"] == storm["accounts"]
     assert results["login_flood"]["chat_messages"] > 0
+    web = results["web"]
+    for door in ("tls", "web"):
+        assert web[f"{door}_lost"] == 0, web
+        assert web[f"{door}_deliveries"] > 0
+        assert web[f"{door}_cpu_us_per_delivery"] >= 0
+    assert isinstance(web["web_over_tls_cpu"], int | float | str)

@@ -130,6 +130,9 @@ rooms: {default: "#lobby", allow_create: true}
 history: {per_room: 1000, private_per_user: 1000, max_query: 500}
 log: {level: info, format: text}
 metrics: {listen: null}
+web:
+  listen: null
+  origins: []
 """
     settings = load_settings(write(tmp_dir, example))
     assert dataclasses.replace(settings, source=None) == settings_from_mapping({}, tmp_dir)
@@ -194,6 +197,14 @@ ROUND_TRIPS: list[tuple[str, object, object]] = [
     ("log.format", "json", "json"),
     ("metrics.listen", "127.0.0.1:9464", "127.0.0.1:9464"),
     ("control.socket", "/run/sealroom/control.sock", Path("/run/sealroom/control.sock")),
+    ("web.listen", "0.0.0.0:443", "0.0.0.0:443"),
+    (
+        "web.origins",
+        ["https://Chat.Example.org:443", "https://other.example:8443", "http://[::1]:80"],
+        ("https://chat.example.org", "https://other.example:8443", "http://[::1]"),
+    ),
+    ("web.max_request_bytes", 4096, 4096),
+    ("web.max_headers", 20, 20),
 ]
 
 
@@ -333,6 +344,10 @@ BAD_VALUES: list[tuple[str, object, str]] = [
     ),
     ("metrics.listen", 9464, "must be a host:port string, got 9464"),
     ("metrics.listen", "9464", "'9464' is not host:port"),
+    ("web.listen", ["127.0.0.1:7444"], "must be a host:port string, got a list"),
+    ("web.origins", "https://a.example", "must be a list of origins, got 'https://a.example'"),
+    ("web.max_request_bytes", 100, "must be an integer from 1024 to 1048576, got 100"),
+    ("web.max_headers", 0, "must be an integer from 8 to 1000, got 0"),
 ]
 
 
@@ -341,6 +356,31 @@ BAD_VALUES: list[tuple[str, object, str]] = [
 )
 def test_bad_values_are_named_with_their_key(key: str, value: object, problem: str) -> None:
     assert problems_of(nest(key, value)) == [f"{key}: {problem}"]
+
+
+@pytest.mark.parametrize(
+    ("origins", "problem"),
+    [
+        (
+            ["https://a.example/"],
+            "web.origins[0]: must be an origin like 'https://chat.example.org:8443' (an origin "
+            "has no path, not even '/'), got 'https://a.example/'",
+        ),
+        (
+            ["https://ok.example", "wss://a.example"],
+            "web.origins[1]: must be an origin like 'https://chat.example.org:8443', "
+            "got 'wss://a.example'",
+        ),
+        (
+            ["https://a.example:99999"],
+            "web.origins[0]: the port in 'https://a.example:99999' must be a number from 1 to "
+            "65535",
+        ),
+        ([7], "web.origins[0]: must be an origin like 'https://chat.example.org', got 7"),
+    ],
+)
+def test_each_bad_origin_is_named_by_its_index(origins: list[object], problem: str) -> None:
+    assert problems_of({"web": {"origins": origins}}) == [problem]
 
 
 @pytest.mark.parametrize(

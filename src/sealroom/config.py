@@ -127,6 +127,16 @@ class ControlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The web door (SPEC section 5): HTTPS with the web client, and protocol over WebSocket."""
+
+    listen: str | None = None
+    origins: tuple[str, ...] = ()  # allowed Origin values besides https://SERVER_NAME[:PORT]
+    max_request_bytes: int = 8192  # an HTTP request's line and headers, at most
+    max_headers: int = 50  # header fields in one HTTP request, at most
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server_name: str = "localhost"
     listen: tuple[str, ...] = ("127.0.0.1:7443",)
@@ -140,6 +150,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     control: ControlSettings = field(default_factory=ControlSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     source: Path | None = None
 
 
@@ -353,6 +364,44 @@ def _addresses(value: object) -> object:
     return tuple(value)
 
 
+_ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")
+_DEFAULT_PORTS = {"https": "443", "http": "80"}
+
+
+def _origin(value: object) -> str:
+    """An origin as a browser sends it: ``scheme://host[:port]``, in lower case, and without
+    the scheme's default port (a browser never writes ``:443`` for https)."""
+    if not isinstance(value, str):
+        raise _bad(f"must be an origin like 'https://chat.example.org', got {_shown(value)}")
+    match = _ORIGIN.fullmatch(value.lower())
+    if match is None:
+        hint = " (an origin has no path, not even '/')" if value.endswith("/") else ""
+        raise _bad(
+            f"must be an origin like 'https://chat.example.org:8443'{hint}, got {_shown(value)}"
+        )
+    scheme, host, port = match.groups()
+    if port is not None and not 0 < int(port) <= 65535:
+        raise _bad(f"the port in {value!r} must be a number from 1 to 65535")
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def _origins(value: object) -> object:
+    if not isinstance(value, list):
+        raise _bad(f"must be a list of origins, got {_shown(value)}")
+    problems: list[tuple[str, str]] = []
+    found: list[str] = []
+    for index, item in enumerate(value):
+        try:
+            found.append(_origin(item))
+        except _BadValueError as exc:
+            problems.extend((f"[{index}]", message) for _, message in exc.problems)
+    if problems:
+        raise _BadValueError(*problems)
+    return tuple(dict.fromkeys(found))
+
+
 def _room(value: object) -> object:
     canonical = room_name(value) if isinstance(value, str) else None
     if canonical is None:
@@ -464,6 +513,14 @@ _SCHEMA = _Section(
         ),
         "metrics": _Section({"listen": _optional_address}),
         "control": _Section({"socket": _path(optional=True)}),
+        "web": _Section(
+            {
+                "listen": _optional_address,
+                "origins": _origins,
+                "max_request_bytes": _integer(1024, 1048576),
+                "max_headers": _integer(8, 1000),
+            }
+        ),
     }
 )
 

@@ -264,6 +264,14 @@ class Connection:
             self.shared.handshake_failures += 1
             log.info("%s [-]: TLS handshake failed: %s", self.peer, escape_for_log(str(error)))
             return CLOSE
+        return self._open_session()
+
+    def _open_session(self) -> int:
+        """The TLS handshake is done: the session begins with HELLO.
+
+        A subclass that speaks something else first (the web door: HTTP, then a WebSocket)
+        overrides this, and calls it once the protocol's own session should begin.
+        """
         settings = self.services.settings
         client_cn = client_common_name(self.sock) if settings.tls.client_ca else None
         self.session = session = Session(self.services, self.outbox, self.peer, client_cn)

@@ -83,7 +83,7 @@ class SealroomServer(socketserver.TCPServer):
         """Hand the wrapped socket to the reactor; the connection owns it from now on."""
         peer = _peer(client_address)
         try:
-            connection = Connection(self.shared, request, peer)
+            connection = self.make_connection(request, peer)
         except OSError as error:
             log.warning("%s [-]: cannot serve connection: %s", peer, error)
             with contextlib.suppress(OSError):
@@ -92,6 +92,10 @@ class SealroomServer(socketserver.TCPServer):
             return
         if not self.reactor.adopt(connection):  # shutting down
             connection.close()
+
+    def make_connection(self, request: Any, peer: str) -> Connection:
+        """The state machine for an accepted, wrapped socket (the web door makes its own)."""
+        return Connection(self.shared, request, peer)
 
     def service_actions(self) -> None:
         super().service_actions()

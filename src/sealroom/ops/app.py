@@ -35,6 +35,7 @@ from sealroom.net.connection import Registry, Shared
 from sealroom.net.listener import SealroomServer
 from sealroom.net.reactor import Reactor
 from sealroom.net.tls import build_server_context
+from sealroom.net.web import Site, WebServer
 from sealroom.net.workers import WorkerPool
 from sealroom.ops.control import ControlError, ControlServer
 from sealroom.ops.logs import set_level
@@ -109,6 +110,7 @@ class App:
         # at a time (re-entrant: the control command reads the outcome under it too).
         self._reload_lock = threading.RLock()
         self.servers: list[SealroomServer] = []
+        self.web: WebServer | None = None  # the web door (web.listen), beside the TLS port
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self._threads: list[threading.Thread] = []
@@ -123,12 +125,7 @@ class App:
         self._stuck = False  # a serving loop stopped turning (said once per episode)
         self._last_status = ""
         try:
-            for address in settings.listen:
-                try:
-                    server = SealroomServer(parse_address(address), self.shared, self.reactor)
-                    self.servers.append(server)
-                except OSError as error:
-                    raise UserError(f"cannot listen on {address}: {error.strerror}") from None
+            self._listen(settings)
             if settings.control.socket is not None:
                 self.control = ControlServer(
                     settings.control.socket,
@@ -202,9 +199,30 @@ class App:
             account_buckets=account_buckets,
         )
 
+    def _listen(self, settings: Settings) -> None:
+        """Bind the TLS port's listeners, and the web door's when ``web.listen`` is set."""
+        for address in settings.listen:
+            try:
+                server = SealroomServer(parse_address(address), self.shared, self.reactor)
+                self.servers.append(server)
+            except OSError as error:
+                raise UserError(f"cannot listen on {address}: {error.strerror}") from None
+        web = settings.web.listen
+        if web is None:
+            return
+        try:
+            self.web = WebServer(parse_address(web), self.shared, self.reactor, Site.from_package())
+        except OSError as error:
+            raise UserError(f"cannot listen on {web} (web.listen): {error.strerror}") from None
+
     @property
     def addresses(self) -> list[str]:
         return [server.bound for server in self.servers]
+
+    @property
+    def listeners(self) -> list[SealroomServer]:
+        """Every listening socket's server: the TLS port's, then the web door's."""
+        return [*self.servers, *([self.web] if self.web is not None else [])]
 
     def start(self) -> None:
         _raise_fd_limit()
@@ -213,7 +231,7 @@ class App:
         for pool in self.pools.values():
             pool.start()
         self.reactor.start()
-        for server in self.servers:
+        for server in self.listeners:
             thread = threading.Thread(
                 target=server.serve_forever,
                 args=(0.5,),
@@ -223,6 +241,10 @@ class App:
             thread.start()
             self._threads.append(thread)
             log.info("listening on %s", server.bound)
+        if self.web is not None:  # the address a browser must use: the origin is checked
+            port = self.web.door.port
+            shown = "" if port == 443 else f":{port}"
+            log.info("web client at https://%s%s/", self.settings.server_name, shown)
         for side, what in ((self.control, "control socket"), (self.metrics, "metrics")):
             if side is None:
                 continue
@@ -268,7 +290,7 @@ class App:
         interval = self.notifier.watchdog_interval
         if interval is not None and now >= self._next_watchdog:
             # A listener that stopped turning is a wedged server: let the watchdog fire.
-            loops = [(s.bound, s.heartbeat) for s in self.servers]
+            loops = [(s.bound, s.heartbeat) for s in self.listeners]
             loops.append(("reactor", self.reactor.heartbeat))
             stale = [name for name, beat in loops if now - beat > max(interval, 1.5)]
             if stale and not self._stuck:
@@ -402,6 +424,8 @@ class App:
         sessions, rooms = self.hub.counts()
         queued = shared.registry.queued()
         counters = self.counters
+        web = self.web
+        web_connections, web_sessions = web.door.counts() if web is not None else (0, 0)
         return Snapshot(
             version=__version__,
             pid=os.getpid(),
@@ -439,6 +463,10 @@ class App:
             reloads=dict(self.reloads),
             last_reload=self.last_reload,
             certificate_not_after=self.certificate.not_after if self.certificate else None,
+            web=web.bound if web is not None else None,
+            web_connections=web_connections,
+            web_sessions=web_sessions,
+            web_answers=dict(web.door.answered) if web is not None else {},
         )
 
     def metric_families(self) -> list[Family]:
@@ -545,9 +573,9 @@ class App:
         ending = [threading.Thread(target=side.shutdown, daemon=True) for side in sides]
         for thread in ending if self._side_threads else ():
             thread.start()
-        for server in self.servers:
+        for server in self.listeners:
             server.shutdown()
-        for server in self.servers:
+        for server in self.listeners:
             server.server_close()
         registry = self.shared.registry
         log.info("shutting down: closing %d connections", len(registry))
@@ -564,7 +592,7 @@ class App:
         self.close()
 
     def close(self) -> None:
-        for server in self.servers:
+        for server in self.listeners:
             server.server_close()
         for side in (self.control, self.metrics):
             if side is not None:

@@ -8,7 +8,7 @@ so the two can never disagree about what a number means.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,11 @@ class Snapshot:
     reloads: Mapping[str, int]  # "ok", "failed"
     last_reload: tuple[datetime, str | None] | None
     certificate_not_after: datetime | None
+    # the web door (web.listen): its address, its share of the connections and sessions above
+    web: str | None = None
+    web_connections: int = 0
+    web_sessions: int = 0
+    web_answers: Mapping[int, int] = field(default_factory=dict)  # HTTP status -> count
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -115,6 +120,12 @@ def status_report(snap: Snapshot) -> dict[str, Any]:
             "last_error": last[1] if last else None,
         },
         "tls": {"certificate_expires": _iso(snap.certificate_not_after)},
+        "web": {
+            "listener": snap.web,
+            "connections": snap.web_connections,
+            "sessions": snap.web_sessions,
+            "http_answers": {str(status): n for status, n in sorted(snap.web_answers.items())},
+        },
     }
 
 
@@ -244,6 +255,27 @@ def metric_families(snap: Snapshot) -> list[Family]:
             ],
         ),
     ]
+    if snap.web is not None:
+        families += [
+            Family.single(
+                _p("web_connections"),
+                gauge,
+                "Open connections to the web door (also counted in sealroom_connections).",
+                snap.web_connections,
+            ),
+            Family.single(
+                _p("web_sessions"),
+                gauge,
+                "Logged-in sessions over WebSocket (also counted in sealroom_sessions).",
+                snap.web_sessions,
+            ),
+            Family(
+                _p("web_http_answers_total"),
+                counter,
+                "HTTP answers of the web door, by status (101: WebSocket upgrades).",
+                [({"status": str(status)}, n) for status, n in sorted(snap.web_answers.items())],
+            ),
+        ]
     if snap.certificate_not_after is not None:
         families.append(
             Family.single(
@@ -283,6 +315,12 @@ def status_text(report: Mapping[str, Any]) -> list[str]:
     expires = report["tls"]["certificate_expires"]
     if expires is not None:
         lines.append(f"TLS certificate expires {expires}")
+    web = report.get("web") or {}
+    if web.get("listener"):
+        lines.append(
+            f"web door on https://{web['listener']}/: connections {web['connections']}, "
+            f"sessions {web['sessions']}"
+        )
     if server["metrics"]:
         lines.append(f"metrics on http://{server['metrics']}/metrics")
     return lines

@@ -54,12 +54,20 @@ def effective_settings(running: Settings, new: Settings) -> tuple[Settings, list
     """``new`` with the restart-only parts of ``running``, and the names of those that differ.
 
     ``log.format`` is restart-only too (the handler is set up once); ``log.level`` applies.
+    So is ``web.listen`` (the socket is bound); the other ``web`` keys apply.
     """
     changed = [name for name in RESTART_ONLY if getattr(new, name) != getattr(running, name)]
     if new.log.format != running.log.format:
         changed.append("log.format")
+    if new.web.listen != running.web.listen:
+        changed.append("web.listen")
     kept = {name: getattr(running, name) for name in RESTART_ONLY}
-    merged = replace(new, log=replace(new.log, format=running.log.format), **kept)
+    merged = replace(
+        new,
+        log=replace(new.log, format=running.log.format),
+        web=replace(new.web, listen=running.web.listen),
+        **kept,
+    )
     return merged, changed
 
 
