@@ -17,9 +17,12 @@ import psycopg
 import pytest
 
 from engines import PostgresEngine, free_port
+from helpers import ServerFactory, wait_until
 from sealroom.core.model import SchemaTooNew, StoreError
+from sealroom.store import open_store
 from sealroom.store import postgres as postgres_module
 from sealroom.store.postgres import MIGRATIONS, PostgresStore
+from sealroom.store.sqlite import SqliteStore
 
 
 def query(url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -269,3 +272,44 @@ def test_check_finds_broken_invariants(store: PostgresStore, postgres_url: str) 
         "message id 99 is above the id high-water mark 0",
         "account stamp 1000 is above the stamp sequence (1)",
     ]
+
+
+# -- a server on PostgreSQL ---------------------------------------------------------------
+
+
+def test_open_store_picks_the_engine_by_the_name(postgres_url: str, tmp_path: Path) -> None:
+    with open_store(postgres_url) as store:
+        assert isinstance(store, PostgresStore)
+    with open_store(postgres_url.replace("postgresql://", "postgres://", 1)) as store:
+        assert isinstance(store, PostgresStore)
+    with open_store(tmp_path / "sealroom.db") as store:
+        assert isinstance(store, SqliteStore)
+    with pytest.raises(StoreError, match=f"no database at {tmp_path / 'missing.db'}"):
+        open_store(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+    empty = postgres_url.rsplit("/", 1)[0] + "/postgres"  # exists, but holds no Sealroom schema
+    with pytest.raises(StoreError, match="holds no Sealroom database"):
+        open_store(empty, create=False)
+
+
+def test_a_server_keeps_its_state_in_postgresql(
+    make_server: ServerFactory, postgres_url: str
+) -> None:
+    server = make_server(storage={"database": postgres_url})
+    server.add_user("bob")
+    alice = server.user("alice")
+    said = int(alice.request("hello from postgres").rsplit(" ", 1)[1])
+    assert alice.request("/msg bob kept for later").startswith("OK msg bob")
+    server.restart()
+    alice = server.user("alice")
+    alice.send("/history #lobby")
+    assert alice.line().split()[:3] == ["HIST", "#lobby", str(said)]
+    assert alice.line() == "OK history #lobby 1"
+    bob = server.client()
+    bob.login("bob")
+    assert bob.line().endswith("alice kept for later")
+    assert int(alice.request("after").rsplit(" ", 1)[1]) > said
+    wait_until(
+        lambda: query(postgres_url, "SELECT count(*) FROM messages WHERE NOT delivered") == [(0,)],
+        what="the stored message marked delivered",
+    )

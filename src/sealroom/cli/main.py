@@ -30,7 +30,7 @@ from sealroom.ops.control import request as control_request
 from sealroom.ops.logs import configure_logging
 from sealroom.ops.observe import status_text
 from sealroom.policy.auth import encoded_hash_problem, password_hasher
-from sealroom.store.sqlite import SqliteStore
+from sealroom.store import open_store
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -120,7 +120,7 @@ def _hash_password(settings: Settings, password: str) -> str:
 
 
 def _open_store(settings: Settings) -> Store:
-    return SqliteStore(settings.storage.database)
+    return open_store(settings.storage.database)
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
