@@ -31,6 +31,7 @@ from sealroom.ops.logs import configure_logging
 from sealroom.ops.observe import status_text
 from sealroom.policy.auth import encoded_hash_problem, password_hasher
 from sealroom.store import open_store
+from sealroom.store.copy import copy_to_postgres
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -282,6 +283,27 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    """The configured SQLite database into an empty PostgreSQL one, with a progress line."""
+    settings = _settings(args)
+    live = sys.stderr.isatty()
+
+    def progress(what: str, done: int, total: int) -> None:
+        if live:
+            end = "\n" if done == total else ""
+            print(f"\rcopying {what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+        elif done == total:
+            print(f"copied {what}: {done}/{total}", file=sys.stderr)
+
+    copied = copy_to_postgres(settings.storage.database, args.to, progress)
+    print(
+        f"copied {copied.accounts} accounts, {copied.messages} messages"
+        f" ({copied.pending} waiting for delivery) and {copied.tokens} resume tokens;"
+        f" new message ids start above {max(copied.id_high_water, copied.top_id)}"
+    )
+    return 0
+
+
 # -- operating a running server ----------------------------------------------------------------
 
 
@@ -421,6 +443,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("path", metavar="PATH", help="a new file for the copy")
     command(db_commands, "check", cmd_db_check, "check the database's integrity")
+    command(
+        db_commands,
+        "copy",
+        cmd_db_copy,
+        "copy the configured SQLite database into an empty PostgreSQL database",
+    ).add_argument("--to", required=True, metavar="URL", help="postgresql://USER@HOST/DBNAME")
 
     user = commands.add_parser("user", help="manage accounts")
     users = user.add_subparsers(metavar="COMMAND")

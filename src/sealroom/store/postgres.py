@@ -28,7 +28,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import quote, urlsplit
 
 import psycopg
@@ -48,8 +48,12 @@ from sealroom.core.model import (
 )
 from sealroom.core.text import user_name
 
+if TYPE_CHECKING:
+    from sealroom.store.sqlite import SnapshotTotals, SqliteSnapshot
+
 Clock = Callable[[], datetime]
 Connection = psycopg.Connection[tuple[Any, ...]]
+Progress = Callable[[str, int, int], None]  # (what, done, total), after each batch
 
 CONNECT_TIMEOUT_S: Final = 5  # libpq's connect_timeout, per host tried
 STATEMENT_TIMEOUT_MS: Final = 10_000
@@ -59,6 +63,7 @@ POOL_WAIT_S: Final = 10.0  # for a free connection when every one is busy
 # Opened as needed, up to: the store's workers, the password checks and housekeeping share
 # one store (the history writer has its own and uses one connection).
 POOL_SIZE: Final = 8
+LOAD_BATCH: Final = 5000  # rows between progress reports while loading
 
 # Any constant will do: it only has to be the same in every process that migrates.
 _SCHEMA_LOCK: Final = 0x5EA1_5C4E_3A00_0001
@@ -199,6 +204,10 @@ _PRUNE_PRIVATE: Final = (
     " FROM unnest(%(names)s::text[]) AS r (name)) AS t"
     " WHERE m.recipient = t.name AND m.delivered AND m.id < t.oldest_kept"
 )
+
+
+class TargetNotEmpty(StoreError):  # noqa: N818 -- names the condition, as callers read it
+    """A copy into a database that already holds Sealroom data."""
 
 
 def _account(row: tuple[Any, ...]) -> Account:
@@ -610,6 +619,81 @@ class PostgresStore:
         if top_stamp > (stamps if called else stamps - 1):
             problems.append(f"account stamp {top_stamp} is above the stamp sequence ({stamps})")
         return problems
+
+    # -- moving in ------------------------------------------------------------------------
+
+    def load(self, snapshot: SqliteSnapshot, progress: Progress) -> SnapshotTotals:
+        """Fill this empty database with everything in ``snapshot``, in one transaction;
+        returns what the snapshot held.
+
+        Refuses (:class:`TargetNotEmpty`) a database holding any account, message or token,
+        or having reserved any id. A failure part way leaves the database as it was. The
+        tables are locked first, so two copies into one database cannot both succeed.
+        """
+        totals = snapshot.totals()
+        with self._transaction() as conn:
+            conn.execute("SET LOCAL statement_timeout = 0")  # a large copy takes a while
+            conn.execute(
+                "LOCK TABLE accounts, messages, resume_tokens, meta IN SHARE ROW EXCLUSIVE MODE"
+            )
+            self._refuse_if_not_empty(conn)
+            with conn.cursor().copy(f"COPY accounts ({_ACCOUNT_COLUMNS}) FROM STDIN") as copy:
+                for done, account in enumerate(snapshot.accounts(), start=1):
+                    copy.write_row(
+                        (
+                            account.name,
+                            account.password_hash,
+                            account.is_admin,
+                            account.enabled,
+                            account.created_at,
+                            account.last_login,
+                            account.stamp,
+                        )
+                    )
+                    if done % LOAD_BATCH == 0:
+                        progress("accounts", done, totals.accounts)
+            progress("accounts", totals.accounts, totals.accounts)
+            with conn.cursor().copy(
+                f"COPY messages ({_MESSAGE_COLUMNS}, delivered) FROM STDIN"
+            ) as copy:
+                for done, (message, delivered) in enumerate(snapshot.messages(), start=1):
+                    copy.write_row((*message, delivered))
+                    if done % LOAD_BATCH == 0:
+                        progress("messages", done, totals.messages)
+            progress("messages", totals.messages, totals.messages)
+            with conn.cursor().copy(
+                "COPY resume_tokens (digest, account, expires_at) FROM STDIN"
+            ) as copy:
+                for token in snapshot.tokens():
+                    copy.write_row(token)
+            progress("tokens", totals.tokens, totals.tokens)
+            # Above everything the source ever handed out, not only what it still holds.
+            stamp = max(totals.stamp_high_water, totals.top_stamp)
+            conn.execute("SELECT setval('account_stamps', %s, %s)", (max(stamp, 1), stamp > 0))
+            conn.execute(
+                "UPDATE meta SET value = %s WHERE key = 'id_high_water'",
+                (max(totals.id_high_water, totals.top_id),),
+            )
+            conn.execute(
+                "UPDATE meta SET value = %s WHERE key = 'accounts_version'",
+                (totals.accounts_version,),
+            )
+        return totals
+
+    def _refuse_if_not_empty(self, conn: Connection) -> None:
+        accounts, messages, tokens, high = _row(
+            conn.execute(
+                "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM messages),"
+                " (SELECT count(*) FROM resume_tokens),"
+                " (SELECT value FROM meta WHERE key = 'id_high_water')"
+            ).fetchone()
+        )
+        if accounts or messages or tokens or high:
+            raise TargetNotEmpty(
+                f"{self._location} is not empty ({accounts} accounts, {messages} messages,"
+                f" {tokens} resume tokens, ids reserved up to {high}); copy only into an"
+                " empty database"
+            )
 
 
 def _scalar(row: tuple[Any, ...] | None) -> int:
