@@ -24,6 +24,12 @@ if ! command -v systemd-nspawn >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
         apt-get install -y -qq --no-install-recommends systemd-container; } \
         || echo "could not install systemd-container; tests/test_systemd.py will fail" >&2
 fi
+# PostgreSQL's server binaries: the store's tests run initdb and postgres of their own. Debian
+# keeps them in /usr/lib/postgresql/N/bin, off PATH. (Its package also creates and tries to
+# start a cluster of its own; the tests never use it.)
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    missing="$missing postgresql"
+fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages:$missing"

@@ -1,5 +1,6 @@
-"""Fixtures: a trustme CA (independent of our own `certs init`), its server certificate, and
-real servers on 127.0.0.1 port 0 with real SQLite files. What tests import is in helpers.py."""
+"""Fixtures: a trustme CA (independent of our own `certs init`), its server certificate,
+real servers on 127.0.0.1 port 0 with real SQLite files, and a real PostgreSQL (started once
+per session, only if a test asks for it; see engines.py). What tests import is in helpers.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import trustme
 
+from engines import PostgresEngine
 from helpers import Server, ServerFactory, start_server
 
 # A database or argon2 call on the reactor thread raises instead of being logged: in this
@@ -29,6 +31,19 @@ def _sealroom_log_handlers() -> Iterator[None]:
         logger.removeHandler(handler)
     logger.propagate = True
     logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresEngine]:
+    """A PostgreSQL server for the whole session: about a second to start, once."""
+    with PostgresEngine.running() as engine:
+        yield engine
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresEngine) -> str:
+    """A new, empty database of this test's own: its URL, password included."""
+    return postgres.new_database()
 
 
 @pytest.fixture(scope="session")

@@ -159,6 +159,12 @@ ROUND_TRIPS: list[tuple[str, object, object]] = [
     ("tls.client_ca", "/etc/ssl/ca.pem", Path("/etc/ssl/ca.pem")),
     ("tls.profile", "modern", "modern"),
     ("storage.database", "/var/lib/sealroom/db.sqlite", Path("/var/lib/sealroom/db.sqlite")),
+    ("storage.database", "postgresql://chat@db/chat", "postgresql://chat@db/chat"),
+    (
+        "storage.database",
+        "postgres://chat@/chat?host=/run/pg",
+        "postgres://chat@/chat?host=/run/pg",
+    ),
     ("storage.workers", 8, 8),
     ("limits.max_sessions_per_user", 5, 5),
     ("rooms.max_created_per_user", 3, 3),
@@ -314,7 +320,18 @@ BAD_VALUES: list[tuple[str, object, str]] = [
     ("tls.cert", None, "must be a file path, got null"),
     ("tls.cert", "", "must be a file path, got ''"),
     ("tls.client_ca", 5, "must be a file path or null, got 5"),
-    ("storage.database", ["a"], "must be a file path, got a list"),
+    ("storage.database", ["a"], "must be a file path or a postgresql:// URL, got a list"),
+    ("storage.database", "", "must be a file path or a postgresql:// URL, got ''"),
+    (
+        "storage.database",
+        "mysql://u:pw@db/chat",
+        "must be a file path or a postgresql:// URL, got a URL of another kind",
+    ),
+    (
+        "storage.database",
+        "postgresql://u:p w@db/chat",
+        "a postgresql:// URL must not hold spaces or control characters",
+    ),
     ("storage.workers", 0, "must be an integer from 1 to 64, got 0"),
     ("log.level", "INFO", "must be one of 'debug', 'info', 'warning', 'error', got 'INFO'"),
     ("log.format", "xml", "must be 'text' or 'json', got 'xml'"),
@@ -514,6 +531,22 @@ def test_absolute_paths_are_kept(tmp_dir: Path) -> None:
     assert settings.tls.cert == Path("/etc/ssl/a.crt")
     assert settings.storage.database == Path("/var/db/x.db")
     assert settings.tls.key == tmp_dir / "certs/server.key"
+
+
+def test_a_database_url_is_kept_as_written(tmp_dir: Path) -> None:
+    """Not resolved against the configuration's directory, and not shown in the repr: it may
+    hold a password."""
+    url = "postgresql://sealroom:s3cret@db.example:5432/chat?sslmode=verify-full"
+    settings = load_settings(write(tmp_dir, f"storage: {{database: '{url}'}}\n"))
+    assert settings.storage.database == url
+    assert "s3cret" not in repr(settings)
+
+
+def test_a_bad_database_url_is_not_quoted_back(tmp_dir: Path) -> None:
+    path = write(tmp_dir, "storage: {database: 'postgresql://u:s3cret @db/chat'}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert "s3cret" not in str(caught.value)
 
 
 def test_a_relative_base_dir_is_made_absolute(

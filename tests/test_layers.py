@@ -72,7 +72,7 @@ def test_lint_imports_passes(report: tuple[int, str]) -> None:
 
 
 # A package shaped like sealroom that keeps every contract: each layer imports the one
-# below it, and each owner of sqlite3, argon2 and the sockets imports them.
+# below it, and each owner of sqlite3, psycopg, argon2 and the sockets imports them.
 SKELETON = {
     "__init__.py": "",
     "__main__.py": "import sealroom.cli\n",
@@ -87,6 +87,7 @@ SKELETON = {
     "core/__init__.py": "",
     "store/__init__.py": "import sealroom.core\n",
     "store/sqlite.py": "import sqlite3\nimport sealroom.core\n",
+    "store/postgres.py": "import psycopg\nimport psycopg_pool\nimport sealroom.core\n",
     "client/__init__.py": "import socket\nimport ssl\nimport sealroom.core\n",
 }
 
@@ -100,6 +101,8 @@ BREACHES = [
     ("core/__init__.py", "import sealroom.config", {"layers", "client"}, "core -> sealroom.config"),
     ("ops/__init__.py", "import sqlite3", {"sqlite3"}, "sealroom.ops -> sqlite3"),
     ("cli/__init__.py", "import argon2", {"argon2"}, "sealroom.cli -> argon2"),
+    ("ops/__init__.py", "import psycopg", {"psycopg"}, "sealroom.ops -> psycopg"),
+    ("session/__init__.py", "import psycopg_pool", {"psycopg"}, "session -> psycopg_pool"),
     ("store/sqlite.py", "import socket", {"sockets"}, "sealroom.store.sqlite -> socket"),
     ("session/__init__.py", "import select", {"sockets"}, "sealroom.session -> select"),
     ("core/__init__.py", "import ssl", {"sockets"}, "sealroom.core -> ssl"),

@@ -1,4 +1,11 @@
-"""The store against real SQLite files: schema migration, accounts, change detection."""
+"""The store's contract, on both engines, then what only SQLite has.
+
+Every test that takes ``store`` or ``database`` runs twice: on an SQLite file, and on a
+PostgreSQL database of its own on a real server (conftest.py's ``postgres``, started once per
+session). They say what any :class:`~sealroom.core.storage.Store` must do. SQLite's files,
+pragmas and migrations are tested further down, on SQLite only; PostgreSQL's own concerns
+(migrations, URLs and secrets, timeouts) are in test_store_postgres.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -15,20 +22,614 @@ from typing import Any
 import pytest
 
 from helpers import FakeWallClock
-from sealroom.core.model import AccountExists, NoSuchAccount, SchemaTooNew, StoreError, iso_utc
+from sealroom.core.model import (
+    AccountExists,
+    NoSuchAccount,
+    SchemaTooNew,
+    StoredMessage,
+    StoreError,
+    iso_utc,
+    utc_now,
+)
+from sealroom.core.storage import Store
 from sealroom.store import sqlite as store_module
+from sealroom.store.postgres import PostgresStore
 from sealroom.store.sqlite import MIGRATIONS, SqliteStore
+
+Database = Path | str  # an SQLite file, or a PostgreSQL URL
+NOW = "2026-01-01T00:00:00.000Z"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if request.param == "sqlite":
+        return tmp_path / "var" / "sealroom.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def open_at(database: Database, clock: Callable[[], datetime] = utc_now) -> Store:
+    if isinstance(database, Path):
+        return SqliteStore(database, clock=clock)
+    return PostgresStore(database, clock=clock)
+
+
+@pytest.fixture
+def store(database: Database) -> Iterator[Store]:
+    with open_at(database) as opened:
+        yield opened
+
+
+def message(
+    message_id: int, *, room: str | None = None, to: str | None = None, sender: str = "alice"
+) -> StoredMessage:
+    return StoredMessage(message_id, room, to, sender, f"body {message_id}", NOW)
+
+
+def later(days: int) -> str:
+    return iso_utc(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=days))
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+def test_reopen_keeps_data(database: Database) -> None:
+    with open_at(database) as store:
+        store.add_account("alice", "hash-a", is_admin=True)
+    with open_at(database) as store:
+        account = store.get_account("alice")
+    assert account is not None
+    assert account.is_admin
+    assert account.password_hash == "hash-a"
+
+
+def test_closed_store_refuses_calls(database: Database) -> None:
+    store = open_at(database)
+    store.close()
+    store.close()  # closing twice is harmless
+    with pytest.raises(StoreError, match="closed"):
+        store.count_accounts()
+
+
+def test_a_new_database_is_sound(store: Store) -> None:
+    assert store.check() == []
+    assert store.count_accounts() == 0
+    assert store.accounts_version() == 0
+
+
+def test_location_names_the_database_without_secrets(database: Database, store: Store) -> None:
+    if isinstance(database, Path):
+        assert store.location == str(database)
+    else:
+        password = database.split(":")[2].split("@")[0]
+        assert store.location.startswith("postgresql://postgres@127.0.0.1:")
+        assert password not in store.location
+        assert password not in repr(store)
+
+
+# -- accounts -----------------------------------------------------------------------------
+
+
+def test_add_and_get(database: Database) -> None:
+    clock = FakeWallClock(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
+    with open_at(database, clock=clock) as store:
+        added = store.add_account("alice", "hash-a")
+        assert added.name == "alice"
+        assert not added.is_admin
+        assert added.enabled
+        assert added.created_at == "2024-05-01T12:00:00.123Z"
+        assert added.last_login is None
+        assert store.get_account("alice") == added
+        assert store.get_account("bob") is None
+
+
+def test_add_duplicate(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    with pytest.raises(AccountExists, match="alice"):
+        store.add_account("alice", "hash-b", is_admin=True)
+    account = store.get_account("alice")
+    assert account is not None
+    assert account.password_hash == "hash-a"
+    assert not account.is_admin
+
+
+@pytest.mark.parametrize("name", ["Alice", "", "bad name", "-x", "a" * 33])
+def test_add_refuses_non_canonical_names(store: Store, name: str) -> None:
+    with pytest.raises(ValueError, match="canonical"):
+        store.add_account(name, "hash")
+    assert store.count_accounts() == 0
+
+
+def test_add_many_counts_only_the_new_ones(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    created = store.add_accounts([("bob", "hash-b"), ("alice", "other"), ("carol", "hash-c")])
+    assert created == 2
+    assert store.count_accounts() == 3
+    alice = store.get_account("alice")
+    assert alice is not None
+    assert alice.password_hash == "hash-a"
+    bob = store.get_account("bob")
+    assert bob is not None
+    assert (bob.password_hash, bob.is_admin, bob.enabled) == ("hash-b", False, True)
+    assert store.add_accounts([]) == 0
+
+
+def test_set_password_hash(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    store.set_password_hash("alice", "hash-b")
+    account = store.get_account("alice")
+    assert account is not None
+    assert account.password_hash == "hash-b"
+    with pytest.raises(NoSuchAccount, match="bob"):
+        store.set_password_hash("bob", "hash")
+
+
+def test_replace_password_hash_only_if_unchanged(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    assert store.replace_password_hash("alice", "hash-a", "hash-b")
+    assert not store.replace_password_hash("alice", "hash-a", "hash-c")
+    account = store.get_account("alice")
+    assert account is not None
+    assert account.password_hash == "hash-b"
+    assert not store.replace_password_hash("bob", "hash-a", "hash-c")
+
+
+def test_enable_and_disable(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    store.set_enabled("alice", False)
+    account = store.get_account("alice")
+    assert account is not None
+    assert not account.enabled
+    store.set_enabled("alice", True)
+    account = store.get_account("alice")
+    assert account is not None
+    assert account.enabled
+    with pytest.raises(NoSuchAccount):
+        store.set_enabled("bob", False)
+
+
+def test_remove(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    store.remove_account("alice")
+    assert store.get_account("alice") is None
+    assert store.count_accounts() == 0
+    with pytest.raises(NoSuchAccount):
+        store.remove_account("alice")
+    # The name is free again.
+    store.add_account("alice", "hash-b")
+    assert store.count_accounts() == 1
+
+
+def test_list_is_sorted_by_name(store: Store) -> None:
+    for name in ["carol", "alice", "bob.x", "bob", "0zed", "bob-y", "bob_z"]:
+        store.add_account(name, f"hash-{name}", is_admin=name == "carol")
+    accounts = store.list_accounts()
+    # Byte order, whatever the database's locale: '-' < '.' < '0' < '_'.
+    names = ["0zed", "alice", "bob", "bob-y", "bob.x", "bob_z", "carol"]
+    assert [a.name for a in accounts] == names
+    assert [a.is_admin for a in accounts] == [n == "carol" for n in names]
+    assert store.count_accounts() == 7
+
+
+def test_record_login(database: Database) -> None:
+    clock = FakeWallClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
+    with open_at(database, clock=clock) as store:
+        store.add_account("alice", "hash-a")
+        clock.now += timedelta(hours=1, milliseconds=7)
+        store.record_login("alice")
+        account = store.get_account("alice")
+        assert account is not None
+        assert account.created_at == "2024-05-01T12:00:00.000Z"
+        assert account.last_login == "2024-05-01T13:00:00.007Z"
+        with pytest.raises(NoSuchAccount):
+            store.record_login("bob")
+
+
+def test_repr_hides_the_hash(store: Store) -> None:
+    account = store.add_account("alice", "$argon2id$secret-hash-material")
+    assert "secret-hash-material" not in repr(account)
+    assert "alice" in repr(account)
+
+
+def test_names_are_parameters_not_sql(store: Store) -> None:
+    store.add_account("alice", "hash-a")
+    assert store.get_account("alice' OR '1'='1") is None
+    with pytest.raises(NoSuchAccount):
+        store.remove_account("x' OR 1=1 --")
+    assert store.count_accounts() == 1
+
+
+def test_iso_utc() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    assert iso_utc(datetime(2024, 1, 2, 5, 6, 7, 999999, tzinfo=plus_two)) == (
+        "2024-01-02T03:06:07.999Z"
+    )
+    with pytest.raises(ValueError, match="naive"):
+        iso_utc(datetime(2024, 1, 2))
+
+
+# -- stamps: which account record a session belongs to ------------------------------------
+
+
+def stamp_of(store: Store, name: str) -> int:
+    account = store.get_account(name)
+    assert account is not None
+    return account.stamp
+
+
+def test_every_record_has_a_stamp_of_its_own(store: Store) -> None:
+    seen = [store.add_account("alice", "hash").stamp, store.add_account("bob", "hash").stamp]
+    assert seen == [stamp_of(store, "alice"), stamp_of(store, "bob")]
+    store.add_accounts([("carol", "hash")])
+    seen.append(stamp_of(store, "carol"))
+    # Each security-relevant change makes a new record: a stamp never seen before.
+    store.set_password_hash("alice", "hash-2")
+    seen.append(stamp_of(store, "alice"))
+    store.set_enabled("alice", False)
+    seen.append(stamp_of(store, "alice"))
+    store.set_enabled("alice", True)
+    seen.append(stamp_of(store, "alice"))
+    store.remove_account("bob")
+    seen.append(store.add_account("bob", "hash").stamp)  # the same name, another account
+    assert len(set(seen)) == len(seen)
+    assert all(stamp > 0 for stamp in seen)
+
+
+def test_stamps_survive_what_is_not_a_new_record(store: Store) -> None:
+    stamp = store.add_account("alice", "hash-a").stamp
+    store.record_login("alice")
+    assert store.replace_password_hash("alice", "hash-a", "hash-a-rehashed")  # a login's upgrade
+    assert store.add_token("alice", b"d" * 32, later(7), NOW, stamp)
+    assert stamp_of(store, "alice") == stamp
+
+
+def test_stamps_are_never_reused_after_reopening(database: Database) -> None:
+    with open_at(database) as store:
+        first = {store.add_account(f"u{i}", "hash").stamp for i in range(3)}
+        for i in range(3):
+            store.remove_account(f"u{i}")
+    with open_at(database) as store:
+        assert store.add_account("u0", "hash").stamp > max(first)
+
+
+def test_change_password_needs_the_current_record(store: Store) -> None:
+    stamp = store.add_account("alice", "old").stamp
+    assert store.add_token("alice", b"t" * 32, later(7), NOW, stamp)
+    assert store.change_password("alice", stamp + 1000, "old", "new") is None  # stale session
+    assert store.change_password("alice", stamp, "wrong", "new") is None  # changed meanwhile
+    assert store.change_password("nobody", stamp, "old", "new") is None
+    unchanged = store.get_account("alice")
+    assert unchanged is not None
+    assert (unchanged.password_hash, unchanged.stamp) == ("old", stamp)
+    assert store.token_account(b"t" * 32) is not None  # a refused change revokes nothing
+    renewed = store.change_password("alice", stamp, "old", "new")
+    assert renewed is not None
+    assert renewed != stamp
+    changed = store.get_account("alice")
+    assert changed is not None
+    assert (changed.password_hash, changed.stamp) == ("new", renewed)
+    assert store.token_account(b"t" * 32) is None
+    assert store.change_password("alice", stamp, "new", "newer") is None  # the old record
+
+
+# -- change detection ---------------------------------------------------------------------
+
+
+def test_accounts_version_counts_what_live_sessions_must_see(store: Store) -> None:
+    def bumped_by(change: Callable[[], object]) -> int:
+        before = store.accounts_version()
+        change()
+        return store.accounts_version() - before
+
+    stamp = store.add_account("alice", "hash-a").stamp
+    assert bumped_by(lambda: store.add_account("bob", "hash-b")) == 0
+    assert bumped_by(lambda: store.add_accounts([("carol", "hash-c")])) == 0
+    assert bumped_by(lambda: store.record_login("alice")) == 0
+    assert bumped_by(lambda: store.add_token("alice", b"x" * 32, later(1), NOW, stamp)) == 0
+    assert bumped_by(lambda: store.set_enabled("bob", False)) == 1
+    assert bumped_by(lambda: store.set_enabled("bob", True)) == 1
+    assert bumped_by(lambda: store.set_password_hash("bob", "hash-b2")) == 1
+    assert bumped_by(lambda: store.replace_password_hash("bob", "hash-b2", "hash-b3")) == 1
+    renew = lambda: store.change_password("alice", stamp, "hash-a", "hash-a2")  # noqa: E731
+    assert bumped_by(renew) == 1
+    assert bumped_by(lambda: store.remove_account("carol")) == 1
+
+
+# -- resume tokens ------------------------------------------------------------------------
+
+
+def test_tokens_belong_to_one_record(store: Store) -> None:
+    stamp = store.add_account("alice", "hash").stamp
+    assert store.add_token("alice", b"a" * 32, later(7), NOW, stamp)
+    assert store.token_account(b"a" * 32) == ("alice", later(7))
+    assert store.add_token("alice", b"b" * 32, later(7), NOW)  # no stamp: any record
+    assert not store.add_token("alice", b"c" * 32, later(7), NOW, stamp + 1000)
+    assert not store.add_token("bob", b"d" * 32, later(7), NOW)
+    assert store.token_account(b"c" * 32) is None
+    assert store.token_account(b"d" * 32) is None
+    assert store.token_account(b"nothing") is None
+
+
+@pytest.mark.parametrize(
+    "revoke",
+    [
+        lambda store: store.set_password_hash("alice", "new"),
+        lambda store: store.set_enabled("alice", False),
+        lambda store: store.remove_account("alice"),
+    ],
+    ids=["password", "disable", "remove"],
+)
+def test_tokens_are_revoked_with_the_record(store: Store, revoke: Callable[[Store], None]) -> None:
+    store.add_account("alice", "hash")
+    store.add_account("bob", "hash")
+    for digest in (b"1" * 32, b"2" * 32):
+        assert store.add_token("alice", digest, later(7), NOW)
+    assert store.add_token("bob", b"3" * 32, later(7), NOW)
+    revoke(store)
+    assert store.token_account(b"1" * 32) is None
+    assert store.token_account(b"2" * 32) is None
+    assert store.token_account(b"3" * 32) == ("bob", later(7))
+
+
+def test_enabling_keeps_tokens(store: Store) -> None:
+    store.add_account("alice", "hash")
+    assert store.add_token("alice", b"1" * 32, later(7), NOW)
+    store.set_enabled("alice", True)
+    assert store.token_account(b"1" * 32) is not None
+
+
+def test_expired_and_surplus_tokens_are_dropped(store: Store) -> None:
+    store.add_account("alice", "hash")
+    assert store.add_token("alice", b"old" * 10, later(1), NOW)
+    # A token added at day 2 drops the one that expired at day 1.
+    assert store.add_token("alice", b"new" * 10, later(30), later(2))
+    assert store.token_account(b"old" * 10) is None
+    for i in range(25):
+        assert store.add_token("alice", bytes([i]) * 32, later(10 + i), later(2))
+    kept = [i for i in range(25) if store.token_account(bytes([i]) * 32) is not None]
+    # At most 20 per account: the ones expiring last stay (the day-30 one among them).
+    assert kept == list(range(6, 25))
+    assert store.token_account(b"new" * 10) is not None
+
+
+# -- message ids --------------------------------------------------------------------------
+
+
+def test_ids_are_reserved_in_blocks_and_never_reused(database: Database) -> None:
+    with open_at(database) as store:
+        first = store.reserve_ids(10)
+        assert first == range(1, 11)
+        assert store.reserve_ids(5) == range(11, 16)
+    with open_at(database) as store:  # a "crash" after using only part of the blocks
+        assert store.reserve_ids(10) == range(16, 26)
+
+
+def test_concurrent_reservations_never_overlap(database: Database) -> None:
+    blocks: list[range] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4, timeout=30)
+
+    def work() -> None:
+        try:
+            with open_at(database) as own:  # as several processes (or nodes) would
+                start.wait()
+                for _ in range(20):
+                    blocks.append(own.reserve_ids(7))
+        except BaseException as exc:  # handed to the main thread below
+            errors.append(exc)
+
+    open_at(database).close()  # create the schema before the race
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    ids = sorted(i for block in blocks for i in block)
+    assert ids == list(range(1, 4 * 20 * 7 + 1))
+    assert all(len(block) == 7 for block in blocks)
+
+
+# -- messages -----------------------------------------------------------------------------
+
+
+def test_room_history_newest_last_and_trimmed(store: Store) -> None:
+    store.add_messages([message(i, room="#a" if i % 2 else "#b") for i in range(1, 21)])
+    assert [m.id for m in store.room_history("#a", 3)] == [15, 17, 19]
+    assert store.room_history("#a", 3)[0] == message(15, room="#a")
+    assert store.room_history("#nowhere", 5) == []
+    # The next batch trims every room it touches to the newest 4; others are left alone.
+    store.add_messages([message(21, room="#a")], keep_per_room=4)
+    assert [m.id for m in store.room_history("#a", 100)] == [15, 17, 19, 21]
+    assert len(store.room_history("#b", 100)) == 10
+
+
+def test_a_batch_written_twice_is_stored_once(store: Store) -> None:
+    batch = [message(1, room="#a"), message(2, to="bob")]
+    store.add_messages(batch)
+    store.add_messages(batch)
+    assert [m.id for m in store.room_history("#a", 10)] == [1]
+    assert [m.id for m in store.conversation("alice", "bob", 10)] == [2]
+    store.add_messages([])  # an empty batch is no error
+    store.mark_delivered([])
+
+
+def test_private_messages_wait_until_delivered(store: Store) -> None:
+    store.add_messages(
+        [message(1, to="bob"), message(2, to="bob", sender="carol"), message(3, to="carol")],
+        delivered=False,
+    )
+    store.add_messages([message(4, to="bob")])  # written to bob's session at once
+    assert [m.id for m in store.pending("bob", 10)] == [1, 2]
+    assert [m.id for m in store.pending("bob", 1)] == [1]
+    assert store.pending("bob", 10)[0] == message(1, to="bob")
+    assert store.pending_count("bob") == 2
+    assert store.pending_count_from("alice", "bob") == 1
+    assert store.pending_count_from("carol", "bob") == 1
+    assert store.pending_count_from("bob", "carol") == 0
+    store.mark_delivered([1, 3])
+    assert [m.id for m in store.pending("bob", 10)] == [2]
+    assert store.pending_count("carol") == 0
+
+
+def test_conversation_both_ways_newest_last(store: Store) -> None:
+    store.add_messages(
+        [
+            message(1, to="bob"),
+            message(2, to="alice", sender="bob"),
+            message(3, to="carol"),
+            message(4, to="bob"),
+            message(5, room="#a", sender="bob"),
+        ]
+    )
+    assert [m.id for m in store.conversation("alice", "bob", 10)] == [1, 2, 4]
+    assert [m.id for m in store.conversation("bob", "alice", 2)] == [2, 4]
+    assert store.conversation("bob", "carol", 10) == []
+
+
+def test_retention_never_drops_undelivered_messages(store: Store) -> None:
+    store.add_messages([message(i, to="bob") for i in range(1, 4)], delivered=False)
+    store.add_messages([message(i, to="bob") for i in range(4, 8)], keep_per_recipient=2)
+    # Of the delivered ones, the newest 2 stay; all undelivered ones stay.
+    assert [m.id for m in store.conversation("alice", "bob", 100)] == [1, 2, 3, 6, 7]
+    store.add_messages([message(8, to="bob")], delivered=False, keep_per_recipient=2)
+    assert [m.id for m in store.pending("bob", 10)] == [1, 2, 3, 8]
+
+
+def test_removing_an_account_removes_its_messages(store: Store) -> None:
+    for name in ("alice", "bob", "carol"):
+        store.add_account(name, "hash")
+    store.add_messages(
+        [
+            message(1, room="#a", sender="alice"),
+            message(2, room="#a", sender="bob"),
+            message(3, to="bob", sender="alice"),
+            message(4, to="alice", sender="carol"),
+            message(5, to="carol", sender="bob"),
+        ],
+        delivered=False,
+    )
+    store.remove_account("alice")
+    assert [m.id for m in store.room_history("#a", 10)] == [2]
+    assert store.pending("bob", 10) == []
+    assert store.conversation("alice", "carol", 10) == []
+    assert [m.id for m in store.pending("carol", 10)] == [5]
+
+
+# -- concurrency --------------------------------------------------------------------------
+
+
+def test_one_store_from_many_threads(store: Store) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(8, timeout=30)
+
+    def work(worker: int) -> None:
+        try:
+            start.wait()
+            for i in range(25):
+                name = f"u{worker}-{i}"
+                store.add_account(name, f"hash-{name}")
+                store.record_login(name)
+                assert store.get_account(name) is not None
+                store.list_accounts()
+        except BaseException as exc:  # handed to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.count_accounts() == 200
+
+
+def test_two_stores_on_one_database_from_threads(database: Database) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=30)
+    open_at(database).close()  # create the schema before the race
+
+    def work(prefix: str) -> None:
+        try:
+            with open_at(database) as own:
+                start.wait()
+                for i in range(50):
+                    own.add_account(f"{prefix}{i}", "hash")
+                    own.set_enabled(f"{prefix}{i}", False)
+        except BaseException as exc:  # handed to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with open_at(database) as store:
+        accounts = store.list_accounts()
+    assert len(accounts) == 100
+    assert not any(a.enabled for a in accounts)
+
+
+def test_a_token_never_outlives_a_concurrent_password_change(database: Database) -> None:
+    """Minting for a record and ending that record race, round after round. Whatever the
+    interleaving, once both are done no token minted for the ended record is left: it was
+    revoked, or never stored."""
+    with open_at(database) as store:
+        store.add_account("alice", "hash-0")
+    rounds, per_round = 40, 4
+    stamps: list[int] = []  # the record each round mints for (and ends)
+    minted: list[list[bytes]] = [[] for _ in range(rounds)]
+    errors: list[BaseException] = []
+    go, done = threading.Barrier(3, timeout=30), threading.Barrier(3, timeout=30)
+
+    def mint() -> None:
+        with open_at(database) as own:
+            for r in range(rounds):
+                go.wait()
+                try:
+                    for i in range(per_round):
+                        digest = (r * per_round + i).to_bytes(32, "big")
+                        if own.add_token("alice", digest, later(7), NOW, stamps[r]):
+                            minted[r].append(digest)
+                except BaseException as exc:  # handed to the main thread below
+                    errors.append(exc)
+                done.wait()
+
+    def change() -> None:
+        with open_at(database) as own:
+            for r in range(rounds):
+                go.wait()
+                try:
+                    own.set_password_hash("alice", f"hash-{r + 1}")
+                except BaseException as exc:  # handed to the main thread below
+                    errors.append(exc)
+                done.wait()
+
+    threads = [threading.Thread(target=mint), threading.Thread(target=change)]
+    for thread in threads:
+        thread.start()
+    with open_at(database) as store:
+        for r in range(rounds):
+            stamps.append(stamp_of(store, "alice"))
+            before = (rounds * per_round + r).to_bytes(32, "big")
+            assert store.add_token("alice", before, later(7), NOW, stamps[r])
+            minted[r].append(before)  # one that surely exists before the race
+            go.wait()
+            done.wait()
+            left = [d for d in minted[r] if store.token_account(d) is not None]
+            assert left == [], f"round {r}: tokens of an ended record survive"
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+# -- SQLite only: the file, its pragmas, its migrations -----------------------------------
 
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "var" / "sealroom.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(db_path) as opened:
-        yield opened
 
 
 def raw_query(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -41,9 +642,6 @@ def set_user_version(path: Path, version: int) -> None:
     with closing(sqlite3.connect(path)) as conn:
         conn.execute(f"PRAGMA user_version = {version:d}")
         conn.commit()
-
-
-# -- opening and migrating ----------------------------------------------------------------
 
 
 def test_new_file_is_created_with_parent_dirs_and_migrated(db_path: Path) -> None:
@@ -64,20 +662,17 @@ def test_empty_existing_file_is_migrated(db_path: Path) -> None:
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
 
 
-def test_connection_settings(store: SqliteStore) -> None:
-    with store._connection() as conn:
+def test_connection_settings(db_path: Path) -> None:
+    with SqliteStore(db_path) as store, store._connection() as conn:
         assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
         assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
 
 
-def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
+def test_reopen_does_not_migrate_again(db_path: Path) -> None:
     with SqliteStore(db_path) as store:
         store.add_account("alice", "hash-a", is_admin=True)
     with SqliteStore(db_path) as store:
-        account = store.get_account("alice")
-    assert account is not None
-    assert account.is_admin
-    assert account.password_hash == "hash-a"
+        assert store.get_account("alice") is not None
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
 
 
@@ -138,193 +733,6 @@ def test_non_database_file_is_refused(db_path: Path, content: bytes) -> None:
 def test_directory_instead_of_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot open database"):
         SqliteStore(tmp_path)
-
-
-def test_closed_store_refuses_calls(db_path: Path) -> None:
-    store = SqliteStore(db_path)
-    store.close()
-    store.close()  # closing twice is harmless
-    with pytest.raises(StoreError, match="closed"):
-        store.count_accounts()
-
-
-# -- accounts -----------------------------------------------------------------------------
-
-
-def test_add_and_get(db_path: Path) -> None:
-    clock = FakeWallClock(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
-    with SqliteStore(db_path, clock=clock) as store:
-        added = store.add_account("alice", "hash-a")
-        assert added.name == "alice"
-        assert not added.is_admin
-        assert added.enabled
-        assert added.created_at == "2024-05-01T12:00:00.123Z"
-        assert added.last_login is None
-        assert store.get_account("alice") == added
-        assert store.get_account("bob") is None
-
-
-def test_add_duplicate(store: SqliteStore) -> None:
-    store.add_account("alice", "hash-a")
-    with pytest.raises(AccountExists, match="alice"):
-        store.add_account("alice", "hash-b", is_admin=True)
-    account = store.get_account("alice")
-    assert account is not None
-    assert account.password_hash == "hash-a"
-    assert not account.is_admin
-
-
-@pytest.mark.parametrize("name", ["Alice", "", "bad name", "-x", "a" * 33])
-def test_add_refuses_non_canonical_names(store: SqliteStore, name: str) -> None:
-    with pytest.raises(ValueError, match="canonical"):
-        store.add_account(name, "hash")
-    assert store.count_accounts() == 0
-
-
-def test_set_password_hash(store: SqliteStore) -> None:
-    store.add_account("alice", "hash-a")
-    store.set_password_hash("alice", "hash-b")
-    account = store.get_account("alice")
-    assert account is not None
-    assert account.password_hash == "hash-b"
-    with pytest.raises(NoSuchAccount, match="bob"):
-        store.set_password_hash("bob", "hash")
-
-
-def test_replace_password_hash_only_if_unchanged(store: SqliteStore) -> None:
-    store.add_account("alice", "hash-a")
-    assert store.replace_password_hash("alice", "hash-a", "hash-b")
-    assert not store.replace_password_hash("alice", "hash-a", "hash-c")
-    account = store.get_account("alice")
-    assert account is not None
-    assert account.password_hash == "hash-b"
-    assert not store.replace_password_hash("bob", "hash-a", "hash-c")
-
-
-def test_enable_and_disable(store: SqliteStore) -> None:
-    store.add_account("alice", "hash-a")
-    store.set_enabled("alice", False)
-    account = store.get_account("alice")
-    assert account is not None
-    assert not account.enabled
-    store.set_enabled("alice", True)
-    account = store.get_account("alice")
-    assert account is not None
-    assert account.enabled
-    with pytest.raises(NoSuchAccount):
-        store.set_enabled("bob", False)
-
-
-def test_remove(store: SqliteStore) -> None:
-    store.add_account("alice", "hash-a")
-    store.remove_account("alice")
-    assert store.get_account("alice") is None
-    assert store.count_accounts() == 0
-    with pytest.raises(NoSuchAccount):
-        store.remove_account("alice")
-    # The name is free again.
-    store.add_account("alice", "hash-b")
-    assert store.count_accounts() == 1
-
-
-def test_list_is_sorted_by_name(store: SqliteStore) -> None:
-    for name in ["carol", "alice", "bob.x", "bob", "0zed"]:
-        store.add_account(name, f"hash-{name}", is_admin=name == "carol")
-    accounts = store.list_accounts()
-    assert [a.name for a in accounts] == ["0zed", "alice", "bob", "bob.x", "carol"]
-    assert [a.is_admin for a in accounts] == [False, False, False, False, True]
-    assert store.count_accounts() == 5
-
-
-def test_record_login(db_path: Path) -> None:
-    clock = FakeWallClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
-    with SqliteStore(db_path, clock=clock) as store:
-        store.add_account("alice", "hash-a")
-        clock.now += timedelta(hours=1, milliseconds=7)
-        store.record_login("alice")
-        account = store.get_account("alice")
-        assert account is not None
-        assert account.created_at == "2024-05-01T12:00:00.000Z"
-        assert account.last_login == "2024-05-01T13:00:00.007Z"
-        with pytest.raises(NoSuchAccount):
-            store.record_login("bob")
-
-
-def test_repr_hides_the_hash(store: SqliteStore) -> None:
-    account = store.add_account("alice", "$argon2id$secret-hash-material")
-    assert "secret-hash-material" not in repr(account)
-    assert "alice" in repr(account)
-
-
-def test_names_are_parameters_not_sql(store: SqliteStore) -> None:
-    store.add_account("alice", "hash-a")
-    assert store.get_account("alice' OR '1'='1") is None
-    with pytest.raises(NoSuchAccount):
-        store.remove_account("x' OR 1=1 --")
-    assert store.count_accounts() == 1
-
-
-def test_iso_utc() -> None:
-    plus_two = timezone(timedelta(hours=2))
-    assert iso_utc(datetime(2024, 1, 2, 5, 6, 7, 999999, tzinfo=plus_two)) == (
-        "2024-01-02T03:06:07.999Z"
-    )
-    with pytest.raises(ValueError, match="naive"):
-        iso_utc(datetime(2024, 1, 2))
-
-
-# -- change detection and concurrency -----------------------------------------------------
-
-
-def test_one_store_from_many_threads(store: SqliteStore) -> None:
-    errors: list[BaseException] = []
-    start = threading.Barrier(8, timeout=30)
-
-    def work(worker: int) -> None:
-        try:
-            start.wait()
-            for i in range(25):
-                name = f"u{worker}-{i}"
-                store.add_account(name, f"hash-{name}")
-                store.record_login(name)
-                assert store.get_account(name) is not None
-                store.list_accounts()
-        except BaseException as exc:  # handed to the main thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert store.count_accounts() == 200
-
-
-def test_two_stores_on_one_file_from_threads(db_path: Path) -> None:
-    errors: list[BaseException] = []
-    start = threading.Barrier(2, timeout=30)
-
-    def work(prefix: str) -> None:
-        try:
-            with SqliteStore(db_path) as own:
-                start.wait()
-                for i in range(50):
-                    own.add_account(f"{prefix}{i}", "hash")
-                    own.set_enabled(f"{prefix}{i}", False)
-        except BaseException as exc:  # handed to the main thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(p,)) for p in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    with SqliteStore(db_path) as store:
-        accounts = store.list_accounts()
-    assert len(accounts) == 100
-    assert not any(a.enabled for a in accounts)
 
 
 def test_many_processes_opening_a_new_file_at_once(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from sealroom.core.storage import is_postgres_url
 from sealroom.core.text import escape_for_log, has_forbidden_chars, room_name
 
 
@@ -51,7 +52,9 @@ class TlsSettings:
 
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
-    database: Path = Path("var/sealroom.db")
+    # A path: an SQLite file. A str: a postgresql:// URL, as written (it may hold a password,
+    # hence not in the repr).
+    database: Path | str = field(default=Path("var/sealroom.db"), repr=False)
     workers: int = 4  # threads for database calls, which the reactor never makes itself
 
 
@@ -323,6 +326,20 @@ def _path(*, optional: bool = False) -> Check:
     return check
 
 
+def _database(value: object) -> object:
+    """An SQLite file's path (resolved later, like every path) or a postgresql:// URL, kept
+    as written. A URL is never quoted back: it may hold a password."""
+    if isinstance(value, str) and is_postgres_url(value):
+        if has_forbidden_chars(value) or any(char.isspace() for char in value):
+            raise _bad("a postgresql:// URL must not hold spaces or control characters")
+        return value
+    if isinstance(value, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+        raise _bad("must be a file path or a postgresql:// URL, got a URL of another kind")
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise _bad(f"must be a file path or a postgresql:// URL, got {_shown(value)}")
+    return Path(value)
+
+
 def _server_name(value: object) -> object:
     if (
         not isinstance(value, str)
@@ -444,7 +461,7 @@ _SCHEMA = _Section(
                 "profile": _choice("intermediate", "modern"),
             }
         ),
-        "storage": _Section({"database": _path(), "workers": _integer(1, 64)}),
+        "storage": _Section({"database": _database, "workers": _integer(1, 64)}),
         "auth": _Section(
             {
                 "argon2": _Section(

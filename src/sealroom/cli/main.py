@@ -30,7 +30,7 @@ from sealroom.cli.tools import add_client_commands
 from sealroom.config import ConfigError, Settings, load_settings, parse_address
 from sealroom.core.errors import UserError
 from sealroom.core.model import AccountExists, MissingDatabase, StoreError
-from sealroom.core.storage import Store
+from sealroom.core.storage import Store, is_postgres_url
 from sealroom.core.text import escape_for_log, password_problem, user_name
 from sealroom.net.tls import build_server_context
 from sealroom.ops.app import serve
@@ -40,6 +40,8 @@ from sealroom.ops.logs import configure_logging
 from sealroom.ops.observe import status_text
 from sealroom.ops.reload import certificate_validity, check_certificate_dates
 from sealroom.policy.auth import encoded_hash_problem, password_hasher
+from sealroom.store import open_store
+from sealroom.store.copy import copy_to_postgres
 from sealroom.store.sqlite import SqliteStore, check_file
 
 Handler = Callable[[argparse.Namespace], int]
@@ -185,16 +187,17 @@ def _hash_password(settings: Settings, password: str) -> str:
 
 def _open_store(settings: Settings) -> Store:
     """The configured database, which must exist: a command never creates one by mistake."""
-    path = settings.storage.database
+    database = settings.storage.database
     try:
-        return SqliteStore(path, create=False)
+        return open_store(database, create=False)
     except MissingDatabase:
         if settings.source is None:
             where = "the built-in default; the server's configuration is named with -c"
         else:
             where = f"storage.database in {settings.source}"
+        missing = Path(database).absolute()
         raise UserError(
-            f"no database at {path.absolute()} ({where}); create one with 'sealroom db init'"
+            f"no database at {missing} ({where}); create one with 'sealroom db init'"
         ) from None
 
 
@@ -347,7 +350,12 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
-    path = _settings(args).storage.database
+    database = _settings(args).storage.database
+    if is_postgres_url(database):  # the schema is made (or brought up to date) on opening
+        with open_store(database) as store:
+            print(f"database {store.location} ready ({store.count_accounts()} accounts)")
+        return 0
+    path = Path(database)
     existed = path.exists()
     with SqliteStore(path, create=True) as store:
         accounts = store.count_accounts()
@@ -380,6 +388,27 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     if problems:
         return 1
     print(f"database ok ({where})")
+    return 0
+
+
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    """The configured SQLite database into an empty PostgreSQL one, with a progress line."""
+    settings = _settings(args)
+    live = sys.stderr.isatty()
+
+    def progress(what: str, done: int, total: int) -> None:
+        if live:
+            end = "\n" if done == total else ""
+            print(f"\rcopying {what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+        elif done == total:
+            print(f"copied {what}: {done}/{total}", file=sys.stderr)
+
+    copied = copy_to_postgres(settings.storage.database, args.to, progress)
+    print(
+        f"copied {copied.accounts} accounts, {copied.messages} messages"
+        f" ({copied.pending} waiting for delivery) and {copied.tokens} resume tokens;"
+        f" new message ids start above {max(copied.id_high_water, copied.top_id)}"
+    )
     return 0
 
 
@@ -662,6 +691,13 @@ def _db_commands(table: CommandTable) -> None:
     ).add_argument(
         "path", nargs="?", metavar="PATH", help="a database file to check instead (a backup)"
     )
+    table.command(
+        db,
+        "copy",
+        cmd_db_copy,
+        "copy the configured SQLite database into an empty PostgreSQL database",
+        examples=(("sealroom db copy --to postgresql://sealroom@db.example/sealroom", ""),),
+    ).add_argument("--to", required=True, metavar="URL", help="postgresql://USER@HOST/DBNAME")
 
 
 def _user_commands(table: CommandTable) -> None:

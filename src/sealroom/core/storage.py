@@ -1,9 +1,13 @@
 """What the rest of Sealroom asks of a database: the :class:`Store` protocol.
 
 The session, the policies and the state depend on this interface, never on an engine. The
-SQLite implementation (:mod:`sealroom.store.sqlite`) satisfies it, and so must any other
-(PostgreSQL for a cluster). Every method may block on I/O: callers run them on a worker
-thread, never on the reactor. Any method may raise :class:`~sealroom.core.model.StoreError`.
+SQLite implementation (:mod:`sealroom.store.sqlite`) satisfies it, and so does the PostgreSQL
+one (:mod:`sealroom.store.postgres`, for a cluster). Every method may block on I/O: callers run
+them on a worker thread, never on the reactor. Any method may raise
+:class:`~sealroom.core.model.StoreError`.
+
+``storage.database`` names the store: a path is an SQLite file, a ``postgresql://`` URL a
+PostgreSQL database (:func:`is_postgres_url`, shared by the configuration and the store factory).
 """
 
 from __future__ import annotations
@@ -11,9 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Final, Protocol, Self
 
 from sealroom.core.model import Account, RoomRecord, StoredMessage
+
+# libpq's two spellings of a PostgreSQL connection URI.
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(database: Path | str) -> bool:
+    """Whether ``storage.database`` names a PostgreSQL database rather than an SQLite file."""
+    return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
 
 
 class Store(Protocol):

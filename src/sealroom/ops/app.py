@@ -55,7 +55,7 @@ from sealroom.session.effects import Outcome, Pool
 from sealroom.session.machine import Services
 from sealroom.state.hub import Hub, HubLimits
 from sealroom.state.messages import HistoryWriter, MessageIds, MessageLog
-from sealroom.store.sqlite import SqliteStore
+from sealroom.store import open_store
 
 log = logging.getLogger("sealroom")
 
@@ -88,7 +88,7 @@ class App:
         context = build_server_context(
             settings.tls.cert, settings.tls.key, settings.tls.client_ca, settings.tls.profile
         )
-        self.store: Store = SqliteStore(settings.storage.database)
+        self.store: Store = open_store(settings.storage.database)
         services = self._build_services(settings, clock)
         admission = Admission(
             max_connections=limits.max_connections,
@@ -163,7 +163,7 @@ class App:
         self.hub = Hub(_hub_limits(settings), next_id=ids.take)
         history = settings.history
         self.writer = HistoryWriter(
-            SqliteStore(settings.storage.database), history.per_room, history.private_per_user
+            open_store(settings.storage.database), history.per_room, history.private_per_user
         )
         messages = MessageLog(
             self.store,

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, NamedTuple, Self
 
 from sealroom.core.blocking import check_may_block
 from sealroom.core.model import (
@@ -759,6 +759,20 @@ class SqliteStore:
 
     # -- maintenance ------------------------------------------------------------------------
 
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteSnapshot]:
+        """The whole database as of one moment, to read out (``sealroom db copy``).
+
+        One read transaction: a server writing meanwhile (WAL) changes nothing it shows.
+        Other calls on this store wait until the snapshot is closed.
+        """
+        with self._connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield SqliteSnapshot(conn)
+            finally:
+                conn.execute("COMMIT")
+
     def backup(self, destination: Path) -> None:
         """Copy the database with SQLite's online backup API: safe while the server runs.
 
@@ -867,6 +881,63 @@ def _refuse_last_admin(conn: sqlite3.Connection, name: str) -> None:
     ).fetchone()
     if not others:
         raise LastAdmin(f"{name} is the only enabled admin; make another account an admin first")
+
+
+class SnapshotTotals(NamedTuple):
+    """What a snapshot holds, counted, and the counters it must carry over."""
+
+    accounts: int
+    messages: int
+    pending: int  # private messages not yet delivered
+    tokens: int
+    id_high_water: int  # the last message id ever reserved
+    top_id: int
+    stamp_high_water: int  # the last account stamp ever given
+    top_stamp: int
+    accounts_version: int
+
+
+class SqliteSnapshot:
+    """Every row of the database, read inside one transaction (see :meth:`SqliteStore.snapshot`)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def totals(self) -> SnapshotTotals:
+        row = self._conn.execute(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM messages),"
+            " (SELECT count(*) FROM messages WHERE delivered = 0),"
+            " (SELECT count(*) FROM resume_tokens),"
+            " (SELECT value FROM meta WHERE key = 'id_high_water'),"
+            " (SELECT coalesce(max(id), 0) FROM messages),"
+            " (SELECT value FROM meta WHERE key = 'account_stamp'),"
+            " (SELECT coalesce(max(stamp), 0) FROM accounts),"
+            " (SELECT value FROM meta WHERE key = 'accounts_version')"
+        ).fetchone()
+        return SnapshotTotals(*(int(value) for value in row))
+
+    def accounts(self) -> Iterator[Account]:
+        cursor = self._conn.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY name"  # noqa: S608 -- constant column list
+        )
+        for row in cursor:
+            yield _account(row)
+
+    def messages(self) -> Iterator[tuple[StoredMessage, bool]]:
+        """Every message, oldest first, with whether it was delivered."""
+        cursor = self._conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS}, delivered FROM messages ORDER BY id"  # noqa: S608 -- constant columns
+        )
+        for row in cursor:
+            yield StoredMessage(*row[:6]), bool(row[6])
+
+    def tokens(self) -> Iterator[tuple[bytes, str, str]]:
+        """(digest, account, expires_at) of every resume token, in the order they were made."""
+        cursor = self._conn.execute(
+            "SELECT digest, account, expires_at FROM resume_tokens ORDER BY rowid"
+        )
+        for digest, account, expires_at in cursor:
+            yield bytes(digest), str(account), str(expires_at)
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:

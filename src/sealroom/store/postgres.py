@@ -1,0 +1,1000 @@
+"""Persistent state in a PostgreSQL database: the store a cluster's nodes share.
+
+The same :class:`~sealroom.core.storage.Store` as :mod:`sealroom.store.sqlite`, with the same
+meaning for every method; only the engine differs. A pool of connections (psycopg-pool, in
+autocommit mode) serves every thread: a statement on its own is its own transaction, and the
+methods that must change several things at once open one explicitly. Connecting and every
+statement have a bound (``connect_timeout``, ``statement_timeout``, ``lock_timeout``), so a
+database that stops answering makes calls fail with :class:`StoreError`, never hang.
+
+Where SQLite serialises every writer (``BEGIN IMMEDIATE``), PostgreSQL runs them side by side,
+so the order of statements matters: whatever revokes resume tokens first locks the account
+row, then deletes the tokens in a later statement (whose snapshot sees any token a
+concurrent :meth:`add_token` committed meanwhile), and :meth:`add_token` inserts only while
+it holds that row in share mode, after reading its current stamp.
+
+The schema grows by appending steps to ``MIGRATIONS``; the one-row table ``schema_version``
+records how many have run. Steps already released are never edited. Concurrent first
+starts (several nodes at once) take turns on an advisory lock, so each step runs once.
+
+The URL's password never appears in a message, a repr or :attr:`PostgresStore.location`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import quote, urlsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from sealroom.core.blocking import check_may_block
+from sealroom.core.model import (
+    Account,
+    AccountExists,
+    LastAdmin,
+    NoSuchAccount,
+    RoomRecord,
+    SchemaTooNew,
+    StoredMessage,
+    StoreError,
+    iso_utc,
+    utc_now,
+)
+from sealroom.core.text import user_name
+
+if TYPE_CHECKING:
+    from sealroom.store.sqlite import SnapshotTotals, SqliteSnapshot
+
+Clock = Callable[[], datetime]
+Connection = psycopg.Connection[tuple[Any, ...]]
+Progress = Callable[[str, int, int], None]  # (what, done, total), after each batch
+
+CONNECT_TIMEOUT_S: Final = 5  # libpq's connect_timeout, per host tried
+STATEMENT_TIMEOUT_MS: Final = 10_000
+LOCK_TIMEOUT_MS: Final = 5_000  # as long as SQLite's busy timeout
+IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 60_000  # a client that died inside a transaction
+POOL_WAIT_S: Final = 10.0  # for a free connection when every one is busy
+# Opened as needed, up to: the store's workers, the password checks and housekeeping share
+# one store (the history writer has its own and uses one connection).
+POOL_SIZE: Final = 8
+LOAD_BATCH: Final = 5000  # rows between progress reports while loading
+
+# Any constant will do: it only has to be the same in every process that migrates.
+_SCHEMA_LOCK: Final = 0x5EA1_5C4E_3A00_0001
+
+# Each step is the list of statements that takes the schema from version N to N + 1 (the
+# step at index 0 makes version 1). Append new steps; never edit a released one.
+#
+# Names are compared byte for byte (COLLATE "C"), as SQLite does, whatever the database's
+# locale. Times are the protocol's fixed-width UTC text, as in SQLite: they sort as text,
+# and the store hands them back exactly as it was given them.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # meta: counters. id_high_water is the last message id ever reserved;
+        # accounts_version counts the account changes that live sessions must see.
+        """
+        CREATE TABLE meta (
+            key   text COLLATE "C" PRIMARY KEY,
+            value bigint NOT NULL
+        )
+        """,
+        "INSERT INTO meta (key, value) VALUES ('id_high_water', 0), ('accounts_version', 0)",
+        # A stamp names one account record for the database's whole life: a new record and
+        # every security-relevant change (password, enabled, role) take the next value.
+        "CREATE SEQUENCE account_stamps AS bigint",
+        """
+        CREATE TABLE accounts (
+            name          text COLLATE "C" PRIMARY KEY,
+            password_hash text NOT NULL,
+            is_admin      boolean NOT NULL,
+            enabled       boolean NOT NULL DEFAULT true,
+            created_at    text NOT NULL,
+            last_login    text,
+            stamp         bigint NOT NULL UNIQUE DEFAULT nextval('account_stamps')
+        )
+        """,
+        # id is the wire ID. room is set for room messages; recipient for private ones,
+        # which stay undelivered until written to one of the recipient's sessions.
+        """
+        CREATE TABLE messages (
+            id         bigint PRIMARY KEY,
+            room       text COLLATE "C",
+            recipient  text COLLATE "C",
+            sender     text COLLATE "C" NOT NULL,
+            body       text NOT NULL,
+            created_at text NOT NULL,
+            delivered  boolean NOT NULL DEFAULT true,
+            CHECK ((room IS NULL) <> (recipient IS NULL))
+        )
+        """,
+        "CREATE INDEX messages_by_room ON messages (room, id) WHERE room IS NOT NULL",
+        """
+        CREATE INDEX messages_by_recipient ON messages (recipient, sender, id)
+            WHERE recipient IS NOT NULL
+        """,
+        "CREATE INDEX messages_pending ON messages (recipient, id) WHERE NOT delivered",
+        # Removing an account removes what it sent: without this, a scan of every message.
+        "CREATE INDEX messages_by_sender ON messages (sender)",
+        # Resume tokens, stored only as their SHA-256 digest; seq keeps the order of issue.
+        """
+        CREATE TABLE resume_tokens (
+            digest     bytea PRIMARY KEY,
+            account    text COLLATE "C" NOT NULL REFERENCES accounts (name) ON DELETE CASCADE,
+            expires_at text NOT NULL,
+            seq        bigint GENERATED ALWAYS AS IDENTITY
+        )
+        """,
+        "CREATE INDEX resume_tokens_by_account ON resume_tokens (account, expires_at)",
+        # A change of enabled or role is a new record: a new stamp. (A new password renews
+        # it explicitly: a login that upgrades the hash of the same password must not.)
+        """
+        CREATE FUNCTION sealroom_renew_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.stamp := nextval('account_stamps');
+            RETURN NEW;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER accounts_stamp_changed BEFORE UPDATE OF enabled, is_admin ON accounts
+            FOR EACH ROW EXECUTE FUNCTION sealroom_renew_stamp()
+        """,
+        # The server polls accounts_version to apply CLI changes to live sessions.
+        """
+        CREATE FUNCTION sealroom_accounts_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'accounts_version';
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER accounts_changed
+            AFTER UPDATE OF enabled, password_hash, is_admin ON accounts
+            FOR EACH ROW EXECUTE FUNCTION sealroom_accounts_changed()
+        """,
+        """
+        CREATE FUNCTION sealroom_account_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'accounts_version';
+            DELETE FROM messages WHERE sender = OLD.name OR recipient = OLD.name;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER accounts_removed AFTER DELETE ON accounts
+            FOR EACH ROW EXECUTE FUNCTION sealroom_account_removed()
+        """,
+    ),
+    (
+        # Rooms as stored, owned entities (as SQLite's schema 5): a room and its roles
+        # outlive restarts and empty rooms until destroyed. ``version`` is renewed by every
+        # change to the room or its roles; ``rooms_version`` counts them for the poll.
+        "INSERT INTO meta (key, value) VALUES ('rooms_version', 0)",
+        """
+        CREATE TABLE rooms (
+            name       text COLLATE "C" PRIMARY KEY,
+            owner      text COLLATE "C",
+            mode       text NOT NULL DEFAULT 'open' CHECK (mode IN ('open', 'private')),
+            topic      text NOT NULL DEFAULT '',
+            created_at text NOT NULL,
+            version    bigint NOT NULL DEFAULT 1
+        )
+        """,
+        """
+        CREATE TABLE room_roles (
+            room text COLLATE "C" NOT NULL REFERENCES rooms (name) ON DELETE CASCADE,
+            name text COLLATE "C" NOT NULL,
+            role text NOT NULL CHECK (role IN ('operator', 'invited', 'banned')),
+            PRIMARY KEY (room, name, role)
+        )
+        """,
+        """
+        CREATE FUNCTION sealroom_rooms_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'rooms_version';
+            IF TG_TABLE_NAME = 'room_roles' THEN
+                UPDATE rooms SET version = version + 1
+                    WHERE name = COALESCE(NEW.room, OLD.room);
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE FUNCTION sealroom_room_version() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.version := OLD.version + 1;
+            RETURN NEW;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER rooms_version BEFORE UPDATE OF owner, mode, topic ON rooms
+            FOR EACH ROW EXECUTE FUNCTION sealroom_room_version()
+        """,
+        """
+        CREATE TRIGGER rooms_changed AFTER INSERT OR UPDATE OR DELETE ON rooms
+            FOR EACH ROW EXECUTE FUNCTION sealroom_rooms_changed()
+        """,
+        """
+        CREATE TRIGGER room_roles_changed AFTER INSERT OR DELETE ON room_roles
+            FOR EACH ROW EXECUTE FUNCTION sealroom_rooms_changed()
+        """,
+        # A destroyed room's history goes with it; a removed account's rooms lose their
+        # owner and its roles go (a name created again is another account).
+        """
+        CREATE FUNCTION sealroom_room_destroyed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM messages WHERE room = OLD.name;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER rooms_destroyed AFTER DELETE ON rooms
+            FOR EACH ROW EXECUTE FUNCTION sealroom_room_destroyed()
+        """,
+        """
+        CREATE FUNCTION sealroom_room_account_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE rooms SET owner = NULL WHERE owner = OLD.name;
+            DELETE FROM room_roles WHERE name = OLD.name;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER rooms_account_removed AFTER DELETE ON accounts
+            FOR EACH ROW EXECUTE FUNCTION sealroom_room_account_removed()
+        """,
+        """
+        INSERT INTO rooms (name, created_at)
+            SELECT DISTINCT room, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+            FROM messages WHERE room IS NOT NULL
+        """,
+    ),
+)
+
+MAX_TOKENS_PER_ACCOUNT: Final = 20  # older tokens of the account are dropped beyond this
+
+_ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login, stamp"
+_MESSAGE_COLUMNS: Final = "id, room, recipient, sender, body, created_at"
+
+# One statement per batch, whatever its size: the rows travel as six arrays.
+_INSERT_BATCH: Final = (
+    "INSERT INTO messages (id, room, recipient, sender, body, created_at, delivered)"
+    " SELECT m.*, %s FROM unnest("
+    "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS m"
+    " ON CONFLICT (id) DO NOTHING"
+)
+# Trim every room of a batch to its newest N messages, in one statement.
+_PRUNE_ROOMS: Final = (
+    "DELETE FROM messages AS m USING ("
+    " SELECT r.room, (SELECT min(k.id) FROM (SELECT id FROM messages"
+    "  WHERE room = r.room ORDER BY id DESC LIMIT %(keep)s) AS k) AS oldest_kept"
+    " FROM unnest(%(rooms)s::text[]) AS r (room)) AS t"
+    " WHERE m.room = t.room AND m.id < t.oldest_kept"
+)
+# Trim every recipient's delivered private messages to the newest N; undelivered stay.
+_PRUNE_PRIVATE: Final = (
+    "DELETE FROM messages AS m USING ("
+    " SELECT r.name, (SELECT min(k.id) FROM (SELECT id FROM messages"
+    "  WHERE recipient = r.name AND delivered ORDER BY id DESC LIMIT %(keep)s) AS k)"
+    "  AS oldest_kept"
+    " FROM unnest(%(names)s::text[]) AS r (name)) AS t"
+    " WHERE m.recipient = t.name AND m.delivered AND m.id < t.oldest_kept"
+)
+
+
+class TargetNotEmpty(StoreError):  # noqa: N818 -- names the condition, as callers read it
+    """A copy into a database that already holds Sealroom data."""
+
+
+def _account(row: tuple[Any, ...]) -> Account:
+    name, password_hash, is_admin, enabled, created_at, last_login, stamp = row
+    return Account(
+        name=name,
+        password_hash=password_hash,
+        is_admin=is_admin,
+        enabled=enabled,
+        created_at=created_at,
+        last_login=last_login,
+        stamp=stamp,
+    )
+
+
+class PostgresStore:
+    """The Sealroom database in PostgreSQL; safe to call from any thread.
+
+    ``url`` is a libpq connection URI (``postgresql://user@host:port/dbname?sslmode=...``).
+    With ``create`` false, a database without the Sealroom schema is refused instead of
+    having the schema created in it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock = utc_now,
+        create: bool = True,
+        pool_size: int = POOL_SIZE,
+    ) -> None:
+        self._clock = clock
+        self._secrets = _secrets_in(url)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error:
+            # libpq's complaint may quote the URL, password and all.
+            raise StoreError("not a valid PostgreSQL URL (postgresql://USER@HOST/DBNAME)") from None
+        self._location = _location(params)
+        conninfo = _conninfo(params)
+        check_may_block("PostgreSQL")
+        # The first connection on its own: its error says why (a pool would only time out).
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                _prepare(conn, self._location, create=create)
+        except psycopg.Error as exc:
+            raise self._error(exc, "cannot open database") from None
+        self._pool: ConnectionPool[Connection] | None = ConnectionPool(
+            conninfo,
+            kwargs={"autocommit": True},
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=POOL_WAIT_S,
+            name="sealroom",
+        )
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise self._error(exc, "cannot open database") from None
+
+    @property
+    def location(self) -> str:
+        """The URL without its password (nor any other secret), for messages."""
+        return self._location
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._location!r})"
+
+    def _error(self, exc: psycopg.Error, doing: str = "database error in") -> StoreError:
+        """One line, naming the database and what went wrong, with every secret taken out."""
+        detail = " ".join(str(exc).split())
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        return StoreError(f"{doing} {self._location}: {detail or type(exc).__name__}")
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        check_may_block("PostgreSQL")
+        pool = self._pool
+        if pool is None:
+            raise StoreError("the database is closed")
+        try:
+            with pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            if self._pool is None:
+                raise StoreError("the database is closed") from None
+            raise self._error(exc) from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self._connection() as conn, conn.transaction():
+            yield conn
+
+    # -- accounts -------------------------------------------------------------------------
+
+    def get_account(self, name: str) -> Account | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE name = %s",  # noqa: S608 -- constant column list
+                (name,),
+            ).fetchone()
+        return None if row is None else _account(row)
+
+    def add_account(self, name: str, password_hash: str, *, is_admin: bool = False) -> Account:
+        if user_name(name) != name:
+            # A caller bug, not a user error: names are validated and folded at the edge.
+            raise ValueError("account names must be passed in canonical form")
+        account = Account(
+            name=name,
+            password_hash=password_hash,
+            is_admin=is_admin,
+            enabled=True,
+            created_at=iso_utc(self._clock()),
+            last_login=None,
+        )
+        with self._connection() as conn:
+            row = conn.execute(
+                "INSERT INTO accounts (name, password_hash, is_admin, enabled, created_at)"
+                " VALUES (%s, %s, %s, true, %s) ON CONFLICT (name) DO NOTHING RETURNING stamp",
+                (name, password_hash, is_admin, account.created_at),
+            ).fetchone()
+        if row is None:
+            raise AccountExists(f"account {name} already exists")
+        return dataclasses.replace(account, stamp=int(row[0]))
+
+    def add_accounts(self, accounts: Sequence[tuple[str, str]]) -> int:
+        """Create many (name, password hash) accounts in one statement; existing names are
+        left alone. Returns how many were created."""
+        created_at = iso_utc(self._clock())
+        names = [name for name, _ in accounts]
+        hashes = [password_hash for _, password_hash in accounts]
+        with self._connection() as conn:
+            cursor = conn.execute(
+                "INSERT INTO accounts (name, password_hash, is_admin, enabled, created_at)"
+                " SELECT a.name, a.hash, false, true, %s"
+                " FROM unnest(%s::text[], %s::text[]) AS a (name, hash)"
+                " ON CONFLICT (name) DO NOTHING",
+                (created_at, names, hashes),
+            )
+            return cursor.rowcount
+
+    def set_password_hash(self, name: str, password_hash: str) -> None:
+        """A new password: a new stamp, and every resume token of the account is revoked."""
+        with self._transaction() as conn:
+            changed = conn.execute(
+                "UPDATE accounts SET password_hash = %s, stamp = nextval('account_stamps')"
+                " WHERE name = %s",
+                (password_hash, name),
+            ).rowcount
+            if changed == 0:
+                raise NoSuchAccount(f"no account named {name}")
+            conn.execute("DELETE FROM resume_tokens WHERE account = %s", (name,))
+
+    def change_password(self, name: str, stamp: int, old_hash: str, new_hash: str) -> int | None:
+        """``/passwd``: replace the hash only if the record is still the one with ``stamp``
+        and ``old_hash`` (two concurrent changes: one wins, the other is told so); revoke
+        the tokens. Returns the new stamp, or None if the record changed meanwhile."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "UPDATE accounts SET password_hash = %s, stamp = nextval('account_stamps')"
+                " WHERE name = %s AND stamp = %s AND password_hash = %s RETURNING stamp",
+                (new_hash, name, stamp, old_hash),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM resume_tokens WHERE account = %s", (name,))
+        return int(row[0])
+
+    def replace_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """Swap the hash only if it is still ``old_hash``; False if it changed meanwhile.
+
+        A login that upgrades a hash to new parameters must not overwrite a password that
+        was changed (from the CLI, say) between its verification and its write.
+        """
+        with self._connection() as conn:
+            updated = conn.execute(
+                "UPDATE accounts SET password_hash = %s WHERE name = %s AND password_hash = %s",
+                (new_hash, name, old_hash),
+            ).rowcount
+        return updated == 1
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Disabling an account also revokes its resume tokens (the trigger renews the stamp);
+        never the last enabled admin."""
+        with self._transaction() as conn:
+            if not enabled:
+                _refuse_last_admin(conn, name)
+            changed = conn.execute(
+                "UPDATE accounts SET enabled = %s WHERE name = %s", (enabled, name)
+            ).rowcount
+            if changed == 0:
+                raise NoSuchAccount(f"no account named {name}")
+            if not enabled:
+                conn.execute("DELETE FROM resume_tokens WHERE account = %s", (name,))
+
+    def remove_account(self, name: str) -> None:
+        """Tokens go by the foreign key, messages by the trigger, in the same transaction;
+        never the last enabled admin."""
+        with self._transaction() as conn:
+            _refuse_last_admin(conn, name)
+            if conn.execute("DELETE FROM accounts WHERE name = %s", (name,)).rowcount == 0:
+                raise NoSuchAccount(f"no account named {name}")
+
+    def set_admin(self, name: str, is_admin: bool) -> None:
+        """Make ``name`` an admin or a plain user (the trigger renews the stamp); never
+        demote the last enabled admin."""
+        with self._transaction() as conn:
+            if not is_admin:
+                _refuse_last_admin(conn, name)
+            changed = conn.execute(
+                "UPDATE accounts SET is_admin = %s WHERE name = %s", (is_admin, name)
+            ).rowcount
+            if changed == 0:
+                raise NoSuchAccount(f"no account named {name}")
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    def list_rooms(self) -> list[RoomRecord]:
+        return self._rooms("", ())
+
+    def get_room(self, name: str) -> RoomRecord | None:
+        found = self._rooms("WHERE name = %s", (name,))
+        return found[0] if found else None
+
+    def _rooms(self, where: str, params: tuple[str, ...]) -> list[RoomRecord]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT name, owner, mode, topic, created_at, version FROM rooms"  # noqa: S608 -- constant clauses
+                f" {where} ORDER BY name",
+                params,
+            ).fetchall()
+            roles = conn.execute(
+                f"SELECT room, name, role FROM room_roles {where.replace('name', 'room')}",  # noqa: S608 -- constant clauses
+                params,
+            ).fetchall()
+        held: dict[tuple[str, str], set[str]] = {}
+        for room, name, role in roles:
+            held.setdefault((room, role), set()).add(name)
+        return [
+            RoomRecord(
+                name=name,
+                owner=owner,
+                mode=mode,
+                topic=topic,
+                created_at=created_at,
+                operators=frozenset(held.get((name, "operator"), ())),
+                invited=frozenset(held.get((name, "invited"), ())),
+                banned=frozenset(held.get((name, "banned"), ())),
+                version=int(version),
+            )
+            for name, owner, mode, topic, created_at, version in rows
+        ]
+
+    def create_room(self, name: str, owner: str | None) -> bool:
+        with self._transaction() as conn:
+            created = conn.execute(
+                "INSERT INTO rooms (name, owner, created_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, owner, iso_utc(utc_now())),
+            ).rowcount
+            if created and owner is not None:
+                conn.execute(
+                    "INSERT INTO room_roles (room, name, role) VALUES (%s, %s, 'operator')",
+                    (name, owner),
+                )
+        return created == 1
+
+    def set_room(self, name: str, *, topic: str | None = None, mode: str | None = None) -> None:
+        with self._transaction() as conn:
+            if topic is not None:
+                conn.execute("UPDATE rooms SET topic = %s WHERE name = %s", (topic, name))
+            if mode is not None:
+                conn.execute("UPDATE rooms SET mode = %s WHERE name = %s", (mode, name))
+
+    def set_role(self, room: str, name: str, role: str, held: bool) -> None:
+        with self._transaction() as conn:
+            if not held:
+                conn.execute(
+                    "DELETE FROM room_roles WHERE room = %s AND name = %s AND role = %s",
+                    (room, name, role),
+                )
+                return
+            if role == "banned":
+                conn.execute(
+                    "DELETE FROM room_roles WHERE room = %s AND name = %s"
+                    " AND role IN ('invited', 'operator')",
+                    (room, name),
+                )
+            conn.execute(
+                "INSERT INTO room_roles (room, name, role) SELECT name, %s, %s FROM rooms"
+                " WHERE name = %s ON CONFLICT DO NOTHING",
+                (name, role, room),
+            )
+
+    def destroy_room(self, name: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM rooms WHERE name = %s", (name,)).rowcount == 1
+
+    def rooms_version(self) -> int:
+        with self._connection() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'rooms_version'").fetchone()
+        return _scalar(row)
+
+    def record_login(self, name: str) -> None:
+        with self._connection() as conn:
+            changed = conn.execute(
+                "UPDATE accounts SET last_login = %s WHERE name = %s",
+                (iso_utc(self._clock()), name),
+            ).rowcount
+        if changed == 0:
+            raise NoSuchAccount(f"no account named {name}")
+
+    def list_accounts(self) -> list[Account]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY name",  # noqa: S608 -- constant column list
+            ).fetchall()
+        return [_account(row) for row in rows]
+
+    def count_accounts(self) -> int:
+        with self._connection() as conn:
+            row = conn.execute("SELECT count(*) FROM accounts").fetchone()
+        return _scalar(row)
+
+    # -- resume tokens ----------------------------------------------------------------------
+
+    def add_token(
+        self, name: str, digest: bytes, expires_at: str, now: str, stamp: int | None = None
+    ) -> bool:
+        """Store a token digest, dropping expired (at ``now``) and surplus tokens of the account.
+
+        With ``stamp``, only for that very record: False (nothing stored) if the account was
+        changed, removed or re-created since, so a session never mints for another account.
+        The account row is held in share mode until the commit: a concurrent change of
+        password or enabled waits for this token, then revokes it with the rest.
+        """
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                "INSERT INTO resume_tokens (digest, account, expires_at)"
+                " SELECT %s, name, %s FROM accounts"
+                " WHERE name = %s AND (%s::bigint IS NULL OR stamp = %s) FOR SHARE",
+                (digest, expires_at, name, stamp, stamp),
+            ).rowcount
+            if inserted != 1:
+                return False
+            conn.execute(
+                "DELETE FROM resume_tokens WHERE account = %s AND (expires_at <= %s"
+                " OR digest IN (SELECT digest FROM resume_tokens WHERE account = %s"
+                " ORDER BY expires_at DESC, seq DESC OFFSET %s))",
+                (name, now, name, MAX_TOKENS_PER_ACCOUNT),
+            )
+        return True
+
+    def token_account(self, digest: bytes) -> tuple[str, str] | None:
+        """(account, expires_at) of the token with this digest, if it exists."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT account, expires_at FROM resume_tokens WHERE digest = %s", (digest,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    # -- change detection -----------------------------------------------------------------
+
+    def accounts_version(self) -> int:
+        """A counter that triggers bump on every disable, enable, role or password change
+        and removal; the server polls it to apply CLI changes to live sessions."""
+        with self._connection() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'accounts_version'").fetchone()
+        return _scalar(row)
+
+    # -- message ids ------------------------------------------------------------------------
+
+    def reserve_ids(self, count: int) -> range:
+        """Durably reserve ``count`` fresh message ids, above every id ever handed out.
+
+        A counter row, not a sequence: a block must be contiguous, and nextval hands
+        concurrent callers interleaved values. The row's lock makes concurrent reservations
+        (several nodes) take turns, and the commit makes the block durable before it is used.
+        """
+        with self._connection() as conn:
+            row = conn.execute(
+                "UPDATE meta SET value = value + %s WHERE key = 'id_high_water' RETURNING value",
+                (count,),
+            ).fetchone()
+        high = _scalar(row)
+        return range(high - count + 1, high + 1)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def add_messages(
+        self,
+        messages: Sequence[StoredMessage],
+        *,
+        delivered: bool = True,
+        keep_per_room: int | None = None,
+        keep_per_recipient: int | None = None,
+    ) -> None:
+        """Store messages in one transaction (the history writer's group commit), and in the
+        same transaction trim the rooms and recipients they touch to their retention.
+
+        Pipelined: BEGIN, the insert, the trims and COMMIT go out together, one round trip.
+        """
+        if not messages:
+            return
+        columns: list[list[Any]] = [list(column) for column in zip(*messages, strict=True)]
+        rooms = sorted({m.room for m in messages if m.room is not None})
+        names = sorted({m.recipient for m in messages if m.recipient is not None})
+        with self._connection() as conn, conn.pipeline(), conn.transaction():
+            conn.execute(_INSERT_BATCH, (delivered, *columns))
+            if keep_per_room is not None and rooms:
+                conn.execute(_PRUNE_ROOMS, {"rooms": rooms, "keep": keep_per_room})
+            if keep_per_recipient is not None and names:
+                conn.execute(_PRUNE_PRIVATE, {"names": names, "keep": keep_per_recipient})
+
+    def room_history(self, room: str, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` messages of ``room``, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = %s"  # noqa: S608 -- constant columns
+                " ORDER BY id DESC LIMIT %s",
+                (room, limit),
+            ).fetchall()
+        return [StoredMessage(*row) for row in reversed(rows)]
+
+    def conversation(self, one: str, other: str, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` private messages between two accounts, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 -- constant columns
+                " WHERE (recipient = %s AND sender = %s) OR (recipient = %s AND sender = %s)"
+                " ORDER BY id DESC LIMIT %s",
+                (one, other, other, one, limit),
+            ).fetchall()
+        return [StoredMessage(*row) for row in reversed(rows)]
+
+    def pending_count(self, recipient: str) -> int:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM messages WHERE recipient = %s AND NOT delivered",
+                (recipient,),
+            ).fetchone()
+        return _scalar(row)
+
+    def pending_count_from(self, sender: str, recipient: str) -> int:
+        """Stored messages from ``sender`` still waiting for ``recipient``."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM messages"
+                " WHERE recipient = %s AND sender = %s AND NOT delivered",
+                (recipient, sender),
+            ).fetchone()
+        return _scalar(row)
+
+    def pending(self, recipient: str, limit: int) -> list[StoredMessage]:
+        """Private messages waiting for ``recipient``, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 -- constant columns
+                " WHERE recipient = %s AND NOT delivered ORDER BY id LIMIT %s",
+                (recipient, limit),
+            ).fetchall()
+        return [StoredMessage(*row) for row in rows]
+
+    def mark_delivered(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        with self._connection() as conn:
+            conn.execute(
+                "UPDATE messages SET delivered = true WHERE id = ANY(%s::bigint[])", (list(ids),)
+            )
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    def backup(self, destination: Path) -> None:
+        """Not this store's job: PostgreSQL has its own tools for consistent backups."""
+        raise StoreError(
+            f"{self._location} is a PostgreSQL database: back it up with pg_dump"
+            " (or continuous archiving), not with sealroom db backup"
+        )
+
+    def check(self) -> list[str]:
+        """Broken invariants that PostgreSQL's constraints do not already enforce."""
+        with self._connection() as conn:
+            high, top_id, stamps, top_stamp, called = _row(
+                conn.execute(
+                    "SELECT (SELECT value FROM meta WHERE key = 'id_high_water'),"
+                    " (SELECT coalesce(max(id), 0) FROM messages),"
+                    " s.last_value, (SELECT coalesce(max(stamp), 0) FROM accounts), s.is_called"
+                    " FROM account_stamps AS s"
+                ).fetchone()
+            )
+        problems = []
+        if top_id > high:
+            problems.append(f"message id {top_id} is above the id high-water mark {high}")
+        if top_stamp > (stamps if called else stamps - 1):
+            problems.append(f"account stamp {top_stamp} is above the stamp sequence ({stamps})")
+        return problems
+
+    # -- moving in ------------------------------------------------------------------------
+
+    def load(self, snapshot: SqliteSnapshot, progress: Progress) -> SnapshotTotals:
+        """Fill this empty database with everything in ``snapshot``, in one transaction;
+        returns what the snapshot held.
+
+        Refuses (:class:`TargetNotEmpty`) a database holding any account, message or token,
+        or having reserved any id. A failure part way leaves the database as it was. The
+        tables are locked first, so two copies into one database cannot both succeed.
+        """
+        totals = snapshot.totals()
+        with self._transaction() as conn:
+            conn.execute("SET LOCAL statement_timeout = 0")  # a large copy takes a while
+            conn.execute(
+                "LOCK TABLE accounts, messages, resume_tokens, meta IN SHARE ROW EXCLUSIVE MODE"
+            )
+            self._refuse_if_not_empty(conn)
+            with conn.cursor().copy(f"COPY accounts ({_ACCOUNT_COLUMNS}) FROM STDIN") as copy:
+                for done, account in enumerate(snapshot.accounts(), start=1):
+                    copy.write_row(
+                        (
+                            account.name,
+                            account.password_hash,
+                            account.is_admin,
+                            account.enabled,
+                            account.created_at,
+                            account.last_login,
+                            account.stamp,
+                        )
+                    )
+                    if done % LOAD_BATCH == 0:
+                        progress("accounts", done, totals.accounts)
+            progress("accounts", totals.accounts, totals.accounts)
+            with conn.cursor().copy(
+                f"COPY messages ({_MESSAGE_COLUMNS}, delivered) FROM STDIN"
+            ) as copy:
+                for done, (message, delivered) in enumerate(snapshot.messages(), start=1):
+                    copy.write_row((*message, delivered))
+                    if done % LOAD_BATCH == 0:
+                        progress("messages", done, totals.messages)
+            progress("messages", totals.messages, totals.messages)
+            with conn.cursor().copy(
+                "COPY resume_tokens (digest, account, expires_at) FROM STDIN"
+            ) as copy:
+                for token in snapshot.tokens():
+                    copy.write_row(token)
+            progress("tokens", totals.tokens, totals.tokens)
+            # Above everything the source ever handed out, not only what it still holds.
+            stamp = max(totals.stamp_high_water, totals.top_stamp)
+            conn.execute("SELECT setval('account_stamps', %s, %s)", (max(stamp, 1), stamp > 0))
+            conn.execute(
+                "UPDATE meta SET value = %s WHERE key = 'id_high_water'",
+                (max(totals.id_high_water, totals.top_id),),
+            )
+            conn.execute(
+                "UPDATE meta SET value = %s WHERE key = 'accounts_version'",
+                (totals.accounts_version,),
+            )
+        return totals
+
+    def _refuse_if_not_empty(self, conn: Connection) -> None:
+        accounts, messages, tokens, high = _row(
+            conn.execute(
+                "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM messages),"
+                " (SELECT count(*) FROM resume_tokens),"
+                " (SELECT value FROM meta WHERE key = 'id_high_water')"
+            ).fetchone()
+        )
+        if accounts or messages or tokens or high:
+            raise TargetNotEmpty(
+                f"{self._location} is not empty ({accounts} accounts, {messages} messages,"
+                f" {tokens} resume tokens, ids reserved up to {high}); copy only into an"
+                " empty database"
+            )
+
+
+def _refuse_last_admin(conn: Connection, name: str) -> None:
+    """LastAdmin if ``name`` is the only enabled admin (inside the caller's transaction,
+    whose row locks keep two demotions from both passing)."""
+    rows = conn.execute(
+        "SELECT name FROM accounts WHERE is_admin AND enabled FOR UPDATE"
+    ).fetchall()
+    admins = {row[0] for row in rows}
+    if admins == {name}:
+        raise LastAdmin(f"{name} is the only enabled admin; make another account an admin first")
+
+
+def _scalar(row: tuple[Any, ...] | None) -> int:
+    if row is None:  # every query here returns a row; none means a damaged schema
+        raise StoreError("the database returned no row where one was due")
+    return int(row[0])
+
+
+def _row(row: tuple[Any, ...] | None) -> tuple[int, ...]:
+    if row is None:
+        raise StoreError("the database returned no row where one was due")
+    return tuple(int(value) for value in row)
+
+
+# -- connecting ---------------------------------------------------------------------------
+
+
+def _secrets_in(url: str) -> list[str]:
+    """The URL's password as written (percent-encoded) and as meant, to keep out of messages."""
+    found = set()
+    with suppress(ValueError):
+        userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
+        if at and ":" in userinfo:
+            found.add(userinfo.partition(":")[2])
+    with suppress(psycopg.Error):
+        found.add(str(conninfo_to_dict(url).get("password") or ""))
+    found.discard("")
+    return sorted(found, key=len, reverse=True)
+
+
+def _location(params: dict[str, Any]) -> str:
+    """``postgresql://user@host:port/dbname``, from what the URL gave; never the password."""
+    host = str(params.get("host") or "")
+    user = str(params.get("user") or "")
+    port = str(params.get("port") or "")
+    dbname = str(params.get("dbname") or "")
+    socket_dir = host.startswith("/")
+    netloc = (quote(user, safe="") + "@" if user else "") + ("" if socket_dir else host)
+    if port:
+        netloc += f":{port}"
+    location = f"postgresql://{netloc}/{quote(dbname, safe='')}"
+    return f"{location}?host={host}" if socket_dir else location
+
+
+def _conninfo(params: dict[str, Any]) -> str:
+    """The URL's parameters with Sealroom's bounds added (the URL's own win where it has
+    them; its ``options`` are kept, ours appended)."""
+    ours = {
+        "statement_timeout": STATEMENT_TIMEOUT_MS,
+        "lock_timeout": LOCK_TIMEOUT_MS,
+        "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    }
+    options = " ".join(f"-c {key}={value}" for key, value in ours.items())
+    merged = dict(params)
+    merged.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    merged.setdefault("application_name", "sealroom")
+    merged["options"] = f"{merged['options']} {options}" if merged.get("options") else options
+    return make_conninfo(**merged)
+
+
+def _prepare(conn: Connection, location: str, *, create: bool) -> None:
+    """Check the database can hold Sealroom's data and bring the schema up to date.
+
+    All pending steps run in one transaction (PostgreSQL's DDL is transactional): a failure
+    leaves the database as it was.
+    """
+    encoding = conn.execute("SHOW server_encoding").fetchone()
+    if encoding is None or encoding[0] != "UTF8":
+        found = "?" if encoding is None else encoding[0]
+        raise StoreError(
+            f"{location} uses the encoding {found}; Sealroom needs a UTF8 database"
+            " (CREATE DATABASE ... ENCODING 'UTF8')"
+        )
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            if not create:
+                raise StoreError(
+                    f"{location} holds no Sealroom database; `sealroom db init` creates one"
+                )
+            conn.execute(
+                "CREATE TABLE schema_version ("
+                " one boolean PRIMARY KEY DEFAULT true CHECK (one),"
+                " version integer NOT NULL)"
+            )
+            conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+        found = _scalar(conn.execute("SELECT version FROM schema_version").fetchone())
+        if found > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"{location} has schema version {found}, but this Sealroom knows only up to "
+                f"{len(MIGRATIONS)}; it was written by a newer Sealroom, upgrade to use it"
+            )
+        for statements in MIGRATIONS[found:]:
+            for statement in statements:
+                conn.execute(statement)
+        if found < len(MIGRATIONS):
+            conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))

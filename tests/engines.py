@@ -1,0 +1,246 @@
+"""Real database engines for the tests, started once per test session and stopped by PID.
+
+:class:`PostgresEngine` runs Debian's PostgreSQL from a temporary directory: ``initdb`` into
+it, ``postgres`` on a free 127.0.0.1 port with its socket in the same directory, each test
+given a fresh database of its own (``CREATE DATABASE`` from a template is quick, about as
+quick as opening a new SQLite file). PostgreSQL refuses to run as root, so as root both run
+as the ``postgres`` user, which owns the directory; as anyone else they run as that user.
+
+No engine is looked for on the network and none listens beyond the loopback address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+STARTUP_DEADLINE_S = 30.0  # initdb and the first start on a busy 2-core machine
+STOP_DEADLINE_S = 10.0
+SUPERUSER = "postgres"
+
+# Throwaway data: durability off, so databases and commits cost no fsync. Never in production.
+TEST_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "shared_buffers": "32MB",
+    "max_connections": "200",
+    "log_min_messages": "warning",
+}
+
+
+def postgres_bindir() -> Path:
+    """The directory holding a matching ``initdb`` and ``postgres``.
+
+    ``$SEALROOM_PG_BINDIR`` wins; then an ``initdb`` on PATH (followed through symlinks to
+    its directory, where ``postgres`` lives too); then Debian's /usr/lib/postgresql/N/bin,
+    newest N first. ``make system-deps`` installs Debian's when none is found.
+    """
+    candidates: list[Path] = []
+    if configured := os.environ.get("SEALROOM_PG_BINDIR"):
+        candidates.append(Path(configured))
+    if on_path := shutil.which("initdb"):
+        candidates.append(Path(on_path).resolve().parent)
+    debian = Path("/usr/lib/postgresql").glob("*/bin")
+    candidates += sorted(debian, key=lambda p: _version_key(p.parent.name), reverse=True)
+    for folder in candidates:
+        if (folder / "initdb").is_file() and (folder / "postgres").is_file():
+            return folder
+    raise RuntimeError(
+        "PostgreSQL's initdb and postgres were not found (looked in $SEALROOM_PG_BINDIR, "
+        "PATH and /usr/lib/postgresql/*/bin); `make system-deps` installs Debian's postgresql"
+    )
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", name))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PostgresEngine:
+    """A PostgreSQL server of our own, for one test session."""
+
+    def __init__(self, folder: Path, bindir: Path) -> None:
+        self.folder = folder
+        self.bindir = bindir
+        self.data = folder / "data"
+        self.password = secrets.token_urlsafe(16)
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._names = itertools.count(1)
+        # As root, the engine's processes run as the postgres user (it refuses root).
+        self._as_user: dict[str, Any] = (
+            {"user": SUPERUSER, "group": SUPERUSER, "extra_groups": []} if os.geteuid() == 0 else {}
+        )
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[Self]:
+        """Initialise, start, and on the way out stop the engine and remove its files."""
+        bindir = postgres_bindir()
+        # Not under pytest's basetemp: that is private to root, and the engine is not root.
+        folder = Path(tempfile.mkdtemp(prefix="sealroom-pg-"))
+        engine = cls(folder, bindir)
+        try:
+            if os.geteuid() == 0:
+                shutil.chown(folder, SUPERUSER, SUPERUSER)
+            engine._initdb()
+            engine._start()
+            yield engine
+        finally:
+            engine.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- life -----------------------------------------------------------------------------
+
+    def _initdb(self) -> None:
+        started = time.monotonic()
+        pwfile = self.folder / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, SUPERUSER, SUPERUSER)
+        pwfile.chmod(0o600)
+        command = [
+            str(self.bindir / "initdb"),
+            "--pgdata",
+            str(self.data),
+            "--username",
+            SUPERUSER,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",  # the socket is in our private directory
+            "--auth-host=scram-sha-256",  # over TCP, as a deployment would: a password
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_DEADLINE_S,
+            check=False,
+            cwd=self.folder,
+            **self._as_user,
+        )
+        pwfile.unlink()
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()}")
+        self.timings["initdb_s"] = time.monotonic() - started
+
+    def _start(self) -> None:
+        started = time.monotonic()
+        deadline = started + STARTUP_DEADLINE_S
+        for _ in range(3):  # the free port may be taken between probing and binding
+            self.port = free_port()
+            if self._launch(deadline):
+                break
+        else:
+            raise RuntimeError(f"postgres did not start: {self._log_tail()}")
+        with self.admin() as conn:
+            conn.execute("CREATE DATABASE template_sealroom")
+        self.timings["start_s"] = time.monotonic() - started
+
+    def _launch(self, deadline: float) -> bool:
+        """Start postgres; True once it accepts connections, False if it exited."""
+        settings = [f"--{key}={value}" for key, value in TEST_SETTINGS.items()]
+        log = open(self.folder / "postgres.log", "ab")  # noqa: SIM115 -- handed to the child
+        with log:
+            self.process = subprocess.Popen(
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(self.folder),
+                    *settings,
+                ],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=self.folder,
+                **self._as_user,
+            )
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.process = None
+                return False
+            if self._accepts_connections():
+                return True
+            time.sleep(0.02)
+        raise RuntimeError(f"postgres not ready within {STARTUP_DEADLINE_S}s: {self._log_tail()}")
+
+    def _accepts_connections(self) -> bool:
+        try:
+            psycopg.connect(self.url("postgres"), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT) of the postmaster we started; immediate, then kill, if slow."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        for how in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(how)
+            try:
+                process.wait(timeout=STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                continue
+            return
+
+    def _log_tail(self) -> str:
+        try:
+            text = (self.folder / "postgres.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-5:])
+
+    # -- databases ------------------------------------------------------------------------
+
+    def url(self, database: str, *, user: str = SUPERUSER, password: str | None = None) -> str:
+        secret = self.password if password is None else password
+        return f"postgresql://{user}:{quote(secret, safe='')}@127.0.0.1:{self.port}/{database}"
+
+    def admin(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """A superuser connection in autocommit mode (CREATE DATABASE needs it)."""
+        return psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=5)
+
+    def new_database(self) -> str:
+        """A fresh, empty database (no Sealroom schema yet); its URL, with the password."""
+        name = f"test_{next(self._names)}"
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE template_sealroom").format(
+                    sql.Identifier(name)
+                )
+            )
+        return self.url(name)
