@@ -60,6 +60,13 @@ def store(database: Database) -> Iterator[Store]:
         yield opened
 
 
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
+    """For what only a file database has: backups and checks of files."""
+    with SqliteStore(tmp_path / "var" / "sealroom.db") as opened:
+        yield opened
+
+
 def message(
     message_id: int, *, room: str | None = None, to: str | None = None, sender: str = "alice"
 ) -> StoredMessage:
@@ -801,18 +808,20 @@ def test_database_and_side_files_are_private_whatever_the_umask(tmp_path: Path, 
     assert raw_query(backup, "PRAGMA journal_mode") == [("delete",)]
 
 
-def test_backup_never_follows_a_planted_file(store: SqliteStore, tmp_path: Path) -> None:
+def test_backup_never_follows_a_planted_file(sqlite_store: SqliteStore, tmp_path: Path) -> None:
     target = tmp_path / "planted.db"
     target.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(StoreError, match="exists"):
-        store.backup(target)
+        sqlite_store.backup(target)
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_check_file_reads_a_backup_without_touching_it(store: SqliteStore, tmp_path: Path) -> None:
-    store.add_account("alice", "hash-a")
+def test_check_file_reads_a_backup_without_touching_it(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    sqlite_store.add_account("alice", "hash-a")
     backup = tmp_path / "backup.db"
-    store.backup(backup)
+    sqlite_store.backup(backup)
     before = sorted(p.name for p in tmp_path.iterdir())
     assert store_module.check_file(backup) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -838,11 +847,11 @@ def test_check_file_reports_what_is_wrong(
     assert str(path) in problems[0]
 
 
-def test_check_file_finds_damage(store: SqliteStore, tmp_path: Path) -> None:
+def test_check_file_finds_damage(sqlite_store: SqliteStore, tmp_path: Path) -> None:
     for index in range(200):
-        store.add_account(f"user{index}", "x" * 200)
+        sqlite_store.add_account(f"user{index}", "x" * 200)
     backup = tmp_path / "backup.db"
-    store.backup(backup)
+    sqlite_store.backup(backup)
     data = bytearray(backup.read_bytes())
     page = 4096
     data[2 * page + 100 : 2 * page + 400] = b"\xff" * 300  # scribble over a b-tree page
@@ -897,3 +906,49 @@ def test_a_disabled_admin_does_not_count(store: SqliteStore) -> None:
     # Plain users come and go freely, admins or not elsewhere.
     store.add_account("bob", "hash-b")
     store.remove_account("bob")
+
+
+# -- rooms ------------------------------------------------------------------------------------
+
+
+def test_rooms_are_stored_with_their_roles(store: Store) -> None:
+    store.add_account("olga", "hash-o")
+    before = store.rooms_version()
+    assert store.create_room("#tea", "olga")
+    assert not store.create_room("#tea", "someone")  # the name is taken: first one wins
+    room = store.get_room("#tea")
+    assert room is not None
+    assert (room.owner, room.mode, room.topic, room.operators) == ("olga", "open", "", {"olga"})
+    store.set_role("#tea", "bob", "invited", True)
+    store.set_role("#tea", "bob", "operator", True)
+    store.set_room("#tea", topic="green", mode="private")
+    changed = store.get_room("#tea")
+    assert changed is not None
+    assert changed.version > room.version
+    assert (changed.topic, changed.mode) == ("green", "private")
+    store.set_role("#tea", "bob", "banned", True)  # a ban withdraws invitation and role
+    banned = store.get_room("#tea")
+    assert banned is not None
+    assert (banned.banned, banned.invited, banned.operators) == ({"bob"}, set(), {"olga"})
+    assert store.rooms_version() > before
+
+
+def test_a_destroyed_room_takes_its_history(store: Store) -> None:
+    store.create_room("#tea", None)
+    store.add_messages([message(1, room="#tea"), message(2, room="#other")])
+    assert store.destroy_room("#tea")
+    assert not store.destroy_room("#tea")
+    assert store.get_room("#tea") is None
+    assert store.room_history("#tea", 10) == []
+    assert [m.id for m in store.room_history("#other", 10)] == [2]
+
+
+def test_a_removed_owner_leaves_no_heir(store: Store) -> None:
+    store.add_account("olga", "hash-o")
+    store.add_account("root", "hash-r", is_admin=True)
+    store.create_room("#tea", "olga")
+    store.remove_account("olga")
+    store.add_account("olga", "hash-o2")  # a namesake inherits nothing
+    room = store.get_room("#tea")
+    assert room is not None
+    assert (room.owner, room.operators) == (None, frozenset())
