@@ -44,6 +44,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	@sh scripts/ensure-system-deps.sh
+	@sh scripts/ensure-test-deps.sh
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports

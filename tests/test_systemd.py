@@ -14,7 +14,7 @@ on a free loopback port; the container shares the host's network, so clients con
 
 Commands run inside with ``nsenter -t LEADER -a`` (LEADER: the container's PID 1 as seen from
 here). Every wait is bounded; the container is powered off and reaped when the module ends.
-Needs root (CI has it) and ``systemd-nspawn`` (``scripts/ensure-system-deps.sh``).
+Needs root (CI has it) and ``systemd-nspawn`` (``scripts/ensure-test-deps.sh``).
 """
 
 from __future__ import annotations

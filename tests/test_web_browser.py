@@ -9,7 +9,7 @@ Chromium trusts exactly the test server's key (``--ignore-certificate-errors-spk
 with its SPKI hash), not every certificate as ``ignore_https_errors`` would: a page served
 with any other key still fails, so the test still exercises a real TLS verification step
 against a known key. This test is never skipped: without ``/usr/bin/chromium`` it fails
-(``make test`` installs it through scripts/ensure-system-deps.sh).
+(``make test`` installs it through scripts/ensure-test-deps.sh).
 
 Set ``SEALROOM_WEB_SCREENSHOT=docs/web.png`` to save the picture the README shows.
 """
@@ -56,7 +56,7 @@ def spki_hash(cert_file: Path) -> str:
 
 @pytest.fixture(scope="module")
 def browser(tls_files: dict[str, Path]) -> Iterator[Browser]:
-    assert CHROMIUM.exists(), "no /usr/bin/chromium: run scripts/ensure-system-deps.sh as root"
+    assert CHROMIUM.exists(), "no /usr/bin/chromium: run scripts/ensure-test-deps.sh as root"
     trusted = f"--ignore-certificate-errors-spki-list={spki_hash(tls_files['cert'])}"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
