@@ -232,6 +232,11 @@ def stage_files(stage: Path, ca: trustme.CA, port: int) -> None:
     ]
     if any(path.is_relative_to(home) for path in bound_paths() for home in HOMES):
         drop_in.append("ProtectHome=read-only")  # the interpreter is under a home directory
+    for path in bound_paths():
+        # A checkout under /tmp (CI's, say) would vanish behind the service's private /tmp:
+        # bind it back in, read only. The rest of the private /tmp stays private.
+        if any(path.is_relative_to(tmp) for tmp in ("/tmp", "/var/tmp")):  # noqa: S108
+            drop_in.append(f"BindReadOnlyPaths={path}")
     (stage / "test.conf").write_text("\n".join(drop_in) + "\n")
 
 
