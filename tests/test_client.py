@@ -15,15 +15,19 @@ import pytest
 from helpers import PASSWORD, Server, ServerFactory
 from sealroom.client import (
     Backoff,
+    Banned,
     Bye,
     Client,
     ConnectError,
     ConnectionClosed,
+    Destroyed,
     History,
     Info,
     InvalidArgument,
+    Invited,
     Joined,
     Message,
+    ModeChanged,
     Parted,
     PrivateMessage,
     ProtocolViolation,
@@ -31,6 +35,8 @@ from sealroom.client import (
     ReconnectFailed,
     RequestError,
     RequestTimeout,
+    RoomListing,
+    TopicChanged,
     Wall,
     parse_event,
 )
@@ -301,6 +307,118 @@ def test_events_during_a_request_wait_their_turn(
         Message("#lobby", "bob", f"message {number}") for number in range(3)
     ]
     assert alice.next_event(timeout=0.1) is None
+
+
+# -- rooms with owners ----------------------------------------------------------------------------
+
+
+def test_room_requests_and_events(server: Server, connect: Callable[..., Client]) -> None:
+    """Every room method against a real server: what it returns, the typed events the others
+    get, and what the client keeps (rooms, current room, topics) as they arrive."""
+    alice = logged_in(server, connect, "alice")
+    bob = logged_in(server, connect, "bob")
+    carol = logged_in(server, connect, "carol")
+    assert alice.join("#tea") == "#tea"  # created: alice owns it
+    assert alice.topics == {"#tea": ""}  # OK join #tea, with an empty topic
+    assert alice.topic("#tea", "tea,  and cake ") == "tea,  and cake "
+    assert alice.topic("#tea") == "tea,  and cake "
+    bob.join("#tea")
+    assert bob.topics == {"#tea": "tea,  and cake "}  # carried by OK join #ROOM TOPIC
+    assert bob.joinable_rooms() == [
+        RoomListing("#lobby", 3, "open", ""),
+        RoomListing("#tea", 2, "open", "tea,  and cake "),
+    ]
+    alice.topic("#tea", "scones")
+    assert alice.mode("#tea", "Private") == "private"
+    assert [e for e in bob.events(timeout=0.5) if not isinstance(e, Joined)] == [
+        TopicChanged("#tea", "alice", "scones"),
+        ModeChanged("#tea", "alice", "private"),
+    ]
+    assert bob.topics["#tea"] == "scones"
+
+    # Private: carol neither sees it nor gets in, until she is invited.
+    assert [r.room for r in carol.joinable_rooms()] == ["#lobby"]
+    with pytest.raises(RequestError) as refused:
+        carol.join("#tea")
+    assert refused.value.code is ErrorCode.FORBIDDEN
+    alice.invite("carol", "#tea")
+    assert carol.next_event(timeout=5) == Invited("#tea", "alice")
+    assert [r.room for r in carol.joinable_rooms()] == ["#lobby", "#tea"]
+    carol.join("#tea")
+    assert carol.current_room == "#tea"
+
+    # An operator bans; the banned client is out of the room, as far as it keeps track too.
+    alice.op("bob", "#tea")
+    bob.ban("carol", "#tea", "too much sugar")
+    assert [e for e in carol.events(timeout=0.5) if not isinstance(e, Joined)] == [
+        Banned("#tea", "bob", "too much sugar")
+    ]
+    assert (carol.rooms, carol.current_room, carol.topics) == (("#lobby",), None, {})
+    with pytest.raises(RequestError) as banned:
+        carol.join("#tea")
+    assert banned.value.code is ErrorCode.FORBIDDEN
+    bob.unban("carol", "#tea")
+    alice.deop("bob", "#tea")
+    with pytest.raises(RequestError) as not_an_operator:
+        bob.ban("carol", "#tea")
+    assert not_an_operator.value.code is ErrorCode.FORBIDDEN
+    with pytest.raises(RequestError) as not_the_owner:
+        bob.destroy("#tea")
+    assert not_the_owner.value.code is ErrorCode.FORBIDDEN
+
+    # Destroyed: everyone in it is out, the owner included, and the name is free.
+    bob.take_queued_events()
+    alice.destroy("#tea")
+    assert bob.next_event(timeout=5) == Destroyed("#tea", "alice")
+    assert (bob.rooms, bob.current_room) == (("#lobby",), None)
+    assert (alice.rooms, alice.current_room, alice.topics) == (("#lobby",), None, {})
+    assert [r.room for r in alice.joinable_rooms()] == ["#lobby"]
+
+
+def test_room_arguments_are_checked_before_sending(
+    server: Server, connect: Callable[..., Client]
+) -> None:
+    alice = logged_in(server, connect, "alice")
+    alice.join("#tea")
+    refused: list[Callable[[], object]] = [
+        lambda: alice.mode("#tea", "secret"),
+        lambda: alice.topic("#tea", "   "),  # /topic #tea alone would ask, not set
+        lambda: alice.topic("#tea", "two\nlines"),
+        lambda: alice.topic("tea"),
+        lambda: alice.ban("bob", "#tea", "why\r/quit"),
+        lambda: alice.op("Not A Name", "#tea"),
+        lambda: alice.destroy("#"),
+    ]
+    for call in refused:
+        with pytest.raises(InvalidArgument):
+            call()
+    assert alice.topic("#tea") == ""  # the connection stayed in step
+
+
+def test_a_destroyed_room_is_not_joined_again_after_a_reconnect(
+    make_server: ServerFactory,
+) -> None:
+    """Joining it again would create it anew, owned by whoever reconnected first."""
+    server = make_server(listen=[f"127.0.0.1:{free_port()}"])
+    server.add_user("alice")
+    alice = Client("127.0.0.1", server.port, ca_file=server.ca_file, timeout=5, reconnect=FAST)
+    apps: list[App] = []
+    try:
+        alice.login("alice", PASSWORD)
+        alice.join("#ops")
+        alice.join("#tea")
+        server.add_user("owner", admin=True)
+        with server_client(server, "owner") as owner:
+            assert owner.request("/destroy #tea") == "OK destroy #tea"
+        assert Destroyed("#tea", "owner") in list(alice.events(timeout=0.5))
+        apps.append(restart(server))
+        assert alice.next_event(timeout=5) == Bye("shutting-down")
+        assert alice.next_event(timeout=5) == Reconnected(("#lobby", "#ops"))
+        assert apps[0].store.get_room("#tea") is None
+    finally:
+        alice.close()
+        for app in apps:
+            app.stop(grace_s=1.0)
 
 
 # -- reconnecting --------------------------------------------------------------------------------

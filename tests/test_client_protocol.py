@@ -13,18 +13,25 @@ from hypothesis import strategies as st
 
 from sealroom import PROTOCOL_VERSION
 from sealroom.client.events import (
+    Banned,
     Bye,
+    Destroyed,
     ErrorReply,
     Hello,
     History,
     Info,
+    Invited,
     Joined,
     Message,
+    ModeChanged,
     PrivateMessage,
     Reply,
+    RoomListing,
     ServerLine,
+    TopicChanged,
     Wall,
     parse_line,
+    parse_room,
 )
 from sealroom.client.protocol import (
     BadGreeting,
@@ -256,6 +263,90 @@ def test_history_counting_more_lines_than_came_is_a_violation() -> None:
     with pytest.raises(RemoteProtocolError, match="counts more lines"):
         protocol.next_event()
     assert protocol.state is State.CLOSED
+
+
+# -- rooms: the /list reply and the room events --------------------------------------------------
+
+
+@pytest.mark.parametrize("feed", FEEDERS, ids=["one-chunk", "byte-by-byte"])
+def test_room_lines_are_the_list_replys_data(feed: Feeder) -> None:
+    """As HIST for /history: ROOM lines (and the INFO saying the list was cut) before
+    ``OK list`` are the reply's; the events around them stay events."""
+    protocol = greeted()
+    protocol.send_request("/list", expect="list", data=("ROOM", "INFO"))
+    items = feed(
+        protocol,
+        b"MSG #tea bob before\n"
+        b"ROOM #lobby 2 open\n"
+        b"ROOM #tea 1 private tea,  and cake \n"
+        b"INFO more rooms than the 2 shown\n"
+        b"OK list 2\n"
+        b"TOPIC #tea alice after\n",
+    )
+    data = (
+        "ROOM #lobby 2 open",
+        "ROOM #tea 1 private tea,  and cake ",
+        "INFO more rooms than the 2 shown",
+    )
+    assert items == [
+        Message("#tea", "bob", "before"),
+        Reply("list", "2", data),
+        TopicChanged("#tea", "alice", "after"),
+    ]
+    assert [parse_room(line) for line in data] == [
+        RoomListing("#lobby", 2, "open", ""),
+        RoomListing("#tea", 1, "private", "tea,  and cake "),
+        None,
+    ]
+
+
+def test_room_lines_are_never_events() -> None:
+    """A ROOM line is only ever data: outside a /list reply, or in a run that an event
+    broke, it is dropped, not handed out."""
+    protocol = greeted()
+    assert in_one_chunk(protocol, b"ROOM #stray 1 open\n") == []
+    protocol.send_request("/list", expect="list", data=("ROOM", "INFO"))
+    items = in_one_chunk(protocol, b"ROOM #early 1 open\nJOIN #tea bob\nOK list 0\n")
+    assert items == [Joined("#tea", "bob"), Reply("list", "0")]
+
+
+@pytest.mark.parametrize(
+    ("line", "item"),
+    [
+        ("TOPIC #tea alice tea,  and cake ", TopicChanged("#tea", "alice", "tea,  and cake ")),
+        ("TOPIC #tea alice", TopicChanged("#tea", "alice", "")),
+        ("MODE #tea alice private", ModeChanged("#tea", "alice", "private")),
+        ("INVITE #tea alice", Invited("#tea", "alice")),
+        ("BANNED #tea alice go away, now", Banned("#tea", "alice", "go away, now")),
+        ("BANNED #tea alice ", Banned("#tea", "alice", "")),  # no reason: an empty last field
+        ("BANNED #tea alice", Banned("#tea", "alice", "")),
+        ("DESTROYED #tea alice", Destroyed("#tea", "alice")),
+        ("TOPIC #tea", None),
+        ("MODE #tea alice", None),
+        ("INVITE #tea", None),
+        ("BANNED #tea", None),
+        ("DESTROYED #tea", None),
+        ("ROOM #tea 1 open", None),  # data, not an event: parse_room reads it
+    ],
+)
+def test_room_events_parse(line: str, item: ServerLine | None) -> None:
+    assert parse_line(line) == item
+
+
+@pytest.mark.parametrize(
+    ("line", "listing"),
+    [
+        ("ROOM #tea 3 open", RoomListing("#tea", 3, "open", "")),
+        ("ROOM #tea 0 private ", RoomListing("#tea", 0, "private", "")),
+        ("ROOM #tea 12 open a topic", RoomListing("#tea", 12, "open", "a topic")),
+        ("ROOM #tea many open", None),
+        ("ROOM #tea \u0663 open", None),  # a digit, but not an ASCII one
+        ("ROOM #tea 3", None),
+        ("TOPIC #tea 3 open", None),
+    ],
+)
+def test_parse_room(line: str, listing: RoomListing | None) -> None:
+    assert parse_room(line) == listing
 
 
 # -- keepalives ---------------------------------------------------------------------------------

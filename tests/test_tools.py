@@ -23,8 +23,21 @@ import pytest
 from helpers import PASSWORD, Server, ServerFactory
 from helpers import Client as RawClient
 from sealroom.cli.lineedit import LineEditor
-from sealroom.cli.render import as_json, render, safe
-from sealroom.client import Bye, History, Message, PrivateMessage, Wall
+from sealroom.cli.render import as_json, render, render_listing, room_header, safe
+from sealroom.client import (
+    Banned,
+    Bye,
+    Destroyed,
+    Event,
+    History,
+    Invited,
+    Message,
+    ModeChanged,
+    PrivateMessage,
+    RoomListing,
+    TopicChanged,
+    Wall,
+)
 from test_client import Peer, ScriptedServer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -406,6 +419,37 @@ def test_tail_reports_the_end(server: Server) -> None:
     )
 
 
+def test_tail_ends_when_no_followed_room_is_left(server: Server) -> None:
+    """Banned from a room, or the room destroyed: said on stderr; with none left, tail ends
+    rather than wait for messages that cannot come."""
+    server.add_user("alice")
+    root = server.user("root", admin=True)
+    root.request("/join #tea")
+    root.request("/join #den")
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "sealroom", "tail", *common(server, server.ca_file), "tea", "den"],
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        until(root, "PART #lobby alice")  # tail left the default room: it is following
+        root.request("/ban alice #tea noisy")
+        root.request("/destroy #den")
+        out, err = tail.communicate(timeout=15)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 1
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].endswith("-- root banned you from #tea: noisy")
+    assert lines[1].endswith("-- root destroyed #den; you are out of it")
+    assert lines[2:] == ["sealroom: no room left to follow"]
+
+
 # -- rendering -----------------------------------------------------------------------------------
 
 
@@ -418,12 +462,50 @@ def test_rendering_is_safe_for_terminals() -> None:
         Wall("evil", hostile),
         Bye(hostile),
         History("#a", 1, datetime(2024, 1, 1, tzinfo=UTC), "evil", hostile),
+        TopicChanged(hostile, hostile, hostile),
+        ModeChanged(hostile, hostile, hostile),
+        Invited(hostile, hostile),
+        Banned(hostile, hostile, hostile),
+        Destroyed(hostile, hostile),
     ):
         line = render(event, "me", lambda when: "12:00")
         assert line is not None
         assert not re.search("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", line)
         as_text = as_json(event, "me")
         assert as_text is None or as_text.isascii()
+    for line in (
+        room_header(hostile, hostile),
+        render_listing(RoomListing(hostile, 1, hostile, hostile), 10),
+    ):
+        assert not re.search("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", line)
+
+
+@pytest.mark.parametrize(
+    ("event", "shown"),
+    [
+        (TopicChanged("#tea", "alice", "scones"), "12:00 -- alice set the topic of #tea: scones"),
+        (TopicChanged("#tea", "alice", ""), "12:00 -- alice cleared the topic of #tea"),
+        (ModeChanged("#tea", "alice", "private"), "12:00 -- alice made #tea private"),
+        (Invited("#tea", "alice"), "12:00 -- alice invited you to #tea"),
+        (Banned("#tea", "alice", "spam"), "12:00 -- alice banned you from #tea: spam"),
+        (Banned("#tea", "alice", ""), "12:00 -- alice banned you from #tea"),
+        (Destroyed("#tea", "alice"), "12:00 -- alice destroyed #tea; you are out of it"),
+    ],
+)
+def test_room_events_read_as_sentences(event: Event, shown: str) -> None:
+    assert render(event, "me", lambda when: "12:00") == shown
+
+
+def test_room_header_and_list_lines() -> None:
+    assert room_header("#tea", "scones") == "== #tea: scones"
+    assert room_header("#tea", "") == "== #tea (no topic)"
+    assert room_header("#tea", None) == "== #tea"
+    assert render_listing(RoomListing("#tea", 1, "open", "scones"), 6) == (
+        "   #tea       1 user  open     scones"
+    )
+    assert render_listing(RoomListing("#lobby", 12, "private", ""), 6) == (
+        "   #lobby   12 users  private"
+    )
 
 
 # -- the line editor -----------------------------------------------------------------------------
@@ -601,6 +683,43 @@ def test_chat_leaves_on_ctrl_d(server: Server, terminals: list[Terminal]) -> Non
     chat.type("\x04")
     assert chat.exit_status() == 0
     assert termios.tcgetattr(chat.slave)[3] == chat.initial[3]
+
+
+def test_chat_shows_rooms_topics_and_room_events(server: Server, terminals: list[Terminal]) -> None:
+    """The header of a joined room shows its topic; /list and /topic are chat's own; TOPIC,
+    MODE, BANNED and DESTROYED read as sentences, and the prompt follows the current room."""
+    server.add_user("bob")
+    alice = server.user("alice")
+    alice.request("/join #tea")
+    alice.request("/topic #tea tea and cake")
+    alice.request("/join #den")
+    chat = Terminal(["chat", *common(server, server.ca_file, "bob"), "#tea"], environment())
+    terminals.append(chat)
+    chat.wait_for(r"== #tea: tea and cake\r\n.*#tea> ")
+    until(alice, "JOIN #tea bob")
+
+    alice.request("/topic #tea scones only")
+    chat.wait_for(r"\d\d:\d\d -- alice set the topic of #tea: scones only\r\n")
+    alice.request("/mode #tea private")
+    chat.wait_for(r"\d\d:\d\d -- alice made #tea private\r\n")
+    chat.type("/topic\r")
+    chat.wait_for(r"-- #tea: scones only\r\n")
+    chat.type("/topic #lobby\r")
+    chat.wait_for(r"-- #lobby has no topic\r\n")
+    chat.type("/list\r")
+    chat.wait_for(
+        r"-- 3 rooms to join:\r\n.*   #den  +1 user  open\r\n"
+        r".*   #lobby +2 users  open\r\n.*   #tea  +2 users  private  scones only\r\n"
+    )
+
+    alice.request("/ban bob #tea enough")
+    chat.wait_for(r"-- alice banned you from #tea: enough\r\n.*\(no room\)> ")
+    chat.type("/join den\r")
+    chat.wait_for(r"== #den \(no topic\)\r\n.*#den> ")
+    alice.request("/destroy #den")
+    chat.wait_for(r"-- alice destroyed #den; you are out of it\r\n.*\(no room\)> ")
+    chat.type("/quit\r")
+    assert chat.exit_status() == 0
 
 
 # -- the example bot -----------------------------------------------------------------------------

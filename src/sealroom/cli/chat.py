@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 
 from sealroom.cli.lineedit import MAX_INPUT_LINE_CHARS, LineEditor, Screen, keys_one_by_one
-from sealroom.cli.render import render, safe, short_clock
+from sealroom.cli.render import render, render_listing, room_header, safe, short_clock
 from sealroom.client import (
+    Banned,
     Bye,
     Client,
     ConnectionClosed,
+    Destroyed,
     InvalidArgument,
     Reconnected,
     RequestError,
@@ -43,10 +45,13 @@ CHAT_HELP: Final = (
     "/msg NAME TEXT        private message",
     "/who [#ROOM]          who is in a room",
     "/rooms                rooms you are in",
+    "/list                 rooms you may join, with their topics",
+    "/topic [#ROOM] [TEXT] a room's topic (default: current); operators set it",
     "/history [TARGET] [N] recent messages of a room or conversation",
     "/quit [REASON]        leave (Ctrl-D on an empty line too)",
     "//TEXT                a message that starts with /",
-    "other /commands (/ping, /kick, /wall) go to the server as typed",
+    "other /commands go to the server as typed: /mode, /invite, /ban, /unban, /op, /deop,",
+    "  /destroy for a room's operators and owner; /ping; /kick and /wall for admins",
 )
 
 
@@ -71,6 +76,7 @@ class Chat:
             f"-- connected to {safe(client.server_name or client.host)} as {client.user}; "
             "/help lists commands, /quit leaves"
         )
+        self._show_header()
         self._update_prompt()
         while self.status is None:
             self._show_events()
@@ -97,8 +103,8 @@ class Chat:
             line = render(event, self.client.user, short_clock)
             if line is not None:
                 self.screen.show(line)
-            if isinstance(event, Reconnected | Bye):
-                self._update_prompt()
+            if isinstance(event, Reconnected | Bye | Banned | Destroyed):
+                self._update_prompt()  # the current room may be gone
 
     def _read_keys(self) -> None:
         data = os.read(self.stdin_fd, 4096)
@@ -167,8 +173,21 @@ class Chat:
         for text in CHAT_HELP:
             self.screen.show(f"-- {text}")
 
+    def _show_header(self) -> None:
+        """The current room and its topic; ``OK login`` carries no topic, so it is asked for
+        when the client has not seen it (an older server without /topic: no topic shown)."""
+        room = self.client.current_room
+        if room is None:
+            return
+        topic = self.client.topics.get(room)
+        if topic is None:
+            with contextlib.suppress(RequestError):
+                topic = self.client.topic(room)
+        self.screen.show(room_header(room, topic))
+
     def _join(self, rest: str, args: list[str]) -> None:
         self.client.join(_chat_room(args[0]))
+        self._show_header()
 
     def _part(self, rest: str, args: list[str]) -> None:
         left = self.client.part(_chat_room(args[0]) if args else None)
@@ -186,6 +205,29 @@ class Chat:
 
     def _rooms(self, rest: str, args: list[str]) -> None:
         self.screen.show(f"-- your rooms: {' '.join(self.client.list_rooms()) or 'none'}")
+
+    def _list(self, rest: str, args: list[str]) -> None:
+        rooms = self.client.joinable_rooms()
+        self.screen.show(f"-- {len(rooms)} {'room' if len(rooms) == 1 else 'rooms'} to join:")
+        width = max((len(safe(listing.room)) for listing in rooms), default=0)
+        for listing in rooms:
+            self.screen.show(render_listing(listing, width))
+
+    def _topic(self, rest: str, args: list[str]) -> None:
+        """``/topic [#ROOM] [TEXT]``: a first word that starts with # names the room."""
+        words = rest.strip(" ")
+        if args and args[0].startswith("#"):
+            room, _, text = words.partition(" ")
+        else:
+            room, text = self.client.current_room or "", words
+        if not room:
+            raise InvalidArgument("which room? /topic #ROOM [TEXT]")
+        if text.strip():
+            self.client.topic(room, text)  # its TOPIC event, shown next, says it was set
+            return
+        topic = self.client.topic(room)
+        shown = f"{safe(room)}: {safe(topic)}" if topic else f"{safe(room)} has no topic"
+        self.screen.show(f"-- {shown}")
 
     def _leave(self, rest: str, args: list[str]) -> None:
         self._quit(rest.strip() or None)
@@ -224,6 +266,8 @@ CHAT_COMMANDS: Final = {
     "msg": ChatCommand("/msg NAME TEXT", Chat._msg, 2, MAX_INPUT_LINE_CHARS),
     "who": ChatCommand("/who [#ROOM]", Chat._who, 0, 1),
     "rooms": ChatCommand("/rooms", Chat._rooms),
+    "list": ChatCommand("/list", Chat._list),
+    "topic": ChatCommand("/topic [#ROOM] [TEXT]", Chat._topic, 0, MAX_INPUT_LINE_CHARS),
     "history": ChatCommand("/history [#ROOM|NAME] [N]", Chat._history, 0, 2),
     "quit": ChatCommand("/quit [REASON]", Chat._leave, 0, MAX_INPUT_LINE_CHARS),
 }

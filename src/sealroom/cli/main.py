@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sealroom import __version__
 from sealroom.cli.commands import CommandTable, build_parser
+from sealroom.cli.rooms import add_room_commands
 from sealroom.cli.tools import add_client_commands
 from sealroom.config import ConfigError, Settings, load_settings, parse_address
 from sealroom.core.errors import UserError
@@ -199,6 +200,12 @@ def _open_store(settings: Settings) -> Store:
         raise UserError(
             f"no database at {missing} ({where}); create one with 'sealroom db init'"
         ) from None
+
+
+def _settings_and_store(args: argparse.Namespace) -> tuple[Settings, Store]:
+    """For ``room …``: the configuration, and its database, which must exist."""
+    settings = _settings(args)
+    return settings, _open_store(settings)
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -547,6 +554,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _certs_commands(table)
     _db_commands(table)
     _user_commands(table)
+    add_room_commands(table, _settings_and_store)
     add_client_commands(table)
     table.command(
         table.commands,

@@ -11,22 +11,37 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeAlias, assert_never
 
 from sealroom.client import (
+    Banned,
     Bye,
+    Destroyed,
     Event,
     History,
     Info,
+    Invited,
     Joined,
     Message,
+    ModeChanged,
     Parted,
     PrivateMessage,
     Reconnected,
+    RoomListing,
+    TopicChanged,
     Wall,
 )
 from sealroom.core.text import escape_for_log
 
-__all__ = ["as_json", "long_clock", "render", "safe", "short_clock"]
+__all__ = [
+    "as_json",
+    "long_clock",
+    "render",
+    "render_listing",
+    "room_header",
+    "safe",
+    "short_clock",
+]
 
 
 def safe(text: str) -> str:
@@ -66,11 +81,48 @@ def render(event: Event, me: str | None, clock: Callable[[datetime | None], str]
             return f"{clock(None)} -- {safe(user)} left {safe(room)}"
         case Info(text):
             return f"{clock(None)} -- {safe(text)}"
+        case TopicChanged() | ModeChanged() | Invited() | Banned() | Destroyed():
+            return f"{clock(None)} -- {_room_change(event)}"
         case Bye(reason):
             return f"{clock(None)} -- disconnected: {safe(reason)}"
         case Reconnected(rooms):
             return f"{clock(None)} -- reconnected; in {' '.join(rooms) or 'no room'}"
     return None
+
+
+RoomChange: TypeAlias = TopicChanged | ModeChanged | Invited | Banned | Destroyed
+
+
+def _room_change(event: RoomChange) -> str:
+    match event:
+        case TopicChanged(room, by, topic):
+            if not topic:
+                return f"{safe(by)} cleared the topic of {safe(room)}"
+            return f"{safe(by)} set the topic of {safe(room)}: {safe(topic)}"
+        case ModeChanged(room, by, mode):
+            return f"{safe(by)} made {safe(room)} {safe(mode)}"
+        case Invited(room, by):
+            return f"{safe(by)} invited you to {safe(room)}"
+        case Banned(room, by, reason):
+            why = f": {safe(reason)}" if reason.strip() else ""
+            return f"{safe(by)} banned you from {safe(room)}{why}"
+        case Destroyed(room, by):
+            return f"{safe(by)} destroyed {safe(room)}; you are out of it"
+    assert_never(event)
+
+
+def room_header(room: str, topic: str | None) -> str:
+    """The line that opens a room in ``chat``: its name and topic (None: not known)."""
+    if topic is None:
+        return f"== {safe(room)}"
+    return f"== {safe(room)}: {safe(topic)}" if topic else f"== {safe(room)} (no topic)"
+
+
+def render_listing(listing: RoomListing, width: int = 0) -> str:
+    """One room of ``/list``, its name padded to ``width``."""
+    members = f"{listing.members} {'user' if listing.members == 1 else 'users'}"
+    line = f"   {safe(listing.room):<{width}}  {members:>9}  {safe(listing.mode):<7}  "
+    return (line + safe(listing.topic)).rstrip()
 
 
 def _utc(when: datetime | None) -> str:

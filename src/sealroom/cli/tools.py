@@ -38,9 +38,11 @@ from sealroom.cli.render import as_json, long_clock, render, safe
 from sealroom.client import (
     DEFAULT_PORT,
     Backoff,
+    Banned,
     Bye,
     Client,
     ConnectError,
+    Destroyed,
     Event,
     History,
     Message,
@@ -410,6 +412,13 @@ def _follow(
             print(f"sealroom: {render(event, me, long_clock)}", file=sys.stderr)
             if isinstance(event, Bye):
                 ended = f"the server closed the connection: {safe(event.reason)}"
+            continue
+        if isinstance(event, Banned | Destroyed) and event.room in rooms:
+            # Out of a followed room for good: said on stderr; with none left, tail ends.
+            print(f"sealroom: {render(event, me, long_clock)}", file=sys.stderr)
+            if not set(rooms) & set(client.rooms):
+                ended = "no room left to follow"
+                break
             continue
         if not isinstance(event, Message | PrivateMessage | History | Wall):
             continue

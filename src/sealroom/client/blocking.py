@@ -38,15 +38,20 @@ from sealroom.client.errors import (
     SealroomError,
 )
 from sealroom.client.events import (
+    Banned,
     Bye,
+    Destroyed,
     ErrorReply,
     Event,
     Hello,
     History,
     Reconnected,
     Reply,
+    RoomListing,
     ServerLine,
+    TopicChanged,
     parse_event,
+    parse_room,
 )
 from sealroom.client.protocol import (
     DEFAULT_MAX_LINE_BYTES,
@@ -85,6 +90,9 @@ QUIT_LINGER_S: Final = 2.0  # how long quit() waits for the server's BYE after O
 _FINAL_REASONS: Final = ("quit", "kicked", "account-")
 # Requests whose replies change what the client tracks; request() refuses them.
 _TRACKED_VERBS: Final = frozenset({"login", "resume", "join", "part", "quit", "passwd", "token"})
+# The words of data lines a raw request() may collect before its reply.
+_DATA_WORDS: Final = ("INFO", "HIST", "ROOM")
+ROOM_MODES: Final = ("open", "private")
 
 
 class _TransportError(Exception):
@@ -184,6 +192,7 @@ class Client:
         self._token: Token | None = None
         self._token_supported: bool | None = None
         self._rooms: dict[str, None] = {}  # joined rooms in join order (an ordered set)
+        self._topics: dict[str, str] = {}  # of joined rooms, as last seen
         self._current: str | None = None
         # Kept across reconnects: the repeats come on the connection after a crash.
         self._seen = SeenIds(SEEN_IDS_KEPT)
@@ -214,6 +223,17 @@ class Client:
     def rooms(self) -> tuple[str, ...]:
         """The rooms this client joined, in join order (restored after a reconnect)."""
         return tuple(self._rooms)
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """The topic of each joined room as this client last saw it (a copy).
+
+        It is seen in the reply to :meth:`join`, in :meth:`topic`'s and in
+        :class:`~sealroom.client.events.TopicChanged` events. A room whose topic has not been
+        seen yet is absent: the default room after a login (``OK login`` carries no topic)
+        until :meth:`topic` asks.
+        """
+        return dict(self._topics)
 
     @property
     def current_room(self) -> str | None:
@@ -305,13 +325,19 @@ class Client:
             return token
 
     def join(self, room: str) -> str:
-        """Join (and create, if allowed) ``room``; it becomes the current room."""
+        """Join (and create, if allowed) ``room``; it becomes the current room.
+
+        Returns the room's canonical name; its topic, which the reply carries, is then in
+        :attr:`topics`.
+        """
         canonical = _room(room)
         with self._guard():
             reply = self._request(f"/join {canonical}", "join")
-            joined = reply.fields[0] if reply.fields else canonical
+            named, _, topic = reply.args.partition(" ")
+            joined = named or canonical
             self._rooms.pop(joined, None)
             self._rooms[joined] = None
+            self._topics[joined] = topic
             self._current = joined
             return joined
 
@@ -321,9 +347,7 @@ class Client:
         with self._guard():
             reply = self._request(line, "part")
             left = reply.fields[0] if reply.fields else (room or "")
-            self._rooms.pop(left, None)
-            if self._current == left:
-                self._current = None
+            self._left(left)
             return left
 
     def say(self, text: str, room: str | None = None) -> int:
@@ -350,9 +374,92 @@ class Client:
             return self._request(line, "who").fields[1:]
 
     def list_rooms(self) -> list[str]:
-        """The rooms the server says this session is in (``/rooms``)."""
+        """The rooms the server says this session is in (``/rooms``).
+
+        The rooms one may join are :meth:`joinable_rooms` (``/list``).
+        """
         with self._guard():
             return self._request("/rooms", "rooms").fields
+
+    def joinable_rooms(self) -> list[RoomListing]:
+        """The rooms this account may join (``/list``), sorted by name.
+
+        A server that shows only its first ``rooms.list_max`` rooms says so in an ``INFO``
+        line, which is handed out as an :class:`~sealroom.client.events.Info` event.
+        """
+        with self._guard():
+            reply = self._request("/list", "list", data=("ROOM", "INFO"))
+            rooms: list[RoomListing] = []
+            for line in reply.data:
+                listing = parse_room(line)
+                if listing is not None:
+                    rooms.append(listing)
+                elif (event := parse_event(line)) is not None:
+                    self._queue(event)
+            return rooms
+
+    def topic(self, room: str, text: str | None = None) -> str:
+        """The topic of ``room``; with ``text``, set it first (operators). Returns the topic.
+
+        The protocol cannot set an empty topic (``/topic #ROOM`` alone asks for it), so an
+        empty ``text`` is refused here rather than sent as a question.
+        """
+        canonical = _room(room)
+        line = f"/topic {canonical}"
+        if text is not None:
+            if not _text(text, "topic").strip():
+                raise InvalidArgument("a topic cannot be set to nothing")
+            line += f" {text}"
+        with self._guard():
+            named, _, topic = self._request(line, "topic").args.partition(" ")
+            if (named or canonical) in self._rooms:
+                self._topics[named or canonical] = topic
+            return topic
+
+    def mode(self, room: str, mode: str) -> str:
+        """Operators: make ``room`` ``open`` (anyone not banned may join) or ``private``
+        (only operators and invited users; its present members count as invited)."""
+        wanted = mode.lower()
+        if wanted not in ROOM_MODES:
+            raise InvalidArgument(f"a mode is {' or '.join(ROOM_MODES)}")
+        line = f"/mode {_room(room)} {wanted}"
+        with self._guard():
+            fields = self._request(line, "mode").fields
+            return fields[1] if len(fields) > 1 else wanted
+
+    def invite(self, name: str, room: str) -> None:
+        """Operators: let ``name`` into ``room`` while it is private."""
+        self._moderate("invite", name, room)
+
+    def ban(self, name: str, room: str, reason: str | None = None) -> None:
+        """Operators: take every session of ``name`` out of ``room`` and keep ``name`` out."""
+        self._moderate("ban", name, room, reason)
+
+    def unban(self, name: str, room: str) -> None:
+        """Operators: lift a ban (it does not invite)."""
+        self._moderate("unban", name, room)
+
+    def op(self, name: str, room: str) -> None:
+        """The owner (or an admin): make ``name`` an operator of ``room``."""
+        self._moderate("op", name, room)
+
+    def deop(self, name: str, room: str) -> None:
+        """The owner (or an admin): ``name`` is an operator of ``room`` no more."""
+        self._moderate("deop", name, room)
+
+    def destroy(self, room: str) -> None:
+        """The owner (or an admin): delete ``room``, its settings and its history."""
+        canonical = _room(room)
+        with self._guard():
+            self._request(f"/destroy {canonical}", "destroy")
+            self._left(canonical)  # the DESTROYED event has done it if this session was in it
+
+    def _moderate(self, verb: str, name: str, room: str, reason: str | None = None) -> None:
+        line = f"/{verb} {_name(name)} {_room(room)}"
+        if reason:
+            line += f" {_text(reason, 'reason')}"
+        with self._guard():
+            self._request(line, verb)
 
     def history(self, target: str, count: int | None = None) -> list[History]:
         """The last ``count`` stored messages of a room or of your conversation with a user.
@@ -425,7 +532,7 @@ class Client:
             if verb in _TRACKED_VERBS:
                 raise InvalidArgument(f"use the {verb}() method for /{verb}")
         with self._guard():
-            return self._request(line, None, data=("INFO", "HIST"))
+            return self._request(line, None, data=_DATA_WORDS)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -644,6 +751,7 @@ class Client:
         self._ping_sent = time.monotonic()
 
     def _queue(self, event: Event) -> None:
+        self._track(event)
         if isinstance(event, History) and not self._seen.first_time(event.id):
             # A stored message delivered again (SPEC: a crash may repeat some, same IDs).
             # Replies to history() are not events and never pass here: they stay whole.
@@ -656,6 +764,22 @@ class Client:
             if self.dropped_events == 1:
                 log.warning("event queue full (%d): dropping the oldest", self.max_queued_events)
         self._events.append(event)
+
+    def _track(self, event: Event) -> None:
+        """What an event changes in the rooms this client keeps, as it arrives (before the
+        queue's bound could drop it). Banned from a room or the room destroyed: the session
+        is out of it, and a reconnect must not join it again (that would create a destroyed
+        room anew)."""
+        if isinstance(event, Banned | Destroyed):
+            self._left(event.room)
+        elif isinstance(event, TopicChanged) and event.room in self._rooms:
+            self._topics[event.room] = event.topic
+
+    def _left(self, room: str) -> None:
+        self._rooms.pop(room, None)
+        self._topics.pop(room, None)
+        if self._current == room:
+            self._current = None
 
     # -- connection life ------------------------------------------------------------------------
 
@@ -824,6 +948,7 @@ class Client:
             raise self._violation("OK login without a name")
         self._user = fields[0]
         self._rooms = {fields[1]: None} if len(fields) > 1 and fields[1].startswith("#") else {}
+        self._topics = {}
         self._current = next(iter(self._rooms), None)
         # The password is kept only to log in again after a reconnect.
         if self._backoff is not None and password is not None:

@@ -1,10 +1,11 @@
 """The server's side of the wire grammar (SPEC.md section 1) as typed values.
 
 Each line a server sends is one of these: the greeting (:class:`Hello`), a final reply
-(:class:`Reply` for ``OK``, :class:`ErrorReply` for ``ERR``) or an :data:`Event`. Parsing is
-pure and total: a line this client does not understand parses to None rather than raising,
-because a newer server may add words and the connection must survive them. Whether a line
-is data of a reply or an event of its own depends on what came before it, so that is the
+(:class:`Reply` for ``OK``, :class:`ErrorReply` for ``ERR``), an :data:`Event`, or a data
+line that only a reply carries (``ROOM``: :class:`RoomListing`, from :func:`parse_room`).
+Parsing is pure and total: a line this client does not understand parses to None rather than
+raising, because a newer server may add words and the connection must survive them. Whether a
+line is data of a reply or an event of its own depends on what came before it, so that is the
 business of :mod:`sealroom.client.protocol`, not of this module.
 """
 
@@ -17,23 +18,30 @@ from typing import TypeAlias
 from sealroom.core.errors import ErrorCode
 
 __all__ = [
+    "Banned",
     "Bye",
+    "Destroyed",
     "ErrorReply",
     "Event",
     "Hello",
     "History",
     "Info",
+    "Invited",
     "Joined",
     "Message",
+    "ModeChanged",
     "Parted",
     "PrivateMessage",
     "Reconnected",
     "Reply",
+    "RoomListing",
     "ServerEvent",
     "ServerLine",
+    "TopicChanged",
     "Wall",
     "parse_event",
     "parse_line",
+    "parse_room",
 ]
 
 
@@ -104,6 +112,50 @@ class History:
 
 
 @dataclass(frozen=True, slots=True)
+class TopicChanged:
+    """``TOPIC #ROOM FROM TEXT``: an operator of a room you are in set its topic."""
+
+    room: str
+    by: str
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModeChanged:
+    """``MODE #ROOM FROM MODE``: an operator of a room you are in made it ``open`` or
+    ``private`` (kept as text: a newer server may name other modes)."""
+
+    room: str
+    by: str
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invited:
+    """``INVITE #ROOM FROM``: you may now join the private room ``room``."""
+
+    room: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Banned:
+    """``BANNED #ROOM FROM REASON``: you were banned from ``room`` and are out of it."""
+
+    room: str
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Destroyed:
+    """``DESTROYED #ROOM FROM``: ``room`` was destroyed and you are out of it."""
+
+    room: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
 class Bye:
     """The connection ended: the server's ``BYE REASON``, or ``connection-lost``."""
 
@@ -122,8 +174,39 @@ class Reconnected:
 
 
 # What a server line can carry; Event adds what the blocking client reports itself.
-ServerEvent: TypeAlias = Message | PrivateMessage | Joined | Parted | Wall | Info | History | Bye
+ServerEvent: TypeAlias = (
+    Message
+    | PrivateMessage
+    | Joined
+    | Parted
+    | Wall
+    | Info
+    | History
+    | TopicChanged
+    | ModeChanged
+    | Invited
+    | Banned
+    | Destroyed
+    | Bye
+)
 Event: TypeAlias = ServerEvent | Reconnected
+
+
+# -- data lines that are never events ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoomListing:
+    """``ROOM #ROOM MEMBERS MODE TOPIC``: one room of a ``/list`` reply.
+
+    Only ever a data line, never an event: :meth:`Client.joinable_rooms` returns these.
+    ``members`` is how many users are in the room now; ``topic`` may be empty.
+    """
+
+    room: str
+    members: int
+    mode: str
+    topic: str
 
 
 # -- the greeting and final replies --------------------------------------------------------------
@@ -218,11 +301,46 @@ def parse_event(line: str) -> ServerEvent | None:
         if not sep or " " in name:
             return None
         return Joined(room, name) if word == "JOIN" else Parted(room, name)
+    if word in ("TOPIC", "MODE", "BANNED"):
+        return _room_change(word, rest)
+    if word in ("INVITE", "DESTROYED"):
+        # FROM is the last field: the rest of the line.
+        room, sep, by = rest.partition(" ")
+        if not sep:
+            return None
+        return Invited(room, by) if word == "INVITE" else Destroyed(room, by)
     if word == "INFO":
         return Info(rest)
     if word == "BYE":
         return Bye(rest)
     return None
+
+
+def parse_room(line: str) -> RoomListing | None:
+    """A ``ROOM`` data line of a ``/list`` reply; None for anything else or a malformed one."""
+    word, _, rest = line.partition(" ")
+    fields = rest.split(" ", 3)
+    if word != "ROOM" or len(fields) < 3:
+        return None
+    room, members, mode = fields[:3]
+    if not (members.isascii() and members.isdigit()):
+        return None
+    return RoomListing(room, int(members), mode, fields[3] if len(fields) == 4 else "")
+
+
+def _room_change(word: str, rest: str) -> TopicChanged | ModeChanged | Banned | None:
+    """``TOPIC``, ``MODE`` and ``BANNED``: #ROOM FROM, then the rest of the line (which a
+    server may leave out when it is empty: an unexplained ban)."""
+    fields = rest.split(" ", 2)
+    if len(fields) < 2:
+        return None
+    room, by = fields[:2]
+    last = fields[2] if len(fields) == 3 else ""
+    if word == "TOPIC":
+        return TopicChanged(room, by, last)
+    if word == "MODE":
+        return ModeChanged(room, by, last) if last else None
+    return Banned(room, by, last)
 
 
 def _history(fields: list[str]) -> History | None:

@@ -9,9 +9,9 @@ usable under any I/O model: :mod:`sealroom.client.blocking` drives it over a blo
 socket.
 
 Replies are told from events by order alone. The server answers requests in order and never
-puts an event between a reply's data lines (``INFO``, ``HIST``) and its final line, so data
-lines count as the reply's only when its final line follows them directly; a run of them
-broken by anything else was events. For ``/history`` the count in ``OK history TARGET COUNT``
+puts an event between a reply's data lines (``INFO``, ``HIST``, ``ROOM``) and its final line,
+so data lines count as the reply's only when its final line follows them directly; a run of
+them broken by anything else was events. For ``/history`` the count in ``OK history TARGET COUNT``
 settles the rest: stored private messages (``HIST`` lines too) delivered just before the
 reply are events, and only the last COUNT lines are the reply's. Keepalive pings are
 awaited like any request, and their replies, which come first, are consumed here.
@@ -145,7 +145,8 @@ class ClientProtocol:
     ) -> bytes:
         """The bytes of request ``line``, whose reply is to be ``OK expect`` (any verb: None).
 
-        ``data`` names the words of the data lines the reply may carry (``INFO``, ``HIST``);
+        ``data`` names the words of the data lines the reply may carry (``INFO``, ``HIST``,
+        ``ROOM``);
         ``counted`` says its second field counts them (``OK history TARGET COUNT``).
         """
         if "\n" in line or "\r" in line:
