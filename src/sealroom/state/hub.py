@@ -71,6 +71,10 @@ class Room:
         )
 
 
+# FROM in BANNED and DESTROYED when no session made the change (`sealroom room …` did): one
+# word, as the line's grammar needs, and never a user name.
+OPERATOR = "*"
+
 # What a join asks of the room, judged under the hub's lock: raises ProtocolError to refuse.
 Admit = Callable[[RoomView], None]
 
@@ -221,7 +225,7 @@ class Hub:
                     f"you have {owned} rooms; at most {limits.max_created_per_user} at once",
                 )
 
-    def apply(self, record: RoomRecord, *, by: str = "an operator", reason: str = "") -> None:
+    def apply(self, record: RoomRecord, *, by: str = OPERATOR, reason: str = "") -> None:
         """Take a room's stored settings, unless the hub already has the same or newer ones
         (a poll can race a change). Banned users still in the room leave it at once: their
         sessions get ``BANNED #ROOM BY REASON``, the others ``PART``."""
@@ -246,7 +250,7 @@ class Hub:
         for record in records:
             self.apply(record)
         for name in gone:
-            self.destroy(name, "an operator")
+            self.destroy(name, OPERATOR)
 
     def missing(self, records: list[RoomRecord]) -> list[str]:
         """Rooms the hub knows that ``records`` lack (to confirm before calling them gone)."""
