@@ -233,7 +233,6 @@ def test_a_banned_users_messages_in_flight_stop_at_the_ban(make_server: ServerFa
     assert stored == [f"flood {n}" for n in range(len(accepted))][-keep:]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an empty REASON leaves a trailing space")
 def test_a_ban_without_reason_ends_the_line_at_the_name(server: Server) -> None:
     alice, bob = server.user("alice"), server.user("bob")
     alice.request("/join #den")
