@@ -177,7 +177,6 @@ def test_a_ban_removes_every_session_at_once(server: Server) -> None:
     assert server.user("carol").request("/join #den") == "OK join #den"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the login puts a banned user in the default room")
 def test_a_ban_from_the_default_room_keeps_new_sessions_out(server: Server) -> None:
     root, bob = server.user("root", admin=True), server.user("bob")
     assert root.request("/ban bob #lobby go away") == "OK ban bob #lobby"
@@ -192,6 +191,20 @@ def test_a_ban_from_the_default_room_keeps_new_sessions_out(server: Server) -> N
     again = server.client()
     assert again.request("/login bob correct horse battery") == "OK login bob"
     assert again.request("/rooms") == "OK rooms"
+
+
+def test_a_private_default_room_admits_at_login_only_those_it_admits(server: Server) -> None:
+    root, bob = server.user("root", admin=True), server.user("bob")
+    server.add_user("carol")
+    assert root.request("/mode #lobby private") == "OK mode #lobby private"
+    # bob was in it: he counts as invited and comes back; carol was not and stays out.
+    assert server.user("bob").request("/rooms") == "OK rooms #lobby"
+    carol = server.client()
+    assert carol.request("/login carol correct horse battery") == "OK login carol"
+    assert forbidden(carol.request("/join #lobby"))
+    assert root.request("/invite carol #lobby") == "OK invite carol #lobby"
+    assert server.user("carol").request("/rooms") == "OK rooms #lobby"
+    assert bob.request("/who #lobby") == "OK who #lobby bob carol root"
 
 
 def test_a_banned_users_messages_in_flight_stop_at_the_ban(make_server: ServerFactory) -> None:

@@ -163,7 +163,10 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
     log.info("%s: logged in", session.describe())
     default = services.settings.rooms.default
     try:
-        services.hub.join(member, default, encode_line("OK", "login", account.name, default))
+        # The room policy holds here too: a user banned from the default room (or not
+        # invited, if it is private) logs in without entering it.
+        reply = encode_line("OK", "login", account.name, default)
+        services.hub.join(member, default, reply, _admit(member))
         session.current_room = default
     except ProtocolError as error:
         log.info("%s: could not join %s: %s", session.describe(), default, error.text)
