@@ -350,7 +350,6 @@ def test_list_is_cut_at_list_max(make_server: ServerFactory) -> None:
 # -- /destroy ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: history still queued for the disk outlives /destroy")
 def test_destroy_frees_the_name_and_deletes_the_history(server: Server) -> None:
     alice, bob, carol = server.user("alice"), server.user("bob"), server.user("carol")
     for client in (alice, bob, carol):
@@ -380,7 +379,6 @@ def test_destroy_frees_the_name_and_deletes_the_history(server: Server) -> None:
     assert server.user("dave").request("/join #den") == "OK join #den new times"  # no old ban
 
 
-@pytest.mark.xfail(strict=True, reason="bug: history still queued for the disk outlives /destroy")
 def test_destroy_takes_messages_still_on_their_way_to_the_disk(server: Server) -> None:
     alice, bob = server.user("alice"), server.user("bob")
     alice.request("/join #den")

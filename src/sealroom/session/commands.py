@@ -567,6 +567,9 @@ def cmd_destroy(session: Session, request: Request) -> Step:
 
     def write() -> bool:
         _current(session)
+        # Messages accepted before now may still wait for the history writer: committed
+        # after the delete, they would become the history of the next room of this name.
+        session.services.messages.writer.flush()
         return store.destroy_room(name)
 
     def done(_: bool) -> Reply:
