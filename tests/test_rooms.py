@@ -139,6 +139,23 @@ def test_going_private_keeps_the_members_as_invited(server: Server) -> None:
     assert carol.request("/join #den") == "OK join #den"
 
 
+def test_an_operator_deopped_in_a_private_room_stays_as_invited(server: Server) -> None:
+    alice, bob = server.user("alice"), server.user("bob")
+    server.add_user("carol")
+    alice.request("/join #den")
+    alice.request("/mode #den private")
+    for name in ("bob", "carol"):
+        assert alice.request(f"/op {name} #den") == f"OK op {name} #den"
+    assert bob.request("/join #den") == "OK join #den"
+    assert alice.request("/deop bob #den") == "OK deop bob #den"
+    assert alice.request("/deop carol #den") == "OK deop carol #den"
+    # bob was in the room: he keeps his place, as if invited; carol was not: she is out.
+    assert bob.request("/part #den") == "OK part #den"
+    assert bob.request("/join #den") == "OK join #den"
+    assert forbidden(server.user("carol").request("/join #den"))
+    assert forbidden(bob.request("/topic #den no longer mine to set"))
+
+
 # -- bans -------------------------------------------------------------------------------------
 
 

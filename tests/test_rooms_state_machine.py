@@ -388,24 +388,7 @@ INVARIANTS = (
 )
 
 
-KNOWN_BUGS = {
-    "deop-in-a-private-room": "bug: a deopped operator stays in a private room it may not join",
-}
-
-
-@pytest.mark.parametrize(
-    "steps",
-    [
-        pytest.param(
-            steps,
-            id=name,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])]
-            if name in KNOWN_BUGS
-            else [],
-        )
-        for name, steps in SCENARIOS.items()
-    ],
-)
+@pytest.mark.parametrize("steps", list(SCENARIOS.values()), ids=list(SCENARIOS))
 def test_scenarios(steps: list[tuple[str, str]]) -> None:
     machine = RoomMachine()
     try:

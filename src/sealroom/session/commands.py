@@ -533,8 +533,14 @@ def _role_change(session: Session, request: Request, role: str, held: bool, verb
     def write() -> tuple[str, RoomRecord]:
         _current(session)
         target = _target_account(session, request.args[0]).name
-        if role == "operator" and not held and target == view.owner:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "the owner is always an operator")
+        if role == "operator" and not held:
+            if target == view.owner:
+                raise ProtocolError(ErrorCode.FORBIDDEN, "the owner is always an operator")
+            # As when a room goes private: an operator in a private room keeps its place
+            # as an invited member, so no one is left in a room they may not join.
+            now = hub.view(name)
+            if now.mode is Mode.PRIVATE and target in now.members and target not in now.invited:
+                store.set_role(name, target, "invited", True)
         store.set_role(name, target, role, held)
         return target, _stored(session, name)
 
