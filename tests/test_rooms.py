@@ -232,14 +232,13 @@ def test_a_banned_users_messages_in_flight_stop_at_the_ban(make_server: ServerFa
         client.request("/join #den")
     for client in (alice, bob, carol):
         pending(client)
-    # Plain lines to bob's current room, pipelined: many are still unread when the ban lands.
+    # Plain lines to bob's current room, pipelined: most are still unread when the ban lands.
     bob.sock.sendall(b"".join(f"flood {n}\n".encode() for n in range(burst)))
-    assert alice.line() == "MSG #den bob flood 0"  # the burst is arriving
     before, reply = ask(alice, "/ban bob #den flooding")
     assert reply == "OK ban bob #den"
     after = pending(alice)
     assert not [line for line in after if line.startswith("MSG #den bob")], after
-    relayed = 1 + len([line for line in before if line.startswith("MSG #den bob")])
+    relayed = len([line for line in before if line.startswith("MSG #den bob")])
 
     # bob: every message before the ban was accepted, none after it.
     replies = [bob.line() for _ in range(burst + 1)]  # one of them is the BANNED event
@@ -255,7 +254,7 @@ def test_a_banned_users_messages_in_flight_stop_at_the_ban(make_server: ServerFa
     seen = pending(carol)
     flood = [line for line in seen if line.startswith("MSG #den bob")]
     assert flood == [f"MSG #den bob flood {n}" for n in range(len(accepted))]
-    assert seen.index("PART #den bob") > seen.index(flood[-1])
+    assert seen[seen.index("PART #den bob") + 1 :] == []
     # The history holds the accepted ones (the newest history.per_room of them), no others.
     assert server.app.writer.flush()
     stored = [m.body for m in server.app.store.room_history("#den", burst)]
