@@ -163,7 +163,10 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
     log.info("%s: logged in", session.describe())
     default = services.settings.rooms.default
     try:
-        services.hub.join(member, default, encode_line("OK", "login", account.name, default))
+        # The room policy holds here too: a user banned from the default room (or not
+        # invited, if it is private) logs in without entering it.
+        reply = encode_line("OK", "login", account.name, default)
+        services.hub.join(member, default, reply, _admit(member))
         session.current_room = default
     except ProtocolError as error:
         log.info("%s: could not join %s: %s", session.describe(), default, error.text)
@@ -530,8 +533,14 @@ def _role_change(session: Session, request: Request, role: str, held: bool, verb
     def write() -> tuple[str, RoomRecord]:
         _current(session)
         target = _target_account(session, request.args[0]).name
-        if role == "operator" and not held and target == view.owner:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "the owner is always an operator")
+        if role == "operator" and not held:
+            if target == view.owner:
+                raise ProtocolError(ErrorCode.FORBIDDEN, "the owner is always an operator")
+            # As when a room goes private: an operator in a private room keeps its place
+            # as an invited member, so no one is left in a room they may not join.
+            now = hub.view(name)
+            if now.mode is Mode.PRIVATE and target in now.members and target not in now.invited:
+                store.set_role(name, target, "invited", True)
         store.set_role(name, target, role, held)
         return target, _stored(session, name)
 
@@ -564,6 +573,9 @@ def cmd_destroy(session: Session, request: Request) -> Step:
 
     def write() -> bool:
         _current(session)
+        # Messages accepted before now may still wait for the history writer: committed
+        # after the delete, they would become the history of the next room of this name.
+        session.services.messages.writer.flush()
         return store.destroy_room(name)
 
     def done(_: bool) -> Reply:

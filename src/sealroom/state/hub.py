@@ -316,7 +316,8 @@ class Hub:
                 target.outbox.push(line)
 
     def _evict_locked(self, room: Room, name: str, by: str, reason: str) -> None:
-        line = encode_line("BANNED", room.name, by, reason)
+        # An empty REASON leaves no trailing space, as an empty TOPIC does in OK join.
+        line = encode_line("BANNED", room.name, by, *([reason] if reason else []))
         leaving = [m for m in room.members if m.name == name]
         for member in leaving:
             del room.members[member]
