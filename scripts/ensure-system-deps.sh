@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the few Debian packages Sealroom's setup and tests need (openssl, python3-venv,
-# chromium for the browser test), only when missing.
+# chromium for the browser test, postgresql and haproxy for the cluster's tests), only when
+# missing.
 # Runs apt-get only as root; otherwise says what to install.
 set -eu
 missing=""
@@ -29,6 +30,11 @@ fi
 # start a cluster of its own; the tests never use it.)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing="$missing postgresql"
+fi
+# HAProxy: a real load balancer in front of the server, sending the PROXY protocol
+# (tests/test_proxy_haproxy.py). Debian keeps it in /usr/sbin, off an ordinary user's PATH.
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    missing="$missing haproxy"
 fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
