@@ -149,7 +149,7 @@ REFUSED: list[tuple[bytes, str]] = [
     (b"PROXY TCP4 1.2.3.4 1.2.3.5 \xd9\xa1 2\r\n", "v1 header is not ASCII"),
     (b"PROXY TCP4 1.2.3.4 1.2.3.5 +1 2\r\n", "v1 header holds a bad port"),
     (V2_SIGNATURE[:5] + b"X", "not a PROXY protocol header"),
-    (v2(0x1, 0x11, bytes(12), version=1), "PROXY protocol version 1 is not 2"),
+    (v2(0x1, 0x11, bytes(12), version=1), "v2 header says it is version 1"),
     (v2(0x2, 0x11, bytes(12)), "v2 header has an unknown command"),
     (v2(0x1, 0x41, bytes(12)), "v2 header has an unknown address family or protocol"),
     (v2(0x1, 0x13, bytes(12)), "v2 header has an unknown address family or protocol"),

@@ -36,7 +36,7 @@ V2_FIXED = 16  # the signature, version and command, family and transport, lengt
 V2_MAX_LENGTH = 520
 MAX_HEADER = V2_FIXED + V2_MAX_LENGTH  # 536: no header we accept is longer
 
-_PORT = re.compile(r"0|[1-9][0-9]{0,4}")  # decimal, no leading zeros (the v1 grammar)
+_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")  # decimal, no leading zeros (the v1 grammar)
 
 # Version 2's command, address family and transport protocol codes.
 _LOCAL, _PROXY = 0x0, 0x1
@@ -106,25 +106,25 @@ def _parse_v1(data: bytes) -> NeedMore | ProxyHeader:
     line = data[len(V1_PREFIX) : end]
     if not line.isascii():
         raise ProxyHeaderError("v1 header is not ASCII")
-    fields = line.decode("ascii").split(" ")
+    fields = line.split(b" ")
     length = end + 2
-    if fields[0] == "UNKNOWN":  # the rest of the line is to be ignored
+    if fields[0] == b"UNKNOWN":  # the rest of the line is to be ignored
         return ProxyHeader(1, length, None, None)
-    if fields[0] not in ("TCP4", "TCP6"):
+    if fields[0] not in (b"TCP4", b"TCP6"):
         raise ProxyHeaderError("v1 header names no known protocol")
     if len(fields) != 5:
         raise ProxyHeaderError("v1 header needs two addresses and two ports")
-    version = 4 if fields[0] == "TCP4" else 6
+    version = 4 if fields[0] == b"TCP4" else 6
     source = (_v1_address(fields[1], version), _v1_port(fields[3]))
     destination = (_v1_address(fields[2], version), _v1_port(fields[4]))
     return ProxyHeader(1, length, source, destination)
 
 
-def _v1_address(text: str, version: int) -> str:
+def _v1_address(field: bytes, version: int) -> str:
     # A scope ("fe80::1%eth0") names an interface of the balancer's, not a client.
-    if "%" not in text:
+    if b"%" not in field:
         try:
-            address = ipaddress.ip_address(text)
+            address = ipaddress.ip_address(field.decode("ascii"))
         except ValueError:
             pass
         else:
@@ -133,9 +133,9 @@ def _v1_address(text: str, version: int) -> str:
     raise ProxyHeaderError(f"v1 header holds a bad IPv{version} address")
 
 
-def _v1_port(text: str) -> int:
-    if _PORT.fullmatch(text) and int(text) <= 65535:
-        return int(text)
+def _v1_port(field: bytes) -> int:
+    if _PORT.fullmatch(field) and int(field) <= 65535:
+        return int(field)
     raise ProxyHeaderError("v1 header holds a bad port")
 
 
@@ -153,7 +153,7 @@ def _parse_v2(data: bytes) -> NeedMore | ProxyHeader:
     family, transport = data[13] >> 4, data[13] & 0xF
     length = int.from_bytes(data[14:16], "big")
     if version != 2:
-        raise ProxyHeaderError(f"PROXY protocol version {version} is not 2")
+        raise ProxyHeaderError(f"v2 header says it is version {version}")
     if command not in (_LOCAL, _PROXY):
         raise ProxyHeaderError("v2 header has an unknown command")
     if family > _UNIX or transport > 0x2:
