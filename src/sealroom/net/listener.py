@@ -38,6 +38,10 @@ class SealroomServer(socketserver.TCPServer):
     """One TLS listener. A process has one per ``listen`` address, all sharing ``Shared``."""
 
     allow_reuse_address = True
+    # SO_REUSEPORT (set by server_bind): N `sealroom serve` processes on one host may listen
+    # on one port, and the kernel spreads new connections across them, so N nodes use N
+    # cores (SPEC section 4). Linux shares a port only between sockets of the same user.
+    allow_reuse_port = True
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], shared: Shared, reactor: Reactor) -> None:
