@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from adversary import closed_by_server, raw_connection
-from helpers import Client, Server, ServerFactory, wait_until
+from helpers import Client, Server, ServerFactory, tls_connection, wait_until
 from sealroom.core.proxy import V2_SIGNATURE
 from sealroom.net.connection import Connection, State
 
@@ -324,3 +326,36 @@ def test_clients_still_connect_directly_beside_a_balancer(behind: Server) -> Non
         assert direct.request("/ping") == "OK ping"
     finally:
         direct.close()
+
+
+def test_the_web_door_reads_the_header_too(make_server: ServerFactory) -> None:
+    server = make_server(cluster={"trusted_proxies": [BALANCER]}, web={"listen": "127.0.0.1:0"})
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    sock = raw_connection(server.web_port, source=BALANCER)
+    sock.sendall(v2("192.0.2.7"))
+    with connect(
+        f"wss://127.0.0.1:{server.web_port}/ws",
+        sock=sock,
+        ssl=ctx,
+        server_hostname="localhost",
+        origin=Origin(f"https://localhost:{server.web_port}"),
+        proxy=None,
+        open_timeout=5,
+        close_timeout=2,
+    ) as ws:
+        hello = ws.recv(timeout=5)
+        assert isinstance(hello, str)
+        assert hello.startswith("HELLO ")
+        assert peers(server) == ["192.0.2.7"]
+    # And a header from an untrusted address fails there as on the TLS port.
+    assert not refused_web(server, source=OUTSIDER, preface=b"")
+    assert refused_web(server, source=OUTSIDER, preface=v2("192.0.2.7"))
+
+
+def refused_web(server: Server, *, source: str, preface: bytes) -> bool:
+    """Whether a TLS handshake with the web door after ``preface`` from ``source`` fails."""
+    try:
+        with tls_connection(server.web_port, server.ca_file, source=source, preface=preface):
+            return False
+    except (ssl.SSLError, OSError):
+        return True
