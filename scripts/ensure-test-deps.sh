@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages the tests need beyond Sealroom's own (scripts/ensure-system-deps.sh):
-# Chromium for the browser test, PostgreSQL's server for the store tests, systemd and
-# systemd-container for the unit's tests. Only when missing; apt-get only as root, otherwise
+# Chromium for the browser test, PostgreSQL's server for the store tests, HAProxy for the
+# load-balancer tests, systemd and systemd-container for the unit's tests. Only when missing; apt-get only as root, otherwise
 # it says what to install. `make test` runs it; `make run` does not need any of these.
 set -eu
 missing=""
@@ -28,6 +28,11 @@ fi
 # start a cluster of its own; the tests never use it.)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing="$missing postgresql"
+fi
+# HAProxy: a real load balancer in front of the server, sending the PROXY protocol
+# (tests/test_proxy_haproxy.py). Debian keeps it in /usr/sbin, off an ordinary user's PATH.
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    missing="$missing haproxy"
 fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -146,12 +146,14 @@ def tls_connection(
     source: str | None = None,
     rcvbuf: int | None = None,
     sndbuf: int | None = None,
+    preface: bytes = b"",
 ) -> ssl.SSLSocket:
     """A TLS connection to a test server with the handshake done and nothing read.
 
     ``source`` is the loopback address to connect from; ``rcvbuf`` and ``sndbuf`` shrink the
     kernel's buffers before connecting (TCP settles its window then), for a peer that must
-    fall behind quickly.
+    fall behind quickly; ``preface`` is sent in the clear before TLS (a PROXY protocol
+    header, as a load balancer sends it).
     """
     ctx = context or ssl.create_default_context(cafile=str(ca_file))
     raw = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -162,11 +164,20 @@ def tls_connection(
         raw.settimeout(timeout)
         if source:
             raw.bind((source, 0))
-        raw.connect((host, port))
-        return ctx.wrap_socket(raw, server_hostname="localhost")
+        # Wrapped before connecting: wrapping a connection the server has already reset
+        # raises from inside wrap_socket (its pre-handshake check), leaking the SSLSocket.
+        tls = ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
     except BaseException:
         raw.close()
         raise
+    try:
+        tls.connect((host, port))
+        socket.socket.sendall(tls, preface)
+        tls.do_handshake()
+    except BaseException:
+        tls.close()
+        raise
+    return tls
 
 
 class Client:
@@ -181,9 +192,16 @@ class Client:
         context: ssl.SSLContext | None = None,
         timeout: float = 5.0,
         source: str | None = None,
+        preface: bytes = b"",
     ) -> None:
         self.sock = tls_connection(
-            port, ca_file, host=host, context=context, timeout=timeout, source=source
+            port,
+            ca_file,
+            host=host,
+            context=context,
+            timeout=timeout,
+            source=source,
+            preface=preface,
         )
         self._buf = b""
         try:

@@ -203,6 +203,11 @@ ROUND_TRIPS: list[tuple[str, object, object]] = [
     ("log.format", "json", "json"),
     ("metrics.listen", "127.0.0.1:9464", "127.0.0.1:9464"),
     ("control.socket", "/run/sealroom/control.sock", Path("/run/sealroom/control.sock")),
+    (
+        "cluster.trusted_proxies",
+        ["10.0.0.5", "2001:DB8::5", "::ffff:10.0.0.6", "10.0.0.5"],
+        ("10.0.0.5", "2001:db8::5", "10.0.0.6"),
+    ),
     ("web.listen", "0.0.0.0:443", "0.0.0.0:443"),
     (
         "web.origins",
@@ -250,7 +255,7 @@ def test_a_partial_bucket_keeps_its_own_default_for_the_rest() -> None:
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
-        ({"colour": "blue"}, "colour: unknown key"),
+        ({"flavour": "blue"}, "flavour: unknown key"),
         ({"limit": {}}, "limit: unknown key (did you mean 'limits'?)"),
         ({"tls": {"certificate": "x"}}, "tls.certificate: unknown key"),
         (
@@ -363,6 +368,8 @@ BAD_VALUES: list[tuple[str, object, str]] = [
     ("metrics.listen", "9464", "'9464' is not host:port"),
     ("web.listen", ["127.0.0.1:7444"], "must be a host:port string, got a list"),
     ("web.origins", "https://a.example", "must be a list of origins, got 'https://a.example'"),
+    ("cluster.trusted_proxies", "10.0.0.5", "must be a list of IP addresses, got '10.0.0.5'"),
+    ("cluster.trusted_proxies", None, "must be a list of IP addresses, got null"),
     ("web.max_request_bytes", 100, "must be an integer from 1024 to 1048576, got 100"),
     ("web.max_headers", 0, "must be an integer from 8 to 1000, got 0"),
 ]
@@ -373,6 +380,16 @@ BAD_VALUES: list[tuple[str, object, str]] = [
 )
 def test_bad_values_are_named_with_their_key(key: str, value: object, problem: str) -> None:
     assert problems_of(nest(key, value)) == [f"{key}: {problem}"]
+
+
+def test_each_bad_trusted_proxy_is_named_by_its_index() -> None:
+    written = ["10.0.0.5", "10.0.0.0/8", "lb.example", 7, "fe80::1%eth0"]
+    assert problems_of({"cluster": {"trusted_proxies": written}}) == [
+        "cluster.trusted_proxies[1]: must be an IP address, got '10.0.0.0/8'",
+        "cluster.trusted_proxies[2]: must be an IP address, got 'lb.example'",
+        "cluster.trusted_proxies[3]: must be an IP address, got 7",
+        "cluster.trusted_proxies[4]: must be an IP address, got 'fe80::1%eth0'",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -463,7 +480,7 @@ def test_a_cross_check_is_skipped_when_its_other_key_is_already_wrong() -> None:
 
 def test_every_problem_is_reported_at_once() -> None:
     data = {
-        "colour": "blue",
+        "flavour": "blue",
         "listen": ["127.0.0.1:7443", "::1:80", 3],
         "tls": {"profile": "old", "certificate": "x"},
         "limits": {"max_connections": "x", "idle_timeout_s": True},
@@ -473,7 +490,7 @@ def test_every_problem_is_reported_at_once() -> None:
     }
     problems = problems_of(data)
     assert problems == [
-        "colour: unknown key",
+        "flavour: unknown key",
         "listen[1]: '::1:80': write an IPv6 address in brackets, like [::1]:7443",
         "listen[2]: must be a host:port string, got 3",
         "tls.certificate: unknown key",

@@ -193,17 +193,19 @@ def test_restart_only_settings_are_reported_and_kept(rotating: tuple[Server, Pat
         listen=["127.0.0.1:1"],
         storage__database="elsewhere.db",
         auth__max_concurrent_verifications=9,
+        cluster__trusted_proxies=["127.0.0.1"],
         history__max_query=7,
     )
     with captured_lines() as logs:
         assert server.app.reload()
-    for key in ("listen", "storage", "auth"):
+    for key in ("listen", "storage", "auth", "cluster"):
         logs.wait_for(f"{key} changed; it takes effect only after a restart")
     settings = server.app.settings
-    assert (settings.listen, settings.storage, settings.auth) == (
+    assert (settings.listen, settings.storage, settings.auth, settings.cluster) == (
         running.listen,
         running.storage,
         running.auth,
+        running.cluster,
     )
     assert settings.history.max_query == 7
     assert server.app.shared.services.settings is settings

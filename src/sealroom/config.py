@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from sealroom.core.proxy import canonical_address
 from sealroom.core.storage import is_postgres_url
 from sealroom.core.text import escape_for_log, has_forbidden_chars, room_name
 
@@ -130,6 +131,15 @@ class ControlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Several nodes as one server (SPEC section 4); so far, what stands in front of them."""
+
+    # Load balancers whose PROXY protocol header (v1 or v2) names the client: IP addresses,
+    # each in its canonical spelling.
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class WebSettings:
     """The web door (SPEC section 5): HTTPS with the web client, and protocol over WebSocket."""
 
@@ -153,6 +163,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     control: ControlSettings = field(default_factory=ControlSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     web: WebSettings = field(default_factory=WebSettings)
     source: Path | None = None
 
@@ -381,6 +392,34 @@ def _addresses(value: object) -> object:
     return tuple(value)
 
 
+def _ip_address(value: object) -> str | None:
+    """``value`` as one IP address's canonical spelling, or None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return canonical_address(value)
+    except ValueError:
+        return None
+
+
+def _ip_addresses(value: object) -> object:
+    """A list of IP addresses (not networks: each trusted load balancer is named), each in
+    its canonical spelling, once."""
+    if not isinstance(value, list):
+        raise _bad(f"must be a list of IP addresses, got {_shown(value)}")
+    problems: list[tuple[str, str]] = []
+    found: list[str] = []
+    for index, item in enumerate(value):
+        address = _ip_address(item)
+        if address is None:
+            problems.append((f"[{index}]", f"must be an IP address, got {_shown(item)}"))
+        else:
+            found.append(address)
+    if problems:
+        raise _BadValueError(*problems)
+    return tuple(dict.fromkeys(found))
+
+
 _ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")
 _DEFAULT_PORTS = {"https": "443", "http": "80"}
 
@@ -530,6 +569,7 @@ _SCHEMA = _Section(
         ),
         "metrics": _Section({"listen": _optional_address}),
         "control": _Section({"socket": _path(optional=True)}),
+        "cluster": _Section({"trusted_proxies": _ip_addresses}),
         "web": _Section(
             {
                 "listen": _optional_address,

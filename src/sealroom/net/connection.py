@@ -6,6 +6,10 @@ returns what to do next: the epoll events to wait for (:data:`READ`, :data:`WRIT
 goes to a worker pool and comes back through :meth:`Connection.on_complete`. Deadlines
 (handshake, login, idle, the close grace) are checked by :meth:`Connection.on_tick`.
 
+A connection from a trusted load balancer starts in the PROXY state: it reads the PROXY
+protocol header off the TCP socket, and not one byte more, before the TLS handshake; the
+client address in the header then becomes the connection's peer (limits, logs, session).
+
 One thread owns the TLS socket at any moment, as OpenSSL requires: the reactor thread, from
 :meth:`Connection.adopt` on. Every method that touches the SSL object checks that, and
 raises :class:`OwnershipError` on any other thread. Other threads only push to the
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.core.proxy import MAX_HEADER, ProxyHeader, ProxyHeaderError, parse_proxy_header
 from sealroom.core.text import escape_for_log
 from sealroom.net.tls import client_common_name
 from sealroom.net.workers import WorkerPool
@@ -54,6 +59,7 @@ class OwnershipError(RuntimeError):
 
 class State(enum.Enum):
     NEW = "new"  # accepted, not yet adopted by the reactor
+    PROXY = "proxy"  # from a trusted load balancer: reading its PROXY header, before TLS
     HANDSHAKE = "handshake"
     OPEN = "open"  # a session speaks the protocol (logged in or not)
     CLOSED = "closed"
@@ -130,6 +136,7 @@ class Connection:
     """One client's TLS socket, session and outbox."""
 
     __slots__ = (
+        "admitted_as",
         "again",
         "close_deadline",
         "connected_at",
@@ -140,6 +147,7 @@ class Connection:
         "outbox",
         "owner",
         "peer",
+        "proxy_header",
         "receipts",
         "services",
         "session",
@@ -155,6 +163,8 @@ class Connection:
         sock.setblocking(False)  # the reactor never waits on one socket
         self.fd = sock.fileno()
         self.peer = peer
+        self.admitted_as: str | None = peer  # the address admission counted us under
+        self.proxy_header: bytearray | None = None  # the PROXY header so far, if one is due
         self.connected_at = time.time()  # wall clock, for people (``sealroom sessions``)
         self.services = shared.services  # read once: a reload may swap it for new connections
         self.outbox = Outbox(self.services.settings.limits.outbound_queue_bytes, _not_yet)
@@ -186,17 +196,29 @@ class Connection:
         if threading.get_ident() != self.owner:
             raise OwnershipError(f"{self!r} is owned by thread {self.owner}")
 
+    def expect_proxy_header(self) -> None:
+        """The peer is a trusted load balancer (admitted with no address yet): the
+        connection begins with its PROXY header, which names the client."""
+        self.admitted_as = None
+        self.proxy_header = bytearray()
+
     # -- the state machine ---------------------------------------------------------------------
 
     def on_start(self, now: float) -> int:
-        """Adopted: begin the TLS handshake, under its deadline."""
+        """Adopted: begin the TLS handshake (after a PROXY header, if one is due), under the
+        handshake deadline, which covers both."""
         self._check_owner()
-        self.state = State.HANDSHAKE
         self.deadline = now + self.services.settings.limits.handshake_timeout_s
+        if self.proxy_header is not None:
+            self.state = State.PROXY
+            return self._read_proxy_header()
+        self.state = State.HANDSHAKE
         return self._handshake()
 
     def on_event(self, readable: bool) -> int:
         """The socket is ready (or may be): advance whatever the state allows."""
+        if self.state is State.PROXY:
+            return CLOSE if self.outbox.closing is not None else self._read_proxy_header()
         if self.state is State.HANDSHAKE:
             return CLOSE if self.outbox.closing is not None else self._handshake()
         if self.state is State.OPEN:
@@ -242,6 +264,9 @@ class Connection:
             return CLOSE
         if now < self.deadline:
             return None
+        if self.state is State.PROXY:
+            log.info("%s [-]: PROXY protocol header timed out", self.peer)
+            return CLOSE
         if self.state is State.HANDSHAKE:
             log.info("%s [-]: TLS handshake timed out", self.peer)
             return CLOSE
@@ -251,6 +276,51 @@ class Connection:
         return self._turn(False) if self.outbox.closing is not None else None
 
     # -- phases -----------------------------------------------------------------------------
+
+    def _read_proxy_header(self) -> int:
+        """Take the PROXY header off the TCP socket, and not one byte of the TLS after it.
+
+        Each pass peeks at what has arrived and takes for good only what the parser says is
+        header: the bytes after it stay in the kernel for OpenSSL, and none of a partial
+        header stays there for a level-triggered epoll to announce again and again.
+        """
+        self._check_owner()
+        buffer = self.proxy_header
+        assert buffer is not None  # noqa: S101 - the PROXY state has its buffer
+        while True:  # each pass takes a byte or more of a header of at most MAX_HEADER
+            try:
+                peeked = socket.socket.recv(self.sock, MAX_HEADER - len(buffer), socket.MSG_PEEK)
+                if not peeked:  # with nothing sent at all: the balancer's TCP health check
+                    level = logging.INFO if buffer else logging.DEBUG
+                    log.log(level, "%s [-]: closed before its PROXY protocol header", self.peer)
+                    return CLOSE
+                result = parse_proxy_header(buffer + peeked)
+                wanted = result.length - len(buffer) if isinstance(result, ProxyHeader) else None
+                taken = socket.socket.recv(self.sock, len(peeked) if wanted is None else wanted)
+            except BlockingIOError:
+                return READ
+            except ProxyHeaderError as error:
+                log.info("%s [-]: refused: bad PROXY protocol header: %s", self.peer, error)
+                return CLOSE
+            except OSError as error:
+                log.info("%s [-]: PROXY protocol header not read: %s", self.peer, error)
+                return CLOSE
+            buffer += taken  # the bytes peeked at (all of them, as they were queued)
+            if isinstance(result, ProxyHeader) and len(buffer) == result.length:
+                return self._proxied(result)
+
+    def _proxied(self, header: ProxyHeader) -> int:
+        """The header names the client: admit it under that address, then handshake."""
+        self.proxy_header = None
+        proxy = self.peer
+        client = proxy if header.source is None else header.source[0]
+        if not self.shared.admission.admit_address(client):
+            log.debug("%s [-]: refused by the connection limits (via %s)", client, proxy)
+            return CLOSE
+        self.admitted_as = self.peer = client
+        log.debug("%s [-]: PROXY protocol v%d header from %s", client, header.version, proxy)
+        self.state = State.HANDSHAKE
+        return self._handshake()
 
     def _handshake(self) -> int:
         self._check_owner()
@@ -380,7 +450,7 @@ class Connection:
             with contextlib.suppress(OSError):
                 self.sock.close()
             self.shared.registry.remove(self)
-            self.shared.admission.release(self.peer)
+            self.shared.admission.release(self.admitted_as)
 
 
 class _HandBack:

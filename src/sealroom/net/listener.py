@@ -5,6 +5,10 @@ wraps the accepted socket with the TLS context without handshaking; ``verify_req
 applies the connection caps; ``process_request`` hands the connection to the
 :class:`~sealroom.net.reactor.Reactor`, which drives it from the handshake on. No thread is
 started per connection: the listener's own thread only accepts.
+
+A connection from an address in ``cluster.trusted_proxies`` is a load balancer's: only the
+total cap applies at accept, and the connection reads the PROXY protocol header, which
+names the client for the per-address caps, before its TLS handshake.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import socketserver
 import time
 from typing import Any
 
+from sealroom.core.proxy import TrustedProxies
 from sealroom.net.connection import Connection, Shared
 from sealroom.net.reactor import Reactor
 
@@ -33,6 +38,10 @@ class SealroomServer(socketserver.TCPServer):
     """One TLS listener. A process has one per ``listen`` address, all sharing ``Shared``."""
 
     allow_reuse_address = True
+    # SO_REUSEPORT (set by server_bind): N `sealroom serve` processes on one host may listen
+    # on one port, and the kernel spreads new connections across them, so N nodes use N
+    # cores (SPEC section 4). Linux shares a port only between sockets of the same user.
+    allow_reuse_port = True
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], shared: Shared, reactor: Reactor) -> None:
@@ -41,6 +50,9 @@ class SealroomServer(socketserver.TCPServer):
         self.heartbeat = time.monotonic()  # the serving loop's last turn, for the watchdog
         self._starved_warning = -_NEVER  # when "cannot accept" was last logged
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        # Fixed for the life of the process, like the socket: a reload never changes whom a
+        # connection already admitted was counted as.
+        self.trusted_proxies = TrustedProxies(shared.services.settings.cluster.trusted_proxies)
         super().__init__(address, socketserver.BaseRequestHandler)  # process_request is ours
 
     def server_bind(self) -> None:
@@ -77,21 +89,29 @@ class SealroomServer(socketserver.TCPServer):
         return wrapped, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.shared.admission.admit(client_address[0])
+        return self.shared.admission.admit(self._admitted_as(_peer(client_address)))
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the wrapped socket to the reactor; the connection owns it from now on."""
         peer = _peer(client_address)
+        admitted_as = self._admitted_as(peer)
         try:
             connection = self.make_connection(request, peer)
         except OSError as error:
             log.warning("%s [-]: cannot serve connection: %s", peer, error)
             with contextlib.suppress(OSError):
                 request.close()
-            self.shared.admission.release(peer)
+            self.shared.admission.release(admitted_as)
             return
+        if admitted_as is None:
+            connection.expect_proxy_header()
         if not self.reactor.adopt(connection):  # shutting down
             connection.close()
+
+    def _admitted_as(self, peer: str) -> str | None:
+        """The address admission counts a connection under: None for a trusted balancer's,
+        whose client is named later, by its PROXY header."""
+        return None if peer in self.trusted_proxies else peer
 
     def make_connection(self, request: Any, peer: str) -> Connection:
         """The state machine for an accepted, wrapped socket (the web door makes its own)."""

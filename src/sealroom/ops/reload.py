@@ -18,7 +18,7 @@ from sealroom.config import Settings
 from sealroom.core.errors import UserError
 
 # Sections whose new values need a restart; everything else applies on reload.
-RESTART_ONLY = ("listen", "storage", "auth", "metrics", "control")
+RESTART_ONLY = ("listen", "storage", "auth", "metrics", "control", "cluster")
 
 
 @dataclass(frozen=True, slots=True)
