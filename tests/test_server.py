@@ -230,3 +230,21 @@ def test_ipv6_listener(make_server) -> None:  # type: ignore[no-untyped-def]
     assert server.app.addresses[0].startswith("[::1]:")
     client = server.client(host="::1")
     assert client.hello.startswith("HELLO")
+
+
+def test_before_login_everything_else_is_auth_required(server: Server) -> None:
+    """SPEC §1: before /login or /resume, every request but those two, /ping, /help and
+    /quit is answered auth-required, known or not (an unknown verb included)."""
+    client = server.client()
+    for line in ("/frobnicate", "/join #a", "hello", "/ hi", "/token", "/list"):
+        assert client.request(line).startswith("ERR auth-required"), line
+    assert client.request("/ping") == "OK ping"
+    assert client.request("/help").startswith("OK help")
+
+
+def test_a_command_with_an_empty_verb_is_not_a_message(server: Server) -> None:
+    alice, bob = server.user("alice"), server.user("bob")
+    assert alice.request("/ hi").startswith("ERR bad-command")
+    assert alice.request("// hi").startswith("OK say #lobby")  # a message that starts with /
+    seen = [bob.line() for _ in range(1)]
+    assert seen == ["MSG #lobby alice / hi"]
