@@ -380,9 +380,19 @@ def test_kicked_over_the_web(web: Server) -> None:
     assert lines[-1].startswith("BYE kicked")
 
 
-def test_cannot_listen_twice_on_one_port(make_server: ServerFactory) -> None:
+def test_a_port_taken_by_another_program_is_one_line(make_server: ServerFactory) -> None:
+    """Sealroom nodes may share a port (SO_REUSEPORT); a port another program holds
+    (without it) is a user error naming the key."""
+    import socket
+
     from sealroom.core.errors import UserError
 
-    first = make_server(**WEB)
-    with pytest.raises(UserError, match=r"\(web.listen\)"):
-        make_server(web={"listen": f"127.0.0.1:{first.web_port}"})
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        port = holder.getsockname()[1]
+        with pytest.raises(UserError, match=r"\(web.listen\)"):
+            make_server(web={"listen": f"127.0.0.1:{port}"})
+    finally:
+        holder.close()
