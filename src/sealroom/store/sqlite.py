@@ -52,6 +52,7 @@ from sealroom.core.model import (
     utc_now,
 )
 from sealroom.core.text import user_name
+from sealroom.store.rows import ROOM_COLUMNS, room_records
 
 Clock = Callable[[], datetime]
 
@@ -533,31 +534,14 @@ class SqliteStore:
     def _rooms(self, where: str, params: tuple[str, ...]) -> list[RoomRecord]:
         with self._connection() as conn:
             rows = conn.execute(
-                "SELECT name, owner, mode, topic, created_at, version FROM rooms"  # noqa: S608 -- constant clauses
-                f" {where} ORDER BY name",
+                f"SELECT {ROOM_COLUMNS} FROM rooms {where} ORDER BY name",  # noqa: S608 -- constant clauses
                 params,
             ).fetchall()
             roles = conn.execute(
                 f"SELECT room, name, role FROM room_roles {where.replace('name', 'room')}",  # noqa: S608 -- constant clauses
                 params,
             ).fetchall()
-        held: dict[tuple[str, str], set[str]] = {}
-        for room, name, role in roles:
-            held.setdefault((room, role), set()).add(name)
-        return [
-            RoomRecord(
-                name=name,
-                owner=owner,
-                mode=mode,
-                topic=topic,
-                created_at=created_at,
-                operators=frozenset(held.get((name, "operator"), ())),
-                invited=frozenset(held.get((name, "invited"), ())),
-                banned=frozenset(held.get((name, "banned"), ())),
-                version=version,
-            )
-            for name, owner, mode, topic, created_at, version in rows
-        ]
+        return room_records(rows, roles)
 
     def create_room(self, name: str, owner: str | None) -> bool:
         """A new room owned (and operated) by ``owner``; False if the name is taken."""
