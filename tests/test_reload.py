@@ -13,7 +13,7 @@ import pytest
 import trustme
 import yaml
 
-from helpers import PASSWORD, Client, Server, ServerFactory, server_config, write_config
+from helpers import PASSWORD, Client, Server, ServerFactory, server_config, wait_until, write_config
 from opshelp import captured_lines, file_fingerprint, fingerprint, serve_process, write_leaf
 from sealroom.config import load_settings
 from sealroom.ops.app import App
@@ -176,7 +176,9 @@ def test_limits_apply_without_dropping_anyone(rotating: tuple[Server, Path, Path
     # Per-connection bounds stay as they were for sessions already open.
     assert alice.request("/ping " + "x" * 200) == "OK ping " + "x" * 200
     carol.close()
-    # A new connection gets the new name and the new line limit.
+    # Once the server has seen carol go (admission releases her slot on close)...
+    wait_until(lambda: len(server.app.shared.registry) == 1, what="carol's connection closed")
+    # ... a new connection gets the new name and the new line limit.
     dave = server.client()
     assert "renamed.example" in dave.hello
     assert dave.request("/ping " + "x" * 200).startswith("ERR line-too-long")
