@@ -96,7 +96,7 @@ def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
                 "logins_per_ip": {"rate": 1000, "burst": 1000},
                 "connections_per_ip": {"rate": 1000, "burst": 1000},
             },
-            "history": {"private_per_user": 1000000},
+            "history": {"private_per_user": 1_000_000, "private_per_sender": 1_000_000},
         },
     )
     env = {**os.environ, "SEALROOM_CONFIG": str(config)}
