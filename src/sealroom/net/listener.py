@@ -53,6 +53,10 @@ class SealroomServer(socketserver.TCPServer):
         # Fixed for the life of the process, like the socket: a reload never changes whom a
         # connection already admitted was counted as.
         self.trusted_proxies = TrustedProxies(shared.services.settings.cluster.trusted_proxies)
+        # Only a port named on purpose is shared. Port 0 asks for a port of our own, and
+        # with SO_REUSEPORT Linux may hand out one that another listener of the same user
+        # holds (an earlier server still closing, say): that one would get our connections.
+        self.allow_reuse_port = address[1] != 0
         super().__init__(address, socketserver.BaseRequestHandler)  # process_request is ours
 
     def server_bind(self) -> None:
