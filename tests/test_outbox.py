@@ -119,7 +119,6 @@ def run(outbox: Outbox, step: str) -> object:
     """One owner or sender action, by name; returns what the outbox answered."""
     actions: dict[str, Callable[[], object]] = {
         "sleep": outbox.sleep,
-        "awake": outbox.awake,
         "push": lambda: outbox.push(line()),
         "reply": lambda: outbox.push(line(), wake=False),  # the owner's own reply
         "take": lambda: outbox.take()[0],
@@ -134,7 +133,6 @@ def run(outbox: Outbox, step: str) -> object:
         pytest.param(["push"], [True], 0, id="a busy owner is not woken"),
         pytest.param(["sleep", "push"], [True, True], 1, id="a sleeping owner is woken"),
         pytest.param(["sleep", "push", "push"], [True, True, True], 1, id="woken once"),
-        pytest.param(["sleep", "awake", "push"], [True, None, True], 0, id="awake again"),
         pytest.param(["sleep", "reply"], [True, True], 0, id="own replies never wake"),
         pytest.param(["push", "sleep"], [True, False], 0, id="no sleep with data queued"),
         pytest.param(["close", "sleep"], [None, False], 0, id="no sleep when closing"),
@@ -159,47 +157,34 @@ def test_sleep_and_wake(steps: list[str], answers: list[object], wakes: int) -> 
     assert wake.count == wakes
 
 
-# -- handing the outbox to another owner (a parked session) and back -------------------------
+# -- a new owner ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("before", "handed", "after", "old_wakes", "new_wakes"),
+    ("after", "old_wakes", "new_wakes"),
     [
-        pytest.param([], True, ["push"], 0, 1, id="the new owner is woken by the next push"),
-        pytest.param([], True, ["push", "push"], 0, 1, id="and only once"),
-        pytest.param(["push"], False, ["push"], 0, 0, id="not with data queued"),
-        pytest.param(["close", "take"], False, [], 0, 0, id="not when closing, even drained"),
-        pytest.param(["sleep"], True, ["push"], 0, 1, id="the old owner's sleep is moot"),
+        pytest.param(["push"], 0, 0, id="routed awake: the new owner looks before sleeping"),
+        pytest.param(["sleep", "push"], 0, 1, id="then its own sleep is woken"),
+        pytest.param(["sleep", "push", "push"], 0, 1, id="once"),
     ],
 )
-def test_hand_over(
-    before: list[str], handed: bool, after: list[str], old_wakes: int, new_wakes: int
-) -> None:
+def test_route_wakeups(after: list[str], old_wakes: int, new_wakes: int) -> None:
     old, new = Wake(), Wake()
     outbox = Outbox(LIMIT, old)
-    for step in before:
-        run(outbox, step)
-    assert outbox.hand_over(new) is handed
+    run(outbox, "sleep")
+    outbox.route_wakeups(new)
     for step in after:
         run(outbox, step)
     assert (old.count, new.count) == (old_wakes, new_wakes)
 
 
-@pytest.mark.parametrize(
-    ("after", "old_wakes"),
-    [
-        pytest.param(["push"], 0, id="taken back awake: the owner looks before sleeping"),
-        pytest.param(["sleep", "push"], 1, id="then its own sleep is woken again"),
-    ],
-)
-def test_take_back(after: list[str], old_wakes: int) -> None:
+def test_a_retired_outbox_is_never_routed_again() -> None:
     old, new = Wake(), Wake()
     outbox = Outbox(LIMIT, old)
-    assert outbox.hand_over(new)
-    outbox.take_back(old)
-    for step in after:
-        run(outbox, step)
-    assert (old.count, new.count) == (old_wakes, 0)
+    outbox.retire()
+    outbox.route_wakeups(new)
+    assert not outbox.push(b"x\n")
+    assert (old.count, new.count) == (0, 0)
 
 
 # -- retire ------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def test_only_the_owner_touches_a_tls_socket(server: Server) -> None:
         connection.read()
 
 
-def test_pipelined_lines_keep_their_order_across_hand_overs(server: Server) -> None:
+def test_pipelined_lines_keep_their_order_across_effects(server: Server) -> None:
     alice = server.user("alice")
     assert wait_for(lambda: len(reactor_of(server)) == 1)
     alice.send("/ping 1\n/history #lobby\n/ping 2\n/token\n/ping 3\n")

@@ -190,7 +190,7 @@ class Connection:
     def adopt(self, wake: Callable[[], None]) -> None:
         """The calling thread becomes the owner; pushes to the outbox call ``wake``."""
         self.owner = threading.get_ident()
-        self.outbox.take_back(wake)
+        self.outbox.route_wakeups(wake)
 
     def _check_owner(self) -> None:
         if threading.get_ident() != self.owner:

@@ -83,14 +83,6 @@ class MessageIds:
                     self._prefetching = False
             return message_id
 
-    def next(self) -> int:
-        """An id, reserving a block first if needed: for threads that may block."""
-        while True:
-            try:
-                return self.take()
-            except IdsExhausted:
-                self.refill()
-
     def refill(self) -> None:
         """Reserve the next block unless ids are left (blocks on the database)."""
         with self._refill_lock:

@@ -121,26 +121,9 @@ class Outbox:
             self._sleeping = True
             return True
 
-    def awake(self) -> None:
-        """The owner stopped waiting."""
-        self._sleeping = False
-
-    def hand_over(self, wake: Callable[[], None]) -> bool:
-        """Route wake-ups to a new owner, if nothing is queued: True when it may take over.
-
-        The check and the switch are one step under the lock, so a push can neither be
-        queued unseen by the old owner nor wake it after it let go; the new owner is asleep
-        until the first push wakes it through ``wake``.
-        """
-        with self._lock:
-            if self._chunks or self._closing is not None:
-                return False
-            self._wake = wake
-            self._sleeping = True
-            return True
-
-    def take_back(self, wake: Callable[[], None]) -> None:
-        """Route wake-ups to ``wake`` again; its owner looks at the queue before sleeping."""
+    def route_wakeups(self, wake: Callable[[], None]) -> None:
+        """Route wake-ups to ``wake``: a new owner (the reactor adopting the connection),
+        which looks at the queue before it first sleeps. A retired outbox stays silent."""
         with self._lock:
             if self._wake is not _no_wake:
                 self._wake = wake
