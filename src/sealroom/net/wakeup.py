@@ -1,11 +1,9 @@
-"""A thread's wake-up signal (a connection's own thread, or the reactor): an eventfd that
-other threads can set cheaply.
+"""The reactor's wake-up signal: an eventfd that other threads (workers, listeners, a fan-out
+on another thread) set cheaply when they hand it work while it sleeps in epoll.
 
-A fan-out sets the wake-ups of a hundred recipients in a row. ``os.eventfd_write`` would
-release and re-take the GIL around every one of those writes, handing the GIL to each
-recipient thread it just woke and turning the fan-out loop into a hundred thread switches.
-An eventfd write never blocks, so we call libc's ``write`` through ``ctypes.PyDLL``, which
-keeps the GIL: the fan-out finishes first, and the woken threads then run one after another.
+``os.eventfd_write`` would release and re-take the GIL around the write, handing the GIL to
+the reactor it just woke in the middle of the writer's work. An eventfd write never blocks,
+so we call libc's ``write`` through ``ctypes.PyDLL``, which keeps the GIL.
 """
 
 from __future__ import annotations

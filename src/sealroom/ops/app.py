@@ -683,7 +683,7 @@ def _big_blocks_by_mmap() -> None:
 
 
 def _raise_fd_limit() -> None:
-    """Every connection holds a socket and an eventfd: ask for the hard limit up front."""
+    """Every connection holds a socket: ask for the hard limit up front."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
