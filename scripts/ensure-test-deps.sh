@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the Debian packages the tests need beyond Sealroom's own (scripts/ensure-system-deps.sh):
 # Chromium for the browser test, PostgreSQL's server for the store tests, HAProxy for the
-# load-balancer tests, systemd and systemd-container for the unit's tests. Only when missing; apt-get only as root, otherwise
+# load-balancer tests, Redis's server for the tests that need a real Redis, systemd and
+# systemd-container for the unit's tests. Only when missing; apt-get only as root, otherwise
 # it says what to install. `make test` runs it; `make run` does not need any of these.
 set -eu
 missing=""
@@ -33,6 +34,11 @@ fi
 # (tests/test_proxy_haproxy.py). Debian keeps it in /usr/sbin, off an ordinary user's PATH.
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
     missing="$missing haproxy"
+fi
+# Redis's server: tests/engines.py starts redis-server of its own on a free loopback port
+# (Debian's package may also start a server of its own on 6379; the tests never use it.)
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+    missing="$missing redis-server"
 fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
