@@ -6,11 +6,16 @@ given a fresh database of its own (``CREATE DATABASE`` from a template is quick,
 quick as opening a new SQLite file). PostgreSQL refuses to run as root, so as root both run
 as the ``postgres`` user, which owns the directory; as anyone else they run as that user.
 
+:class:`RedisEngine` runs Debian's ``redis-server`` the same way, from a temporary directory
+on a free 127.0.0.1 port, with its append-only file on by default so that the fault tests
+(kill, start again, pause) see what a deployment would. Redis is content to run as root.
+
 No engine is looked for on the network and none listens beyond the loopback address.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
@@ -28,7 +33,10 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import psycopg
+import redis
 from psycopg import sql
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 STARTUP_DEADLINE_S = 30.0  # initdb and the first start on a busy 2-core machine
 STOP_DEADLINE_S = 10.0
@@ -244,3 +252,166 @@ class PostgresEngine:
                 )
             )
         return self.url(name)
+
+
+# Every redis-server still running, by PID: killed when the interpreter exits, so that a test
+# run stopped in the middle (or a fixture that never reached its finally) leaves none behind.
+_REDIS_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _kill_leftover_redis() -> None:
+    for process in list(_REDIS_LIVE.values()):
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_DEADLINE_S)
+
+
+def redis_server() -> str:
+    """``redis-server`` on PATH, else Debian's; `make test` installs Debian's when neither."""
+    for candidate in (shutil.which("redis-server"), "/usr/bin/redis-server"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("redis-server not found; `make test` installs Debian's redis-server")
+
+
+class RedisEngine:
+    """A redis-server of our own, started and stopped (or killed, paused) by its PID.
+
+    ``kill()`` then ``start()`` is a crash and a restart: the same directory and port, so the
+    append-only file is replayed and clients given :attr:`url` find the same data again.
+    """
+
+    def __init__(self, folder: Path, *, appendonly: bool, maxmemory_policy: str) -> None:
+        self.folder = folder
+        self.binary = redis_server()
+        self.appendonly = appendonly
+        self.maxmemory_policy = maxmemory_policy
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(
+        cls, *, appendonly: bool = True, maxmemory_policy: str = "noeviction"
+    ) -> Iterator[Self]:
+        """Start on a free port; on the way out stop it and remove its directory."""
+        folder = Path(tempfile.mkdtemp(prefix="sealroom-redis-"))
+        engine = cls(folder, appendonly=appendonly, maxmemory_policy=maxmemory_policy)
+        try:
+            for _ in range(3):  # the free port may be taken between probing and binding
+                engine.port = free_port()
+                if engine._launch():
+                    break
+            else:
+                raise RuntimeError(f"redis-server did not start: {engine._log_tail()}")
+            yield engine
+        finally:
+            engine.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("redis-server is not running")
+        return self.process.pid
+
+    def client(self, *, timeout: float = 5.0) -> redis.Redis:
+        """A client that fails at once instead of retrying: the tests want to see faults."""
+        return redis.Redis.from_url(
+            self.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def _launch(self) -> bool:
+        """Start redis-server; True once it answers PING with its data loaded, False if it
+        exited (the port was taken)."""
+        command = [
+            self.binary,
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)),
+            *("--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"),
+            *("--maxmemory-policy", self.maxmemory_policy, "--save", ""),
+            *("--protected-mode", "no", "--daemonize", "no"),
+            *("--logfile", str(self.folder / "redis.log")),
+        ]
+        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 -- handed to the child
+        with log:  # redis-server logs there itself; this catches what it says before that
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.folder
+            )
+        _REDIS_LIVE[self.process.pid] = self.process
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                _REDIS_LIVE.pop(self.process.pid, None)
+                self.process = None
+                return False
+            if self._ready():
+                return True
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(
+            f"redis-server not ready within {STARTUP_DEADLINE_S}s: {self._log_tail()}"
+        )
+
+    def _ready(self) -> bool:
+        """PING answered and the append-only file replayed (INFO persistence says loading:0)."""
+        try:
+            with self.client(timeout=1.0) as client:
+                return bool(client.ping()) and client.info("persistence")["loading"] == 0
+        except redis.exceptions.RedisError:  # refused, or BusyLoadingError while replaying
+            return False
+
+    def start(self) -> None:
+        """Start again after kill() or stop(): same directory and port, so the AOF is replayed."""
+        if self.process is not None:
+            raise RuntimeError("redis-server is already running")
+        if not self._launch():
+            raise RuntimeError(f"redis-server did not start again: {self._log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would. Redis writes the AOF before it replies, so writes it
+        acknowledged survive; everysec fsync only matters if the machine goes down too."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait(timeout=STOP_DEADLINE_S)
+            _REDIS_LIVE.pop(process.pid, None)
+
+    def stop(self) -> None:
+        """SIGTERM (redis-server writes its AOF and exits), then SIGKILL if slow."""
+        process = self.process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)  # a paused server would never act on SIGTERM
+            process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_DEADLINE_S)
+        self.kill()  # reaps it; SIGKILL only if it is still there
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, but nothing is answered."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def flush(self) -> None:
+        """FLUSHALL, so that a server shared between tests starts each of them empty."""
+        with self.client() as client:
+            client.flushall()
+
+    def _log_tail(self) -> str:
+        try:
+            text = (self.folder / "redis.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-5:])
