@@ -1,6 +1,7 @@
 """Fixtures: a trustme CA (independent of our own `certs init`), its server certificate,
-real servers on 127.0.0.1 port 0 with real SQLite files, and a real PostgreSQL (started once
-per session, only if a test asks for it; see engines.py). What tests import is in helpers.py."""
+real servers on 127.0.0.1 port 0 with real SQLite files, a real PostgreSQL and a real Redis
+(each started once per session, only if a test asks for it; see engines.py). What tests
+import is in helpers.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import trustme
 
-from engines import PostgresEngine
+from engines import PostgresEngine, RedisEngine
 from helpers import Server, ServerFactory, start_server
 
 # A database or argon2 call on the reactor thread raises instead of being logged: in this
@@ -44,6 +45,28 @@ def postgres() -> Iterator[PostgresEngine]:
 def postgres_url(postgres: PostgresEngine) -> str:
     """A new, empty database of this test's own: its URL, password included."""
     return postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def redis_engine() -> Iterator[RedisEngine]:
+    """A Redis server for the whole session (AOF on, noeviction). Tests that kill or pause
+    a server take ``fresh_redis`` instead, so that the others never see the fault."""
+    with RedisEngine.running() as engine:
+        yield engine
+
+
+@pytest.fixture
+def redis_url(redis_engine: RedisEngine) -> str:
+    """The session's Redis, emptied (FLUSHALL) for this test: its URL."""
+    redis_engine.flush()
+    return redis_engine.url
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[RedisEngine]:
+    """A Redis server of this test's own, free to kill, pause and start again; stopped after."""
+    with RedisEngine.running() as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")
