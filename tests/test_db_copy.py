@@ -18,10 +18,12 @@ import pytest
 from engines import PostgresEngine
 from helpers import Server, ServerFactory
 from sealroom.cli.main import main
+from sealroom.core.model import StoredMessage
 from sealroom.store.postgres import PostgresStore
 from sealroom.store.sqlite import SqliteStore
 
 TOKEN = re.compile(r"OK token ([A-Za-z0-9_-]{43}) \S+")
+NOW = "2026-01-01T00:00:00.000Z"
 
 
 def sqlite_counter(path: Path, key: str) -> int:
@@ -126,6 +128,25 @@ def test_into_a_database_whose_schema_exists_already(tmp_path: Path, postgres_ur
         assert copied.count_accounts() == 0
         assert copied.add_account("alice", "hash").stamp == 1
         assert copied.reserve_ids(1) == range(1, 2)
+
+
+def test_leases_stay_behind(tmp_path: Path, postgres_url: str) -> None:
+    """A lease belongs to a session of the server that read the SQLite file; none of them
+    will write to PostgreSQL, so what they held waits there for anybody to claim."""
+    with SqliteStore(tmp_path / "sealroom.db") as store:
+        ids = store.reserve_ids(2)
+        store.add_messages(
+            [StoredMessage(i, None, "bob", "alice", f"wait {i}", NOW) for i in ids],
+            delivered=False,
+        )
+        assert len(store.claim_pending("bob", 10, "single/s1", 3600)) == 2
+    (tmp_path / "sealroom.yaml").write_text("storage: {database: sealroom.db}\n")
+    assert main(["db", "copy", "--to", postgres_url, "-c", str(tmp_path / "sealroom.yaml")]) == 0
+    with PostgresStore(postgres_url) as copied:
+        assert [m.body for m in copied.claim_pending("bob", 10, "node1/s1", 60)] == [
+            "wait 1",
+            "wait 2",
+        ]
 
 
 @pytest.mark.parametrize(

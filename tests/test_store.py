@@ -13,6 +13,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from helpers import FakeWallClock
+from helpers import FakeWallClock, wait_until
 from sealroom.core.model import (
     AccountExists,
     NoSuchAccount,
@@ -523,6 +524,74 @@ def test_removing_an_account_removes_its_messages(store: Store) -> None:
     assert [m.id for m in store.pending("carol", 10)] == [5]
 
 
+# -- leases on stored private messages ----------------------------------------------------
+
+
+def waiting(store: Store, ids: range, to: str = "bob") -> None:
+    """Private messages ``ids`` to ``to``, stored for later (nobody of ``to`` was online)."""
+    store.add_messages([message(i, to=to) for i in ids], delivered=False)
+
+
+def claimed(store: Store, claimer: str, limit: int = 100, lease_s: float = 60.0) -> list[int]:
+    return [m.id for m in store.claim_pending("bob", limit, claimer, lease_s)]
+
+
+def test_two_claimers_never_get_the_same_message(store: Store) -> None:
+    waiting(store, range(1, 6))
+    waiting(store, range(6, 8), to="carol")
+    store.add_messages([message(8, to="bob"), message(9, room="#a", sender="bob")])
+    first = store.claim_pending("bob", 3, "node1/s1", 60)
+    assert first == [message(1, to="bob"), message(2, to="bob"), message(3, to="bob")]
+    assert claimed(store, "node2/s7") == [4, 5]  # the rest, never what node1/s1 holds
+    assert claimed(store, "node3/s2") == []
+    assert claimed(store, "node1/s1") == []  # a live lease holds against its holder too
+    assert [m.id for m in store.claim_pending("carol", 10, "node3/s2", 60)] == [6, 7]
+    assert store.claim_pending("bob", 0, "node3/s2", 60) == []
+    # Leases change nothing else: the messages still wait, and still count.
+    assert [m.id for m in store.pending("bob", 10)] == [1, 2, 3, 4, 5]
+    assert store.pending_count("bob") == 5
+
+
+def test_an_expired_lease_can_be_claimed_again(store: Store) -> None:
+    waiting(store, range(1, 3))
+    assert claimed(store, "died", lease_s=1.0) == [1, 2]
+    assert claimed(store, "next") == []
+    taken: list[int] = []
+
+    def claim() -> bool:
+        taken.extend(claimed(store, "next"))
+        return bool(taken)
+
+    wait_until(claim, timeout=10, what="the lease of a claimer that died to run out")
+    assert taken == [1, 2]
+    # The first claimer comes back: its release no longer touches what is next's now.
+    store.release_pending([1, 2], "died")
+    assert claimed(store, "third") == []
+
+
+def test_release_makes_messages_claimable_at_once(store: Store) -> None:
+    waiting(store, range(1, 5))
+    assert claimed(store, "a", limit=3) == [1, 2, 3]
+    store.release_pending([3, 1], "a")  # its session died before writing them
+    assert claimed(store, "b") == [1, 3, 4]
+    store.release_pending([2, 3], "b")  # 2 is a's: b cannot release it
+    store.release_pending([], "b")
+    assert claimed(store, "c") == [3]
+    assert claimed(store, "d") == []  # 2 is still a's, 1 and 4 are b's, 3 is c's
+
+
+def test_delivered_messages_are_never_claimable(store: Store) -> None:
+    waiting(store, range(1, 5))
+    assert claimed(store, "a") == [1, 2, 3, 4]
+    store.mark_delivered([1, 2])  # written to a's session
+    store.release_pending([1, 2, 3], "a")  # a's session ends; 4 is still its
+    assert claimed(store, "b") == [3]
+    store.mark_delivered([3, 4])  # delivery also ends whatever lease was held
+    store.release_pending([3], "b")
+    assert claimed(store, "c") == []
+    assert store.pending("bob", 10) == []
+
+
 # -- concurrency --------------------------------------------------------------------------
 
 
@@ -576,6 +645,41 @@ def test_two_stores_on_one_database_from_threads(database: Database) -> None:
         accounts = store.list_accounts()
     assert len(accounts) == 100
     assert not any(a.enabled for a in accounts)
+
+
+def test_concurrent_claimers_take_each_message_exactly_once(database: Database) -> None:
+    """Two deliverers (two nodes, or two processes on one file), each with its own store,
+    claim the same recipient's 200 waiting messages in small batches, racing."""
+    total = 200
+    with open_at(database) as store:
+        store.add_messages([message(i, to="bob") for i in range(1, total + 1)], delivered=False)
+    taken: dict[str, list[int]] = {"a": [], "b": []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=30)
+
+    def work(claimer: str) -> None:
+        try:
+            with open_at(database) as own:
+                start.wait()
+                deadline = time.monotonic() + 60
+                # An empty answer may only mean the other claimer holds the rest locked.
+                while sum(map(len, taken.values())) < total and time.monotonic() < deadline:
+                    batch = own.claim_pending("bob", 3, claimer, 60)
+                    assert [m.id for m in batch] == sorted(m.id for m in batch)
+                    assert all(m.recipient == "bob" for m in batch)
+                    taken[claimer].extend(m.id for m in batch)
+        except BaseException as exc:  # handed to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(taken["a"] + taken["b"]) == list(range(1, total + 1))
+    with open_at(database) as store:
+        assert store.claim_pending("bob", total, "late", 60) == []
 
 
 def test_a_token_never_outlives_a_concurrent_password_change(database: Database) -> None:
@@ -709,6 +813,30 @@ def test_failing_migration_leaves_the_file_untouched(
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     tables = raw_query(db_path, "SELECT name FROM sqlite_master WHERE name = 'notes'")
     assert tables == []
+
+
+def test_a_database_from_before_leases_keeps_its_waiting_messages(db_path: Path) -> None:
+    """Schema 5, the last without leases, migrates on open: what waited still waits, and
+    is claimable."""
+    db_path.parent.mkdir()
+    with closing(sqlite3.connect(db_path)) as conn:
+        for step in MIGRATIONS[:5]:
+            for statement in step:
+                conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO messages (id, recipient, sender, body, created_at, delivered)"
+            " VALUES (?, 'bob', 'alice', ?, ?, ?)",
+            [(1, "read", NOW, 1), (2, "waiting", NOW, 0), (3, "waiting too", NOW, 0)],
+        )
+        conn.execute("UPDATE meta SET value = 3 WHERE key = 'id_high_water'")
+        conn.execute("PRAGMA user_version = 5")
+        conn.commit()
+    with SqliteStore(db_path) as store:
+        assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+        assert [m.body for m in store.pending("bob", 10)] == ["waiting", "waiting too"]
+        assert [m.id for m in store.claim_pending("bob", 10, "node1/s1", 60)] == [2, 3]
+        assert store.claim_pending("bob", 10, "node2/s1", 60) == []
+        assert store.check() == []
 
 
 def test_newer_schema_is_refused(db_path: Path) -> None:

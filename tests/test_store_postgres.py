@@ -18,11 +18,13 @@ import pytest
 
 from engines import PostgresEngine, free_port
 from helpers import ServerFactory, wait_until
-from sealroom.core.model import SchemaTooNew, StoreError
+from sealroom.core.model import SchemaTooNew, StoredMessage, StoreError
 from sealroom.store import open_store
 from sealroom.store import postgres as postgres_module
 from sealroom.store.postgres import MIGRATIONS, PostgresStore
 from sealroom.store.sqlite import SqliteStore
+
+NOW = "2026-01-01T00:00:00.000Z"
 
 
 def query(url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -86,6 +88,29 @@ def test_failing_migration_leaves_the_database_untouched(
     assert "\n" not in str(caught.value)
     assert schema_version(postgres_url) == len(MIGRATIONS)
     assert query(postgres_url, "SELECT to_regclass('notes')") == [(None,)]
+
+
+def test_a_database_from_before_leases_keeps_its_waiting_messages(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 2, the last without leases, migrates on open: what waited still waits, and
+    is claimable."""
+    with monkeypatch.context() as before:
+        before.setattr(postgres_module, "MIGRATIONS", MIGRATIONS[:2])
+        with PostgresStore(postgres_url) as old:
+            assert old.reserve_ids(3) == range(1, 4)
+            old.add_messages([StoredMessage(1, None, "bob", "alice", "read", NOW)])
+            old.add_messages(
+                [StoredMessage(i, None, "bob", "alice", "waiting", NOW) for i in (2, 3)],
+                delivered=False,
+            )
+    assert schema_version(postgres_url) == 2
+    with PostgresStore(postgres_url) as store:
+        assert schema_version(postgres_url) == len(MIGRATIONS)
+        assert [m.id for m in store.pending("bob", 10)] == [2, 3]
+        assert [m.id for m in store.claim_pending("bob", 10, "node1/s1", 60)] == [2, 3]
+        assert store.claim_pending("bob", 10, "node2/s1", 60) == []
+        assert store.check() == []
 
 
 def test_newer_schema_is_refused(postgres_url: str) -> None:

@@ -2,7 +2,8 @@
 
 Everything the server keeps moves: accounts with their password hashes and stamps, room
 history, private messages (the undelivered ones stay undelivered, to be delivered at the next
-login), resume tokens, and the high-water marks of message ids and stamps, so that new ids and
+login; a lease on one does not move: it belonged to a session of the server that read the
+SQLite file), resume tokens, and the high-water marks of message ids and stamps, so that new ids and
 stamps continue above every one the SQLite database ever gave out.
 
 The source is read in one transaction (a consistent view, even with a server writing to it)

@@ -264,6 +264,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             FROM messages WHERE room IS NOT NULL
         """,
     ),
+    (
+        # Leases on stored private messages (as SQLite's schema 6): the nodes deliver from
+        # one database, so a session claims what it is about to write, for a while, and no
+        # other session (on any node) writes the same message meanwhile. The database's
+        # clock times them, never a node's. Both columns are NULL when nobody holds it.
+        """
+        ALTER TABLE messages
+            ADD COLUMN claimed_by text COLLATE "C",
+            ADD COLUMN claimed_until timestamptz,
+            ADD CONSTRAINT messages_lease
+                CHECK ((claimed_by IS NULL) = (claimed_until IS NULL))
+        """,
+    ),
 )
 
 MAX_TOKENS_PER_ACCOUNT: Final = 20  # older tokens of the account are dropped beyond this
@@ -764,12 +777,58 @@ class PostgresStore:
             ).fetchall()
         return [StoredMessage(*row) for row in rows]
 
-    def mark_delivered(self, ids: Sequence[int]) -> None:
+    def claim_pending(
+        self, recipient: str, limit: int, claimer: str, lease_s: float
+    ) -> list[StoredMessage]:
+        """Take up to ``limit`` of ``recipient``'s waiting messages, oldest first, that no
+        other live lease holds, and lease them to ``claimer`` for ``lease_s`` seconds.
+
+        One statement: the rows it picks are locked as it picks them, and rows another
+        claimer holds locked are skipped, not waited for, so concurrent claimers (on any
+        node) never take the same message while a lease lives, and never block each other.
+        A lease that has run out (by the database's clock) is anybody's again.
+        """
+        if limit <= 0:
+            return []
+        with self._connection() as conn:
+            rows = conn.execute(
+                "UPDATE messages SET claimed_by = %(claimer)s,"  # noqa: S608 -- constant columns
+                " claimed_until = now() + %(lease)s * interval '1 second'"
+                " WHERE id IN (SELECT id FROM messages"
+                "  WHERE recipient = %(recipient)s AND NOT delivered"
+                "  AND (claimed_until IS NULL OR claimed_until < now())"
+                "  ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {_MESSAGE_COLUMNS}",
+                {
+                    "claimer": claimer,
+                    "lease": float(lease_s),
+                    "recipient": recipient,
+                    "limit": limit,
+                },
+            ).fetchall()
+        return sorted((StoredMessage(*row) for row in rows), key=lambda m: m.id)
+
+    def release_pending(self, ids: Sequence[int], claimer: str) -> None:
+        """End ``claimer``'s leases on ``ids`` (it wrote none of them): claimable at once.
+        Messages leased to another claimer since are left alone."""
         if not ids:
             return
         with self._connection() as conn:
             conn.execute(
-                "UPDATE messages SET delivered = true WHERE id = ANY(%s::bigint[])", (list(ids),)
+                "UPDATE messages SET claimed_by = NULL, claimed_until = NULL"
+                " WHERE id = ANY(%s::bigint[]) AND claimed_by = %s",
+                (list(ids), claimer),
+            )
+
+    def mark_delivered(self, ids: Sequence[int]) -> None:
+        """Written to a session: never pending again, and no longer leased to anybody."""
+        if not ids:
+            return
+        with self._connection() as conn:
+            conn.execute(
+                "UPDATE messages SET delivered = true, claimed_by = NULL, claimed_until = NULL"
+                " WHERE id = ANY(%s::bigint[])",
+                (list(ids),),
             )
 
     # -- maintenance ------------------------------------------------------------------------

@@ -243,6 +243,19 @@ _MIGRATION_5_ROOMS: Final = (
 )
 MIGRATIONS = (*MIGRATIONS, _MIGRATION_5_ROOMS)
 
+_MIGRATION_6_LEASES: Final = (
+    # Version 6: leases on stored private messages. Several processes (or a cluster's nodes)
+    # deliver from one database: a session claims what it is about to write, for a while,
+    # so that no other session writes the same message meanwhile. claimed_until is Unix
+    # time in seconds; both columns are NULL when nobody holds the message.
+    "ALTER TABLE messages ADD COLUMN claimed_by TEXT",
+    """
+    ALTER TABLE messages ADD COLUMN claimed_until REAL
+        CHECK ((claimed_by IS NULL) = (claimed_until IS NULL))
+    """,
+)
+MIGRATIONS = (*MIGRATIONS, _MIGRATION_6_LEASES)
+
 # A new password renews the stamp explicitly (a trigger on password_hash would also fire
 # when a login upgrades the hash of the same password to new parameters, which must not end
 # the account's other sessions).
@@ -737,9 +750,54 @@ class SqliteStore:
             ).fetchall()
         return [StoredMessage(*row) for row in rows]
 
-    def mark_delivered(self, ids: Sequence[int]) -> None:
+    def claim_pending(
+        self, recipient: str, limit: int, claimer: str, lease_s: float
+    ) -> list[StoredMessage]:
+        """Take up to ``limit`` of ``recipient``'s waiting messages, oldest first, that no
+        other live lease holds, and lease them to ``claimer`` for ``lease_s`` seconds.
+
+        The write lock (``BEGIN IMMEDIATE``) makes the choice and the lease one step: two
+        claimers, in this process or another, never take the same message while a lease
+        lives. A lease that has run out is anybody's again.
+        """
+        if limit <= 0:
+            return []
         with self._transaction() as conn:
-            conn.executemany("UPDATE messages SET delivered = 1 WHERE id = ?", [(i,) for i in ids])
+            now = time.time()  # the host's clock: every process on this file shares it
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 -- constant columns
+                " WHERE recipient = ? AND delivered = 0"
+                " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?",
+                (recipient, now, limit),
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE messages SET claimed_by = ?, claimed_until = ?"
+                    " WHERE id IN (SELECT value FROM json_each(?))",
+                    (claimer, now + lease_s, json.dumps([row[0] for row in rows])),
+                )
+        return [StoredMessage(*row) for row in rows]
+
+    def release_pending(self, ids: Sequence[int], claimer: str) -> None:
+        """End ``claimer``'s leases on ``ids`` (it wrote none of them): claimable at once.
+        Messages leased to another claimer since are left alone."""
+        if not ids:
+            return
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE messages SET claimed_by = NULL, claimed_until = NULL"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND claimed_by = ?",
+                (json.dumps(list(ids)), claimer),
+            )
+
+    def mark_delivered(self, ids: Sequence[int]) -> None:
+        """Written to a session: never pending again, and no longer leased to anybody."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE messages SET delivered = 1, claimed_by = NULL, claimed_until = NULL"
+                " WHERE id = ?",
+                [(i,) for i in ids],
+            )
 
     # -- maintenance ------------------------------------------------------------------------
 
