@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trustme
 
+from cluster import Cluster, running_cluster
 from engines import PostgresEngine, RedisEngine
 from helpers import Server, ServerFactory, start_server
 
@@ -106,3 +107,13 @@ def make_server(tmp_path: Path, tls_files: dict[str, Path]) -> Iterator[ServerFa
 @pytest.fixture
 def server(make_server: ServerFactory) -> Server:
     return make_server()
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, tls_files: dict[str, Path], postgres_url: str, redis_url: str
+) -> Iterator[Cluster]:
+    """A cluster with no node yet (``cluster.node(NAME, HOST)`` starts one) over a fresh
+    database and an emptied Redis; every node is stopped when the test ends."""
+    with running_cluster(tmp_path / "cluster", tls_files, postgres_url, redis_url) as made:
+        yield made

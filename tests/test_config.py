@@ -208,6 +208,8 @@ ROUND_TRIPS: list[tuple[str, object, object]] = [
         ["10.0.0.5", "2001:DB8::5", "::ffff:10.0.0.6", "10.0.0.5"],
         ("10.0.0.5", "2001:db8::5", "10.0.0.6"),
     ),
+    ("cluster.node", "node-1.example:2", "node-1.example:2"),
+    ("cluster.node_timeout_s", 3, 3.0),
     ("web.listen", "0.0.0.0:443", "0.0.0.0:443"),
     (
         "web.origins",
@@ -238,10 +240,26 @@ def test_every_key_is_covered_by_the_round_trip_table() -> None:
             found |= leaves(spec, f"{dotted}.") if isinstance(spec, _Section) else {dotted}
         return found
 
-    covered = {row[0] for row in ROUND_TRIPS}
+    # cluster.redis needs a PostgreSQL database beside it: it has a test of its own.
+    covered = {row[0] for row in ROUND_TRIPS} | {"cluster.redis"}
     # A whole bucket written at once covers its rate and burst.
     missing = {leaf for leaf in leaves(_SCHEMA, "") if leaf.rpartition(".")[0] not in covered}
     assert missing <= covered
+
+
+def test_cluster_redis_turns_cluster_mode_on_beside_postgresql_only() -> None:
+    url = "redis://:secret@127.0.0.1:6379/0"
+    database = "postgresql://sealroom@127.0.0.1/sealroom"
+    settings = settings_from_mapping(
+        {"storage": {"database": database}, "cluster": {"redis": url}}, BASE
+    )
+    assert settings.cluster.redis == url
+    with pytest.raises(ConfigError) as raised:
+        settings_from_mapping({"cluster": {"redis": url}}, BASE)
+    assert raised.value.problems == [
+        "cluster.redis: needs storage.database to be a postgresql:// URL"
+    ]
+    assert "secret" not in str(raised.value)
 
 
 def test_a_partial_bucket_keeps_its_own_default_for_the_rest() -> None:
@@ -370,6 +388,10 @@ BAD_VALUES: list[tuple[str, object, str]] = [
     ("web.origins", "https://a.example", "must be a list of origins, got 'https://a.example'"),
     ("cluster.trusted_proxies", "10.0.0.5", "must be a list of IP addresses, got '10.0.0.5'"),
     ("cluster.trusted_proxies", None, "must be a list of IP addresses, got null"),
+    ("cluster.redis", "http://redis:6379", "must be a redis:// or rediss:// URL, or null"),
+    ("cluster.redis", 6379, "must be a redis:// or rediss:// URL, or null"),
+    ("cluster.node", "node one", "must be 1 to 64 of A-Z a-z 0-9 _ . : -, got 'node one'"),
+    ("cluster.node_timeout_s", 0.5, "must be a number >= 1 and <= 300, got 0.5"),
     ("web.max_request_bytes", 100, "must be an integer from 1024 to 1048576, got 100"),
     ("web.max_headers", 0, "must be an integer from 8 to 1000, got 0"),
 ]

@@ -105,6 +105,7 @@ class RoomsSettings:
     max_created_per_user: int = 50
     list_max: int = 500  # ROOM lines in one /list reply
 
+
 @dataclass(frozen=True, slots=True)
 class HistorySettings:
     per_room: int = 1000
@@ -132,8 +133,12 @@ class ControlSettings:
 
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
-    """Several nodes as one server (SPEC section 4); so far, what stands in front of them."""
+    """Several nodes as one server (SPEC section 4): the Redis they share, this node's name,
+    how long a silent node lives, and what stands in front of them."""
 
+    redis: str | None = None  # a redis:// URL turns cluster mode on (needs PostgreSQL storage)
+    node: str | None = None  # this node's name in status, metrics and logs (default HOST:PID)
+    node_timeout_s: float = 5.0  # a node unheard this long is dead
     # Load balancers whose PROXY protocol header (v1 or v2) names the client: IP addresses,
     # each in its canonical spelling.
     trusted_proxies: tuple[str, ...] = ()
@@ -351,6 +356,26 @@ def _database(value: object) -> object:
     return Path(value)
 
 
+def _redis_url(value: object) -> object:
+    """A redis:// or rediss:// URL, kept as written (it may hold a password: never quoted)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(r"rediss?://", value):
+        raise _bad("must be a redis:// or rediss:// URL, or null")
+    if has_forbidden_chars(value) or any(char.isspace() for char in value):
+        raise _bad("a redis:// URL must not hold spaces or control characters")
+    return value
+
+
+def _node_name(value: object) -> object:
+    """A node's name: shown in status and logs, so one printable word."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        raise _bad(f"must be 1 to 64 of A-Z a-z 0-9 _ . : -, got {_shown(value)}")
+    return value
+
+
 def _server_name(value: object) -> object:
     if (
         not isinstance(value, str)
@@ -477,6 +502,16 @@ def _at_least_times(key: str, factor: int, other: str) -> Rule:
     return rule
 
 
+def _cluster_needs_postgres(values: Mapping[str, object]) -> tuple[str, str] | None:
+    """Nodes share their accounts, rooms and stored messages: one SQLite file cannot."""
+    cluster, storage = values.get("cluster"), values.get("storage")
+    if not isinstance(cluster, ClusterSettings) or not isinstance(storage, StorageSettings):
+        return None
+    if cluster.redis is not None and not isinstance(storage.database, str):
+        return "cluster.redis", "needs storage.database to be a postgresql:// URL"
+    return None
+
+
 # --- the schema: which keys each section has, and how each is checked --------------------
 
 
@@ -569,7 +604,14 @@ _SCHEMA = _Section(
         ),
         "metrics": _Section({"listen": _optional_address}),
         "control": _Section({"socket": _path(optional=True)}),
-        "cluster": _Section({"trusted_proxies": _ip_addresses}),
+        "cluster": _Section(
+            {
+                "redis": _redis_url,
+                "node": _node_name,
+                "node_timeout_s": _number(at_least=1, at_most=300),
+                "trusted_proxies": _ip_addresses,
+            },
+        ),
         "web": _Section(
             {
                 "listen": _optional_address,
@@ -578,7 +620,8 @@ _SCHEMA = _Section(
                 "max_headers": _integer(8, 1000),
             }
         ),
-    }
+    },
+    rules=(_cluster_needs_postgres,),
 )
 
 

@@ -86,8 +86,6 @@ class StoredMessage(NamedTuple):
         return self.room if self.room is not None else str(self.recipient)
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class RoomRecord:
     """A room as stored: it outlives restarts and empty rooms until it is destroyed."""

@@ -410,7 +410,10 @@ class Connection:
         while True:
             if self.unsent is None:
                 data, self.receipts = self.outbox.take()
-                if not data:
+                if not data:  # receipts of empty pushes (a nudge) run at once
+                    for receipt in self.receipts:
+                        receipt()
+                    self.receipts = []
                     return True
                 self.unsent = data
             try:

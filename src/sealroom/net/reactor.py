@@ -236,4 +236,3 @@ class Reactor:
             with contextlib.suppress(OSError, ValueError):  # gone with its descriptor
                 self._epoll.unregister(connection.fd)
         connection.close()
-

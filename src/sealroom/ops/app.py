@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sealroom import __version__
 from sealroom.config import ConfigError, Settings, load_settings, parse_address
-from sealroom.core.errors import UserError
+from sealroom.core.errors import ProtocolError, UserError
 from sealroom.core.model import iso_utc
 from sealroom.core.storage import Store
 from sealroom.core.text import has_forbidden_chars, user_name
@@ -59,12 +59,18 @@ from sealroom.state.hub import Hub, HubLimits
 from sealroom.state.messages import HistoryWriter, MessageIds, MessageLog
 from sealroom.store import open_store
 
+if TYPE_CHECKING:  # a single node never imports the cluster's package (nor Redis)
+    from sealroom.cluster.plane import RedisBus
+
 log = logging.getLogger("sealroom")
 
 TICKET_KEY_LIFETIME_S = 24 * 3600  # the TLS context (and its ticket key) is rebuilt daily
 HOUSEKEEPING_INTERVAL_S = 0.5  # account changes from the CLI must reach sessions within 2 s
 THREAD_STACK_BYTES = 512 * 1024  # our threads (workers, listeners) need little; 8 MiB is waste
 MAX_KICK_REASON = 200  # characters of an operator's kick reason
+# Requests waiting on the cluster's bus at once (each waits for a batched round trip, or
+# the store's commit): enough to keep batches full, bounded like every other pool.
+CLUSTER_BUS_THREADS = 32
 
 
 class App:
@@ -91,6 +97,7 @@ class App:
             settings.tls.cert, settings.tls.key, settings.tls.client_ca, settings.tls.profile
         )
         self.store: Store = open_store(settings.storage.database)
+        self.bus: RedisBus | None = None  # in a cluster (cluster.redis): the real-time plane
         services = self._build_services(settings, clock)
         admission = Admission(
             max_connections=limits.max_connections,
@@ -162,7 +169,10 @@ class App:
         ids = MessageIds(
             self.store, prefetch=lambda refill: store_pool.submit(refill, _ignore_outcome)
         )
-        self.hub = Hub(_hub_limits(settings), next_id=ids.take)
+        cluster = settings.cluster.redis is not None
+        self.hub = Hub(_hub_limits(settings), next_id=ids.take, replica=cluster)
+        if cluster:
+            self.bus = _cluster_bus(settings, self.hub, self.store)
         history = settings.history
         self.writer = HistoryWriter(
             open_store(settings.storage.database), history.per_room, history.private_per_user
@@ -175,6 +185,8 @@ class App:
             private_quota=history.private_per_user,
             private_per_sender=history.private_per_sender,
             store_rooms=history.rooms,
+            claimer=None if self.bus is None else f"{self.bus.node_name}/{self.bus.node}",
+            background=lambda work: store_pool.submit(work, _ignore_outcome),
         )
         login_buckets = KeyedBuckets(
             rate.logins_per_ip.rate,
@@ -199,6 +211,7 @@ class App:
             login_buckets,
             clock,
             account_buckets=account_buckets,
+            bus=self.bus,
         )
 
     def _listen(self, settings: Settings) -> None:
@@ -233,6 +246,8 @@ class App:
         self.writer.start()
         for pool in self.pools.values():
             pool.start()
+        if self.bus is not None:
+            self._join_cluster(self.bus)
         self.reactor.start()
         for server in self.listeners:
             thread = threading.Thread(
@@ -266,6 +281,11 @@ class App:
         # Every listener is bound (in __init__) and serving: now we are ready.
         self._last_status = self.status_line()
         self.notifier.ready(self._last_status)
+
+    def _join_cluster(self, bus: RedisBus) -> None:
+        """Join before listening; the bus refuses a Redis that would lose acknowledged data."""
+        floor = self.store.reserve_ids(0).start - 1  # ids stored before (db copy) stay unique
+        bus.start(floor)
 
     def _housekeeping(self) -> None:
         interval = HOUSEKEEPING_INTERVAL_S
@@ -526,7 +546,16 @@ class App:
         if not self.hub.is_online(name) and self.store.get_account(name) is None:
             raise ControlError(f"no account {name}")
         text = " ".join(reason.split())
-        count = self.hub.disconnect(name, f"kicked by operator: {text}" if text else "kicked")
+        why = f"kicked by operator: {text}" if text else "kicked"
+        if self.bus is not None:  # every node closes its sessions of the user
+            count = self.hub.session_count(name)
+            try:
+                self.bus.broadcast("kick", {"name": name, "reason": why})
+            except ProtocolError as error:
+                raise ControlError(error.text) from None
+            log.info("control: kicked %s on every node", name)
+            return {"name": name, "sessions": count}
+        count = self.hub.disconnect(name, why)
         log.info("control: kicked %s (%d sessions)", name, count)
         return {"name": name, "sessions": count}
 
@@ -588,6 +617,8 @@ class App:
             registry.force_close()
             registry.wait_empty(1.0)
         self.reactor.stop()
+        if self.bus is not None:
+            self.bus.stop()
         for thread in self._threads:
             thread.join(timeout=2.0)
         for thread in (*ending, *self._side_threads) if self._side_threads else ():
@@ -608,7 +639,35 @@ class App:
         self.notifier.close()
 
 
+def _cluster_bus(settings: Settings, hub: Hub, store: Store) -> RedisBus:
+    """The bus of a cluster node; the Redis client is imported here, and only here."""
+    from sealroom.cluster.plane import RedisBus  # noqa: PLC0415 -- never on a single node
+
+    cluster = settings.cluster
+    assert cluster.redis is not None  # noqa: S101 -- the caller checked
+    name = cluster.node or f"{socket.gethostname()}:{os.getpid()}"
+    history = settings.history
+    return RedisBus(
+        cluster.redis,
+        name,
+        cluster.node_timeout_s,
+        hub,
+        store,
+        keep_per_room=history.per_room,
+        keep_per_recipient=history.private_per_user,
+    )
+
+
 def _worker_pools(settings: Settings) -> dict[Pool, WorkerPool]:
+    if settings.cluster.redis is not None:  # threads that wait on Redis, batched
+        return {
+            **_single_node_pools(settings),
+            Pool.BUS: WorkerPool("bus", CLUSTER_BUS_THREADS),
+        }
+    return _single_node_pools(settings)
+
+
+def _single_node_pools(settings: Settings) -> dict[Pool, WorkerPool]:
     return {
         Pool.ARGON2: WorkerPool(
             "argon2",

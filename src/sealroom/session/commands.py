@@ -19,7 +19,8 @@ from sealroom.policy import rooms
 from sealroom.policy.ratelimit import retry_after_text
 from sealroom.session.effects import Effect, Pool, Reply, Step
 from sealroom.session.machine import Command, Session, SessionEnded, hist_line
-from sealroom.state.hub import Member
+from sealroom.state.bus import Bus, room_payload
+from sealroom.state.hub import OPERATOR, Member
 from sealroom.state.messages import IdsExhausted
 
 log = logging.getLogger("sealroom.session")
@@ -49,10 +50,43 @@ def require_member(session: Session) -> Member:
 
 def take_login_token(session: Session) -> None:
     """Every credential check draws on the client address's bucket, before any hashing."""
-    wait = session.services.login_buckets.take(session.peer)
+    _login_limited(session.services.login_buckets.take(session.peer))
+
+
+def _login_limited(wait: float) -> None:
     if wait:
         text = f"too many login attempts; {retry_after_text(wait)}"
         raise ProtocolError(ErrorCode.RATE_LIMITED, text)
+
+
+def _shared_login_token(session: Session) -> None:
+    """Blocking: in a cluster an address has one login budget, not one per node."""
+    bus = session.services.bus
+    if bus is not None:
+        rate = session.services.settings.rate.logins_per_ip
+        _login_limited(bus.take("logins", session.peer, rate.rate, rate.burst))
+
+
+def _share_room(
+    session: Session,
+    record: RoomRecord,
+    *,
+    by: str = OPERATOR,
+    reason: str = "",
+    line: bytes | None = None,
+    notify: str | None = None,
+) -> None:
+    """Tell the cluster's other nodes what this node just applied (they also poll the
+    store for room changes: this only makes it immediate). Never blocks."""
+    bus = session.services.bus
+    if bus is None:
+        return
+    payload: dict[str, object] = {"record": room_payload(record), "by": by, "reason": reason}
+    if line is not None:
+        payload["line"] = line.decode().rstrip("\n")
+    if notify is not None:
+        payload["notify"] = notify
+    bus.share("room", payload)
 
 
 def _user_arg(raw: str) -> str:
@@ -65,7 +99,9 @@ def _user_arg(raw: str) -> str:
 def _account_exists(session: Session, name: str) -> bool:
     """Blocking: for an effect's work."""
     services = session.services
-    return services.hub.is_online(name) or services.store.get_account(name) is not None
+    if services.bus is None and services.hub.is_online(name):
+        return True
+    return services.store.get_account(name) is not None
 
 
 def _current(session: Session) -> Account:
@@ -106,11 +142,12 @@ def cmd_login(session: Session, request: Request) -> Step:
         # The certificate names someone else: fail, at the cost of a real check, and without
         # touching the account (not even its last-login time).
         name = ""
-    return Effect(
-        Pool.ARGON2,
-        lambda: auth.verify_login(name, password),  # ServerBusy is an ERR server-busy
-        lambda account: _complete_login(session, account, raw_name),
-    )
+
+    def verify() -> Account | None:
+        _shared_login_token(session)
+        return auth.verify_login(name, password)  # ServerBusy is an ERR server-busy
+
+    return Effect(Pool.ARGON2, verify, lambda account: _complete_login(session, account, raw_name))
 
 
 def cmd_resume(session: Session, request: Request) -> Step:
@@ -120,11 +157,12 @@ def cmd_resume(session: Session, request: Request) -> Step:
     raw_name, token = request.args
     tokens = session.services.tokens
     name = user_name(raw_name) or ""
-    return Effect(
-        Pool.STORE,
-        lambda: tokens.verify(name, token),
-        lambda account: _complete_login(session, account, raw_name),
-    )
+
+    def verify() -> Account | None:
+        _shared_login_token(session)
+        return tokens.verify(name, token)
+
+    return Effect(Pool.STORE, verify, lambda account: _complete_login(session, account, raw_name))
 
 
 def cmd_token(session: Session, request: Request) -> Step:
@@ -156,6 +194,8 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
     if services.hub.session_count(account.name) >= limit:
         raise ProtocolError(ErrorCode.FORBIDDEN, f"{account.name} has {limit} sessions already")
     member = Member(account.name, session.outbox, is_admin=account.is_admin, stamp=account.stamp)
+    if services.bus is not None:
+        return _cluster_login(session, services.bus, member)
     # Attached before stored messages are claimed: each is then delivered live or claimed.
     services.hub.attach(member)
     session.member = member
@@ -171,7 +211,11 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
     except ProtocolError as error:
         log.info("%s: could not join %s: %s", session.describe(), default, error.text)
         session.push_line(f"OK login {account.name}")
-    messages, batch = services.messages, session.outbox.limit // 4
+    return _claim_stored(session, account.name)
+
+
+def _claim_stored(session: Session, name: str) -> Step:
+    messages, batch = session.services.messages, session.outbox.limit // 4
 
     def deliver(found: list[StoredMessage]) -> Reply:
         session.deliver_stored(found)
@@ -181,10 +225,54 @@ def _complete_login(session: Session, account: Account | None, raw_name: str) ->
     # to the client's next request. Later batches follow as the client reads.
     return Effect(
         Pool.STORE,
-        lambda: messages.claim(account.name, batch),
+        lambda: messages.claim(name, batch),
         deliver,
         abandon=lambda found: messages.release([m.id for m in found]),
     )
+
+
+def _cluster_login(session: Session, bus: Bus, member: Member) -> Step:
+    """A login in a cluster: counted online, and in the default room, through the bus."""
+    services = session.services
+    hub, name = services.hub, member.name
+    limit = services.settings.limits.max_sessions_per_user
+    default: str | None = services.settings.rooms.default
+    try:
+        hub.check_join(member, default or "", _admit(member))
+    except ProtocolError as error:
+        log.info("%s: could not join %s: %s", session.describe(), default, error.text)
+        default = None
+    # Attached first: a private message published from now on finds this session, and a
+    # connection that closes meanwhile leaves the cluster as any session does.
+    hub.attach(member)
+    member.on_mail = session.check_mail
+    session.member = member
+
+    def enter() -> ProtocolError | None:
+        try:
+            if bus.login(member) > limit:
+                return ProtocolError(ErrorCode.FORBIDDEN, f"{name} has {limit} sessions already")
+            if default is not None:
+                bus.join(member, default, encode_line("OK", "login", name, default))
+        except ProtocolError as error:
+            return error
+        return None
+
+    def entered(error: ProtocolError | None) -> Step:
+        if error is not None:  # not logged in after all: as if it never began
+            session.member = None
+            hub.detach(member)
+            bus.leave(member, [])
+            raise error
+        services.counters.logins_ok += 1
+        log.info("%s: logged in", session.describe())
+        if default is not None:
+            session.current_room = default
+        else:
+            session.push_line(f"OK login {name}")
+        return _claim_stored(session, name)
+
+    return Effect(Pool.BUS, enter, entered)
 
 
 # -- rooms --------------------------------------------------------------------------------------
@@ -208,6 +296,8 @@ def cmd_join(session: Session, request: Request) -> Step:
     name = room_arg(session, request)
     member = require_member(session)
     hub, store = session.services.hub, session.services.store
+    if session.services.bus is not None:
+        return _cluster_join(session, session.services.bus, member, name)
     try:
         hub.join(member, name, _joined(name, hub.topic(name)), _admit(member))
     except ProtocolError as error:
@@ -236,8 +326,63 @@ def cmd_join(session: Session, request: Request) -> Step:
     return Effect(Pool.STORE, create, enter)
 
 
+def _cluster_join(session: Session, bus: Bus, member: Member, name: str) -> Step:
+    """The cluster's join: checked here, then ordered by the bus, which queues the reply
+    when every node's copy of the room has the session in it."""
+    hub, store = session.services.hub, session.services.store
+
+    def entered(_: None) -> Reply:
+        session.current_room = name
+        return None
+
+    if name in member.rooms:
+        session.current_room = name
+        return _joined(name, hub.topic(name)).decode().rstrip("\n")
+    try:
+        hub.check_join(member, name, _admit(member))
+    except ProtocolError as error:
+        if error.code is not ErrorCode.NO_SUCH_ROOM:
+            raise
+    else:
+        reply = _joined(name, hub.topic(name))
+        return Effect(Pool.BUS, lambda: bus.join(member, name, reply), entered)
+    hub.may_create(member)
+
+    def create() -> RoomRecord:
+        _current(session)
+        store.create_room(name, member.name)
+        record = store.get_room(name)
+        if record is None:  # destroyed as soon as made: let the join say so
+            raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{name} does not exist")
+        return record
+
+    def created(record: RoomRecord) -> Step:
+        hub.apply(record)
+        reply = _joined(name, record.topic)
+
+        def share_and_join() -> None:  # in this order: every node knows the room first
+            bus.broadcast("room", {"record": room_payload(record), "by": OPERATOR})
+            bus.join(member, name, reply)
+
+        return Effect(Pool.BUS, share_and_join, entered)
+
+    return Effect(Pool.STORE, create, created)
+
+
 def cmd_part(session: Session, request: Request) -> Step:
     name = room_arg(session, request)
+    bus = session.services.bus
+    if bus is not None:
+        member = require_member(session)
+        if name not in member.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
+
+        def parted(_: None) -> Reply:
+            if session.current_room == name:
+                session.current_room = None
+            return f"OK part {name}"
+
+        return Effect(Pool.BUS, lambda: bus.part(member, name), parted)
     session.services.hub.part(require_member(session), name)
     if session.current_room == name:
         session.current_room = None
@@ -247,6 +392,9 @@ def cmd_part(session: Session, request: Request) -> Step:
 def _say(session: Session, room: str, text: str, *, outside: bool = False) -> Step:
     if not text.strip():
         raise ProtocolError(ErrorCode.BAD_ARGUMENT, "empty message")
+    bus = session.services.bus
+    if bus is not None:
+        return _cluster_say(session, bus, room, text, outside=outside)
     messages = session.services.messages
     if messages.backed_up:
         # The disk is behind: this sender waits for room on a worker, nobody else does.
@@ -262,6 +410,22 @@ def _say(session: Session, room: str, text: str, *, outside: bool = False) -> St
         return Effect(Pool.STORE, refill, lambda _: _say(session, room, text, outside=outside))
     session.services.counters.messages_room += 1
     return f"OK say {room} {message_id}"
+
+
+def _cluster_say(session: Session, bus: Bus, room: str, text: str, *, outside: bool) -> Step:
+    """Ordered by the bus: every node, this one too, relays it from there."""
+    member = require_member(session)
+    view = session.services.hub.view(room)
+    if room not in member.rooms:
+        if not outside:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room}")
+        _admit(member)(view)  # an outsider may post where it may join, never elsewhere
+
+    def said(message_id: int) -> Reply:
+        session.services.counters.messages_room += 1
+        return f"OK say {room} {message_id}"
+
+    return Effect(Pool.BUS, lambda: bus.say(member, room, text), said)
 
 
 def cmd_say(session: Session, request: Request) -> Step:
@@ -308,13 +472,18 @@ def cmd_msg(session: Session, request: Request) -> Step:
         account = services.store.get_account(recipient)
         if account is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {recipient}")
-        return services.messages.send_private(sender, recipient, text, account.stamp)
+        bus = services.bus
+        if bus is None:
+            return services.messages.send_private(sender, recipient, text, account.stamp)
+        if not bus.online(recipient):
+            services.messages.check_quota(sender, recipient)
+        return bus.direct(sender, recipient, text, account.stamp)[0]
 
     def sent(message_id: int) -> Reply:
         services.counters.messages_private += 1
         return f"OK msg {recipient} {message_id}"
 
-    return Effect(Pool.STORE, send, sent)
+    return Effect(Pool.STORE if services.bus is None else Pool.BUS, send, sent)
 
 
 def cmd_history(session: Session, request: Request) -> Step:
@@ -331,6 +500,7 @@ def cmd_history(session: Session, request: Request) -> Step:
         role = rooms.role_of(view, member.name, is_admin=member.is_admin)
         if not rooms.may_read_history(view, member.name, role):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{room}'s history is for its members")
+
         def read_room() -> list[StoredMessage]:
             _current(session)
             return messages.room_history(room, limit)
@@ -450,7 +620,9 @@ def cmd_topic(session: Session, request: Request) -> Step:
 
     def done(record: RoomRecord) -> Reply:
         hub.apply(record)
-        hub.announce(name, encode_line("TOPIC", name, member.name, text))
+        line = encode_line("TOPIC", name, member.name, text)
+        hub.announce(name, line)
+        _share_room(session, record, line=line)
         return f"OK topic {name} {text}"
 
     return Effect(Pool.STORE, write, done)
@@ -476,7 +648,9 @@ def cmd_mode(session: Session, request: Request) -> Step:
 
     def done(record: RoomRecord) -> Reply:
         hub.apply(record)
-        hub.announce(name, encode_line("MODE", name, member.name, mode.value))
+        line = encode_line("MODE", name, member.name, mode.value)
+        hub.announce(name, line)
+        _share_room(session, record, line=line)
         return f"OK mode {name} {mode.value}"
 
     return Effect(Pool.STORE, write, done)
@@ -496,7 +670,9 @@ def cmd_invite(session: Session, request: Request) -> Step:
     def done(result: tuple[str, RoomRecord]) -> Reply:
         invited, record = result
         hub.apply(record)
-        hub.notify(invited, encode_line("INVITE", name, by))
+        line = encode_line("INVITE", name, by)
+        hub.notify(invited, line)
+        _share_room(session, record, line=line, notify=invited)
         return f"OK invite {invited} {name}"
 
     return Effect(Pool.STORE, write, done)
@@ -520,6 +696,7 @@ def cmd_ban(session: Session, request: Request) -> Step:
         banned, record = result
         # At once, under the hub's lock: after this no message of theirs reaches the room.
         hub.apply(record, by=by, reason=reason)
+        _share_room(session, record, by=by, reason=reason)
         return f"OK ban {banned} {name}"
 
     return Effect(Pool.STORE, write, done)
@@ -547,6 +724,7 @@ def _role_change(session: Session, request: Request, role: str, held: bool, verb
     def done(result: tuple[str, RoomRecord]) -> Reply:
         target, record = result
         hub.apply(record)
+        _share_room(session, record)
         return f"OK {verb} {target} {name}"
 
     return Effect(Pool.STORE, write, done)
@@ -580,6 +758,8 @@ def cmd_destroy(session: Session, request: Request) -> Step:
 
     def done(_: bool) -> Reply:
         hub.destroy(name, by)
+        if session.services.bus is not None:
+            session.services.bus.share("destroy", {"room": name, "by": by})
         if session.current_room == name:
             session.current_room = None
         return f"OK destroy {name}"
@@ -642,9 +822,16 @@ def cmd_kick(session: Session, request: Request) -> Step:
         _require_admin(session)
         return _account_exists(session, target)
 
-    def kick(exists: bool) -> Reply:
+    def kick(exists: bool) -> Step:
         if not exists:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {target}")
+        bus = session.services.bus
+        if bus is not None:  # every node closes its sessions of the target
+            payload = {"name": target, "reason": reason}
+            log.info("%s: kicking %s on every node", session.describe(), target)
+            return Effect(
+                Pool.BUS, lambda: bus.broadcast("kick", payload), lambda _: f"OK kick {target}"
+            )
         closed = hub.disconnect(target, reason)
         log.info("%s: kicked %s (%d sessions)", session.describe(), target, closed)
         return f"OK kick {target}"
@@ -655,7 +842,11 @@ def cmd_kick(session: Session, request: Request) -> Step:
 def cmd_wall(session: Session, request: Request) -> Step:
     hub, name, text = session.services.hub, require_member(session).name, request.text or ""
 
-    def wall(_: None) -> Reply:
+    def wall(_: None) -> Step:
+        bus = session.services.bus
+        if bus is not None:
+            payload = {"from": name, "text": text}
+            return Effect(Pool.BUS, lambda: bus.broadcast("wall", payload), lambda _: "OK wall")
         hub.wall(name, text)
         return "OK wall"
 
@@ -695,9 +886,7 @@ COMMANDS: dict[str, Command] = {
         cmd_topic,
         "show the topic; with TEXT, operators set it",
     ),
-    "mode": Command(
-        Syntax("/mode #ROOM open|private", 2), cmd_mode, "operators: who may join"
-    ),
+    "mode": Command(Syntax("/mode #ROOM open|private", 2), cmd_mode, "operators: who may join"),
     "invite": Command(
         Syntax("/invite NAME #ROOM", 2), cmd_invite, "operators: let NAME into a private room"
     ),

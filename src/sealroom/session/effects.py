@@ -26,6 +26,7 @@ class Pool(enum.Enum):
 
     STORE = "store"  # database reads and writes: short, I/O bound
     ARGON2 = "argon2"  # password hashing: CPU and memory bound, one thread per verification slot
+    BUS = "bus"  # a cluster's real-time plane: waits on Redis (batched) and the store
 
 
 @dataclass(frozen=True, slots=True)

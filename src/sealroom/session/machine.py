@@ -35,6 +35,7 @@ from sealroom.core.storage import Store
 from sealroom.policy.auth import Authenticator, ResumeTokens
 from sealroom.policy.ratelimit import Clock, KeyedBuckets, TokenBucket, retry_after_text
 from sealroom.session.effects import Effect, Outcome, Pool, Reply, Step
+from sealroom.state.bus import Bus
 from sealroom.state.counters import Counters
 from sealroom.state.hub import Hub, Member
 from sealroom.state.messages import MessageLog
@@ -65,6 +66,7 @@ class Services:
     # rate.messages, one bucket per account shared by its sessions (None: one per session,
     # for tests that build a session alone).
     account_buckets: KeyedBuckets | None = None
+    bus: Bus | None = None  # in a cluster: rooms, messages and presence go through it
 
 
 class SessionEnded(Exception):  # noqa: N818 -- names what happened, as BYE does
@@ -238,7 +240,10 @@ class Session:
         self._finished = True
         self._effects.clear()
         if self.member is not None:
+            rooms = sorted(self.member.rooms)
             self.services.hub.detach(self.member)
+            if self.services.bus is not None:
+                self.services.bus.leave(self.member, rooms)
             if self._in_delivery:
                 self.services.messages.release(list(self._in_delivery))
             log.info("%s: logged out", self.describe())
@@ -249,6 +254,28 @@ class Session:
         """Ask the shell to run ``effect`` without holding up the session's next lines."""
         if not self._finished:
             self._effects.append(effect)
+
+    def check_mail(self) -> None:
+        """Stored private messages may be waiting (a cluster's node stored one while this
+        session logged in): claim them, unless a delivery is under way (it claims on)."""
+        if self._finished or self._delivering or self.member is None:
+            return
+        name, log_ = self.member.name, self.services.messages
+        batch = self.outbox.limit // 4
+
+        def deliver(found: list[StoredMessage]) -> Reply:
+            self.deliver_stored(found)
+            return None
+
+        self.background(
+            Effect(
+                Pool.STORE,
+                lambda: log_.claim(name, batch),
+                deliver,
+                abandon=lambda found: log_.release([m.id for m in found]),
+                request=False,
+            )
+        )
 
     def deliver_stored(self, messages: list[StoredMessage]) -> None:
         """Queue stored private messages; each batch is marked delivered once written,

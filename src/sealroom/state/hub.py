@@ -18,6 +18,8 @@ from sealroom.core.model import Mode, RoomRecord, RoomView
 from sealroom.core.protocol import encode_line
 from sealroom.state.outbox import Outbox
 
+_serials = itertools.count(1)
+
 
 @dataclass(eq=False, slots=True)
 class Member:
@@ -28,6 +30,11 @@ class Member:
     is_admin: bool = False
     rooms: set[str] = field(default_factory=set)
     stamp: int = 0  # the account record this session logged in as (``Account.stamp``)
+    # Unique in this process: how the cluster's bus names this session in its events.
+    serial: int = field(default_factory=lambda: next(_serials))
+    # Run on the session's own thread when stored private messages may be waiting for it
+    # (a cluster's other node stored one as this session logged in).
+    on_mail: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -90,8 +97,26 @@ class HubLimits:
 
 
 class Hub:
-    def __init__(self, limits: HubLimits, next_id: Callable[[], int] | None = None) -> None:
+    """The rooms and sessions of one server, or, with ``replica``, one node's copy of them.
+
+    A replica's local sessions enter and leave rooms only as the cluster's bus says (the
+    ``*_replica`` methods, called in the bus's one order by its reader), and who is in a
+    room counts the sessions of every node: no node ever says ``JOIN`` or ``PART`` from its
+    own view, so every node says the same ones.
+    """
+
+    def __init__(
+        self,
+        limits: HubLimits,
+        next_id: Callable[[], int] | None = None,
+        *,
+        replica: bool = False,
+    ) -> None:
         self.limits = limits
+        self.replica = replica
+        # A replica's sessions that a ban or a destroy put out of a room: the bus must hear
+        # of each (called under the lock; it only queues).
+        self.on_leave: Callable[[Member, str], None] | None = None
         self._lock = threading.Lock()
         self._rooms: dict[str, Room] = {}
         self._sessions: dict[str, list[Member]] = {}
@@ -112,7 +137,10 @@ class Hub:
         """Remove a session that is going away, leaving all its rooms."""
         with self._lock:
             for room in list(member.rooms):
-                self._part_locked(member, room)
+                if self.replica:  # the bus says PART, once every node has applied it
+                    self._leave_locked(member, room)
+                else:
+                    self._part_locked(member, room)
             sessions = self._sessions.get(member.name, [])
             if member in sessions:
                 sessions.remove(member)
@@ -192,6 +220,16 @@ class Hub:
                 if count == 1:
                     self._send_locked(room, encode_line("JOIN", room_name, member.name), member)
             member.outbox.push(reply, wake=False)
+
+    def check_join(self, member: Member, room_name: str, admit: Admit) -> None:
+        """Whether ``member`` may join now, as :meth:`join` judges, without joining (a
+        replica's join is ordered by the bus); raises ProtocolError if not."""
+        with self._lock:
+            room = self._rooms.get(room_name)
+            if room is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room_name} does not exist")
+            self._admit_locked(member, room)
+            admit(room.view())
 
     def _admit_locked(self, member: Member, room: Room) -> None:
         limits = self.limits
@@ -323,8 +361,10 @@ class Hub:
             del room.members[member]
             member.rooms.discard(room.name)
             member.outbox.push(line)
-        if leaving:
-            del room.sessions_per_name[name]
+            if self.on_leave is not None:
+                self.on_leave(member, room.name)
+        if leaving or (self.replica and name in room.sessions_per_name):
+            room.sessions_per_name.pop(name, None)
             self._send_locked(room, encode_line("PART", room.name, name), None)
 
     def destroy(self, room_name: str, by: str) -> None:
@@ -339,13 +379,106 @@ class Hub:
         for member in room.members:
             member.rooms.discard(room.name)
             member.outbox.push(line)
+            if self.on_leave is not None:
+                self.on_leave(member, room.name)
         del self._rooms[room.name]
+
+    # -- a replica: what the cluster's bus says, applied in its one order --------------------
+
+    def enter_replica(self, member: Member, room_name: str, reply: bytes) -> bool:
+        """A local session's join, as the bus ordered it: from here on it gets the room's
+        messages, and ``reply`` comes before any of them. False: the room is gone."""
+        with self._lock:
+            room = self._rooms.get(room_name)
+            if room is None or member.outbox.closing is not None:
+                return False
+            room.members[member] = None
+            member.rooms.add(room_name)
+            member.outbox.push(reply)
+            return True
+
+    def leave_replica(self, member: Member, room_name: str) -> None:
+        """A local session leaves at once (its PART, if any, comes with the bus's count)."""
+        with self._lock:
+            if room_name in member.rooms:
+                self._leave_locked(member, room_name)
+
+    def _leave_locked(self, member: Member, room_name: str) -> None:
+        member.rooms.discard(room_name)
+        room = self._rooms.get(room_name)
+        if room is not None:
+            room.members.pop(member, None)
+
+    def presence(self, room_name: str, name: str, total: int, *, quiet: bool = False) -> None:
+        """``name`` has ``total`` sessions in the room across the cluster now: the first
+        one says ``JOIN``, the last one gone says ``PART`` (to this node's members).
+        ``quiet``: a ban or destroy already said so on every node."""
+        with self._lock:
+            room = self._rooms.get(room_name)
+            if room is None:
+                return
+            before = room.sessions_per_name.get(name, 0)
+            if quiet and (before == 0 or name in room.banned):
+                room.sessions_per_name.pop(name, None)
+                return
+            if total > 0:
+                room.sessions_per_name[name] = total
+            else:
+                room.sessions_per_name.pop(name, None)
+            if quiet:
+                return
+            if before == 0 and total > 0:
+                line = encode_line("JOIN", room_name, name)
+                for target in room.members:
+                    if target.name != name:
+                        target.outbox.push(line)
+            elif before > 0 and total <= 0:
+                self._send_locked(room, encode_line("PART", room_name, name), None)
+
+    def load_presence(self, totals: dict[tuple[str, str], int]) -> None:
+        """Who is where across the cluster, from a snapshot: replaces what was known."""
+        with self._lock:
+            for each in self._rooms.values():
+                each.sessions_per_name.clear()
+            for (room_name, name), total in totals.items():
+                room = self._rooms.get(room_name)
+                if room is not None and total > 0:
+                    room.sessions_per_name[name] = total
+
+    def relay(self, room_name: str, line: bytes, skip: int) -> None:
+        """A room message from the bus to this node's members, but the session ``skip``
+        (its sender, when it is ours)."""
+        with self._lock:
+            room = self._rooms.get(room_name)
+            if room is None:
+                return
+            count = 0
+            for target in room.members:
+                if target.serial != skip:
+                    target.outbox.push(line)
+                    count += 1
+            self._count_locked(count, line)
+
+    def mail(self, name: str) -> None:
+        """Stored private messages may wait for ``name``: its sessions look (each on its own
+        thread, through an empty push whose receipt runs there)."""
+        with self._lock:
+            for target in self._sessions.get(name, ()):
+                if target.on_mail is not None:
+                    target.outbox.push(b"", on_sent=target.on_mail)
+
+    def direct_replica(self, recipient: str, line: bytes, stamp: int) -> int:
+        """A private message from the bus to this node's sessions of ``recipient``."""
+        with self._lock:
+            sessions = [s for s in self._sessions.get(recipient, ()) if s.stamp == stamp]
+            for target in sessions:
+                target.outbox.push(line)
+            self._count_locked(len(sessions), line)
+            return len(sessions)
 
     # -- messages ---------------------------------------------------------------------------
 
-    def say(
-        self, member: Member, room_name: str, text: str, admit: Admit | None = None
-    ) -> int:
+    def say(self, member: Member, room_name: str, text: str, admit: Admit | None = None) -> int:
         """Relay ``text`` to the room's other sessions; returns the message id.
 
         A session outside the room may post to it if ``admit`` lets it (it may join): so
@@ -378,9 +511,7 @@ class Hub:
         with self._lock:
             message_id = self._next_id()
             sessions = [
-                s
-                for s in self._sessions.get(recipient, ())
-                if stamp is None or s.stamp == stamp
+                s for s in self._sessions.get(recipient, ()) if stamp is None or s.stamp == stamp
             ]
             for target in sessions:
                 target.outbox.push(line)

@@ -33,6 +33,7 @@ QUEUE_LIMIT = 10_000  # room messages waiting for the writer (about 5 MB at wors
 BATCH_LIMIT = 500  # messages per group commit
 SUBMIT_WAIT_S = 1.0  # a full queue makes the *publisher* wait this long, then drops history
 COMMIT_INTERVAL_S = 0.05  # how long accepted room messages gather before one commit
+LEASE_S = 60.0  # a cluster node's claim on stored messages, should it die delivering them
 PENDING_BATCH = 16  # stored private messages claimed, written, then marked, at a time:
 # a crash between writing a batch and marking it repeats at most this many
 HIST_OVERHEAD = 120  # bytes a HIST line adds to its text: names, id, time
@@ -239,8 +240,15 @@ class MessageLog:
         private_quota: int,
         private_per_sender: int = 100,
         store_rooms: bool = True,
+        claimer: str | None = None,
+        background: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
-        """``hub`` must draw its message ids from ``ids`` (``ids.take``)."""
+        """``hub`` must draw its message ids from ``ids`` (``ids.take``).
+
+        ``claimer``: in a cluster, this process's name for leases on stored messages, kept
+        in the store, where every node sees them; ``background`` then runs the release of
+        a lease (a database write) off the caller's thread.
+        """
         self.store = store
         self.hub = hub
         self.writer = writer
@@ -248,6 +256,8 @@ class MessageLog:
         self.private_quota = private_quota
         self.private_per_sender = private_per_sender
         self.store_rooms = store_rooms
+        self.claimer = claimer
+        self._background = background
         self._now: tuple[int, str] = (-1, "")
         # "Is the recipient online?" and storing for an offline one are one step under this
         # lock, and so is claiming stored messages at login: a message stored for an offline
@@ -311,28 +321,36 @@ class MessageLog:
             if reached:
                 self.writer.submit(message)
                 return message_id
-            if self.store.pending_count(recipient) >= self.private_quota:
-                raise ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"{recipient} has {self.private_quota} messages waiting; retry in 60s",
-                )
-            # One sender cannot fill a recipient's mailbox for everyone else.
-            if self.store.pending_count_from(sender, recipient) >= self.private_per_sender:
-                raise ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"{self.private_per_sender} of your messages wait for {recipient};"
-                    " retry in 60s",
-                )
+            self.check_quota(sender, recipient)
             self.store.add_messages([message], delivered=False)
             return message_id
+
+    def check_quota(self, sender: str, recipient: str) -> None:
+        """Whether one more message may be stored for ``recipient``; raises if not."""
+        if self.store.pending_count(recipient) >= self.private_quota:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"{recipient} has {self.private_quota} messages waiting; retry in 60s",
+            )
+        # One sender cannot fill a recipient's mailbox for everyone else.
+        if self.store.pending_count_from(sender, recipient) >= self.private_per_sender:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"{self.private_per_sender} of your messages wait for {recipient}; retry in 60s",
+            )
 
     def claim(self, name: str, max_bytes: int) -> list[StoredMessage]:
         """The next batch of stored messages for ``name``, about ``max_bytes`` at most,
         that no other session of ``name`` is delivering right now.
 
+        In a cluster the claim is a lease in the store (several processes deliver); else
+        this process's memory is enough.
+
         A session claims after it is attached to the hub, so every message is either
         delivered live or found here.
         """
+        if self.claimer is not None:
+            return self._lease(name, max_bytes, self.claimer)
         with self._mail_lock:
             with self._claimed_lock:
                 limit = PENDING_BATCH + len(self._claimed)
@@ -350,12 +368,32 @@ class MessageLog:
                 self._claimed.update(m.id for m in batch)
             return batch
 
+    def _lease(self, name: str, max_bytes: int, claimer: str) -> list[StoredMessage]:
+        found = self.store.claim_pending(name, PENDING_BATCH, claimer, LEASE_S)
+        batch: list[StoredMessage] = []
+        size = 0
+        for message in found:
+            size += len(message.body.encode()) + HIST_OVERHEAD
+            if batch and size > max_bytes:
+                break
+            batch.append(message)
+        if len(batch) < len(found):
+            self.store.release_pending([m.id for m in found[len(batch) :]], claimer)
+        return batch
+
     def delivered(self, ids: Sequence[int]) -> None:
         """The lines of ``ids`` were written to the socket: never deliver them again."""
         self.store.mark_delivered(ids)
         self.release(ids)
 
     def release(self, ids: Sequence[int]) -> None:
-        """A session died before writing these: leave them for the next login."""
+        """A session died before writing these: leave them for the next login. Never
+        blocks (a closing connection calls it on its own thread)."""
+        claimer = self.claimer
+        if claimer is not None:
+            if ids and self._background is not None:
+                held = list(ids)
+                self._background(lambda: self.store.release_pending(held, claimer))
+            return  # without a pool the lease runs out by itself
         with self._claimed_lock:
             self._claimed.difference_update(ids)

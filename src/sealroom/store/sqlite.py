@@ -417,9 +417,7 @@ class SqliteStore:
             ).rowcount
             if inserted == 0:
                 raise AccountExists(f"account {name} already exists")
-            (stamp,) = conn.execute(
-                "SELECT stamp FROM accounts WHERE name = ?", (name,)
-            ).fetchone()
+            (stamp,) = conn.execute("SELECT stamp FROM accounts WHERE name = ?", (name,)).fetchone()
         return dataclasses.replace(account, stamp=int(stamp))
 
     def add_accounts(self, accounts: Sequence[tuple[str, str]]) -> int:
@@ -490,9 +488,7 @@ class SqliteStore:
         account's sessions, which hold the role they logged in with.
         """
         sql = "UPDATE accounts SET is_admin = ? WHERE name = ?"
-        self._update_one(
-            name, sql, (int(is_admin), name), keep_an_admin=not is_admin
-        )
+        self._update_one(name, sql, (int(is_admin), name), keep_an_admin=not is_admin)
 
     def remove_account(self, name: str) -> None:
         """Delete an account and its messages; never the last enabled admin."""

@@ -1,0 +1,743 @@
+"""The bus over Redis: one stream that every node appends to and applies, in one order.
+
+Why a stream and not pub/sub: pub/sub delivers at most once, so every event would need a
+sequence number to notice a gap, and a way to fill it. A stream is the log itself: a reader
+asks for the entries after the last one it applied, so it cannot skip one, cannot see one
+twice, and finds its place again after a reconnect or a Redis restart (with the append-only
+file, the stream survives it). Entries are appended by Lua scripts that also count presence
+and allocate message ids in the same atomic step, so ids increase in the stream's order.
+
+Four threads, none of them the reactor:
+
+* the *publisher* takes what sessions asked for from a queue and sends it in one script
+  call per batch -- never a round trip per message while others are waiting;
+* the *reader* applies the stream to the hub: room messages to this node's members, joins
+  and parts (with the cluster's counts, so every node says the same JOIN and PART), private
+  messages, kicks, walls and room changes;
+* the *archiver* stores room messages and live private messages in PostgreSQL, a batch per
+  transaction, and only then answers ``OK say`` / ``OK msg``: an acknowledged message is
+  durable in the store;
+* the *heartbeat* tells Redis this node lives (on Redis's clock), takes back the share of
+  dead nodes, and fences this node -- ``BYE node-unavailable`` to its sessions -- when it has
+  been cut off for longer than ``cluster.node_timeout_s`` or was declared dead meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from sealroom.cluster import scripts
+from sealroom.cluster.checks import redis_problems
+from sealroom.core.errors import ErrorCode, ProtocolError, UserError
+from sealroom.core.model import RoomRecord, StoredMessage, iso_utc
+from sealroom.core.protocol import encode_line
+from sealroom.core.storage import Store
+from sealroom.core.text import has_forbidden_chars, room_name, user_name
+from sealroom.state.hub import Hub, Member
+
+log = logging.getLogger("sealroom.cluster")
+
+BUSY_AFTER_S = 1.5  # a request that needs an engine is answered server-busy by then
+RETRY_IN_S = 2  # what server-busy tells the client
+SOCKET_TIMEOUT_S = 1.0  # every Redis command; the reader's blocking read gets more
+READ_BLOCK_MS = 500
+READ_COUNT = 512  # entries applied per read
+MAX_BATCH = 256  # operations per script call
+MAX_STREAM = 100_000  # entries kept in the stream (about a minute at full speed)
+ARCHIVE_BATCH = 500
+ARCHIVE_KEEP_S = 30.0  # how long the archiver retries a batch the store refused
+MAX_PAYLOAD = 16_384  # bytes of an event's JSON; more is refused (and, read, ignored)
+MAX_TEXT = 65_536  # characters of a message read from the bus
+
+
+class _Waiter:
+    """A session's request in flight: done when published, applied here or archived."""
+
+    __slots__ = ("apply", "cancelled", "done", "error", "lock", "result")
+
+    def __init__(self, apply: Callable[[int], bool] | None = None) -> None:
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.apply = apply  # run by the reader when the entry comes back; under ``lock``
+        self.cancelled = False
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    seq: int
+    args: list[str]
+    waiter: _Waiter | None  # None: background work, retried until it is published
+    archive: StoredMessage | None = None  # stored once published, then answered
+
+
+def busy(what: str = "the cluster is unreachable") -> ProtocolError:
+    return ProtocolError(ErrorCode.SERVER_BUSY, f"{what}; retry in {RETRY_IN_S}s")
+
+
+def connect(url: str, timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
+    """A client that fails fast: no hidden retries (they would stretch every deadline)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
+class RedisBus:
+    """The :class:`~sealroom.state.bus.Bus` of a cluster node."""
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        timeout_s: float,
+        hub: Hub,
+        store: Store,
+        *,
+        keep_per_room: int,
+        keep_per_recipient: int,
+        now: Callable[[], str] | None = None,
+    ) -> None:
+        self.node_name = name
+        self.node = self._incarnation()
+        self.timeout_s = timeout_s
+        self.hub = hub
+        self._store = store
+        self._keep = (keep_per_room, keep_per_recipient)
+        self._now = now or (lambda: iso_utc(datetime.now(UTC)))
+        self._redis = self.client = connect(url)
+        self._reading = connect(url, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S)
+        self._publish = self._redis.register_script(scripts.PUBLISH)
+        self._reap = self._redis.register_script(scripts.REAP)
+        self._heartbeat = self._redis.register_script(scripts.HEARTBEAT)
+        self._register = self._redis.register_script(scripts.REGISTER)
+        self._bucket = self._redis.register_script(scripts.BUCKET)
+        self._seq = itertools.count(1)
+        self._queue: collections.deque[_Op] = collections.deque()
+        self._retry: list[_Op] = []
+        self._wake = threading.Event()
+        self._waiting: dict[int, _Waiter] = {}  # seq -> a request the reader completes
+        self._waiting_lock = threading.Lock()
+        self._archive: collections.deque[_Op] = collections.deque()
+        self._archive_wake = threading.Event()
+        self._position = "0-0"  # the last stream entry applied
+        self._generation = 0  # renewed with the position when the node starts anew
+        self._state_lock = threading.Lock()
+        self.up = False  # registered, and heard by Redis within the timeout
+        self._last_ok = 0.0
+        self._connected_since = 0.0
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.fenced = 0  # times this node cut itself off (for status)
+        self.reaped = 0  # dead nodes this node took back
+        hub.on_leave = self._left
+
+    @staticmethod
+    def _incarnation() -> str:
+        return secrets.token_hex(6)
+
+    # -- life -------------------------------------------------------------------------------
+
+    def start(self, id_floor: int) -> None:
+        """Join the cluster, then run; a Redis that cannot be reached, or would lose
+        acknowledged data, is a UserError naming the problem (the node does not start)."""
+        problems = redis_problems(self._redis)
+        if problems:
+            raise UserError(f"cluster.redis: {problems[0]}")
+        self._id_floor = id_floor
+        try:
+            self._join_cluster()
+        except RedisError as error:
+            raise UserError(f"cluster.redis: cannot join the cluster: {error}") from None
+        for target, what in (
+            (self._run_publisher, "bus publisher"),
+            (self._run_reader, "bus reader"),
+            (self._run_archiver, "bus archiver"),
+            (self._run_heartbeat, "heartbeat"),
+        ):
+            thread = threading.Thread(target=target, name=what, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("joined the cluster as node %s (%s)", self.node_name, self.node)
+
+    def _join_cluster(self) -> None:
+        last, flat = self._register(args=[self.node, self.node_name, self._id_floor])
+        totals: dict[tuple[str, str], int] = {}
+        for field, count in zip(flat[::2], flat[1::2], strict=True):
+            room, _, name = _str(field).partition("\t")
+            totals[(room, name)] = int(count)
+        with self._state_lock:
+            self._generation += 1
+            self._position = _str(last)
+            self.hub.load_presence(totals)
+            now = time.monotonic()
+            self._last_ok = self._connected_since = now
+            self.up = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Leave in order: our share is taken back now, not after the timeout."""
+        deadline = time.monotonic() + 2.0
+        while (self._queue or self._retry) and time.monotonic() < deadline and self.up:
+            time.sleep(0.02)
+        self._stopping.set()
+        self._wake.set()
+        self._archive_wake.set()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        if self.up:
+            try:
+                self._reap(args=[0, MAX_STREAM, self.node])
+            except RedisError as error:
+                log.warning("could not leave the cluster in order (%s); others will reap", error)
+        self._redis.close()
+        self._reading.close()
+
+    # -- the session's side (Bus) -----------------------------------------------------------
+
+    def login(self, member: Member) -> int:
+        return int(self._call("login", [member.name]))
+
+    def join(self, member: Member, room: str, reply: bytes) -> None:
+        def apply(total: int) -> bool:
+            return self.hub.enter_replica(member, room, reply)
+
+        if not self._call("join", [room, member.name, str(member.serial), "0"], apply=apply):
+            raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room} does not exist")
+
+    def part(self, member: Member, room: str) -> None:
+        def apply(total: int) -> bool:
+            self.hub.leave_replica(member, room)
+            return True
+
+        self._call("part", [room, member.name, str(member.serial), "0"], apply=apply)
+
+    def leave(self, member: Member, rooms: list[str]) -> None:
+        for room in rooms:
+            self._background("part", [room, member.name, str(member.serial), "0"])
+        self._background("logout", [member.name])
+
+    def say(self, member: Member, room: str, text: str) -> int:
+        message = StoredMessage(0, room, None, member.name, text, self._now())
+        args = [room, member.name, text, str(member.serial)]
+        return int(self._call("say", args, archive=message))
+
+    def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
+        message_id, online = self._call("dm", [recipient, sender, text, str(stamp)])
+        message = StoredMessage(int(message_id), None, recipient, sender, text, self._now())
+        if int(online) > 0:
+            self._await(self._submit("archive", [], None, archive=message, queue=False))
+            return int(message_id), True
+        try:
+            self._store.add_messages([message], delivered=False)
+        except Exception as error:
+            log.warning("could not store a private message: %s", error)
+            raise busy("the database is unreachable") from None
+        # A login may have come between the count and the store: let it look again.
+        if self.online(recipient):
+            self.broadcast("mail", {"name": recipient})
+        return int(message_id), False
+
+    def online(self, name: str) -> bool:
+        try:
+            return int(self._redis.hget(scripts.PREFIX + "online", name) or 0) > 0
+        except RedisError:
+            raise busy() from None
+
+    def broadcast(self, kind: str, payload: Mapping[str, object]) -> None:
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        if len(body) > MAX_PAYLOAD:
+            raise ProtocolError(ErrorCode.BAD_ARGUMENT, "too large to share")
+        self._call(kind, [body])
+
+    def share(self, kind: str, payload: Mapping[str, object]) -> None:
+        """As :meth:`broadcast`, without waiting (a room change others will also poll for)."""
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        if len(body) <= MAX_PAYLOAD:
+            self._background(kind, [body])
+
+    def take(self, bucket: str, key: str, rate: float, burst: float) -> float:
+        if not self.up:
+            raise busy()
+        try:
+            return float(self._bucket(args=[f"{bucket}:{key}", rate, burst]))
+        except RedisError:
+            raise busy() from None
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every live node, for status: name, sessions, seconds since its last heartbeat."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(scripts.NODES, 0, -1, withscores=True)
+        now_pair, members = pipe.execute()
+        now_ms = now_pair[0] * 1000 + now_pair[1] // 1000
+        pipe = self._redis.pipeline(transaction=False)
+        for member, _ in members:
+            pipe.hgetall(f"{scripts.PREFIX}node:{_str(member)}:info")
+        infos = pipe.execute()
+        found = []
+        for (member, score), info in zip(members, infos, strict=True):
+            fields = {_str(k): _str(v) for k, v in info.items()}
+            found.append(
+                {
+                    "name": fields.get("name", "?"),
+                    "id": _str(member),
+                    "sessions": int(fields.get("sessions", "0") or 0),
+                    "last_heartbeat_s": round(max(0, now_ms - score) / 1000, 3),
+                    "self": _str(member) == self.node,
+                }
+            )
+        return found
+
+    # -- requests in flight -----------------------------------------------------------------
+
+    def _call(
+        self,
+        kind: str,
+        args: list[str],
+        *,
+        apply: Callable[[int], bool] | None = None,
+        archive: StoredMessage | None = None,
+    ) -> Any:
+        return self._await(self._submit(kind, args, apply, archive=archive))
+
+    def _submit(
+        self,
+        kind: str,
+        args: list[str],
+        apply: Callable[[int], bool] | None,
+        *,
+        archive: StoredMessage | None = None,
+        queue: bool = True,
+    ) -> _Waiter:
+        if not self.up or self._stopping.is_set():
+            raise busy()
+        waiter = _Waiter(apply)
+        op = _Op(kind, next(self._seq), args, waiter, archive)
+        if not queue:  # straight to the archiver (a live private message, already ordered)
+            self._archive.append(op)
+            self._archive_wake.set()
+            return waiter
+        if apply is not None:
+            with self._waiting_lock:
+                self._waiting[op.seq] = waiter
+        self._queue.append(op)
+        self._wake.set()
+        return waiter
+
+    def _await(self, waiter: _Waiter) -> Any:
+        if not waiter.done.wait(BUSY_AFTER_S):
+            with waiter.lock:
+                if not waiter.done.is_set():
+                    waiter.cancelled = True
+                    raise busy()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def _background(self, kind: str, args: list[str]) -> None:
+        self._queue.append(_Op(kind, next(self._seq), args, None))
+        self._wake.set()
+
+    def _left(self, member: Member, room: str) -> None:
+        """A ban or destroy put a local session out of ``room``: count it out, quietly."""
+        self._background("part", [room, member.name, str(member.serial), "1"])
+
+    # -- the publisher ----------------------------------------------------------------------
+
+    def _run_publisher(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while self._queue or (self._retry and self.up):
+                if not self.up:
+                    self._fail_queued()
+                    break
+                batch = self._retry[:MAX_BATCH]
+                del self._retry[:MAX_BATCH]
+                while self._queue and len(batch) < MAX_BATCH:
+                    batch.append(self._queue.popleft())
+                if not self._send(batch):
+                    time.sleep(0.1)  # Redis is away: the heartbeat judges for how long
+                    break
+
+    def _send(self, batch: list[_Op]) -> bool:
+        args: list[Any] = [self.node, MAX_STREAM]
+        for op in batch:
+            args += [op.kind, op.seq, *op.args]
+        try:
+            results = self._publish(args=args)
+        except ResponseError as error:
+            if str(error).startswith("FENCED"):
+                self._fence("this node was declared dead")
+                self._fail(batch, busy())
+                return False
+            log.error("the bus refused a batch: %s", error)  # noqa: TRY400 -- no traceback to add
+            self._fail(batch, busy())
+            return True
+        except RedisError as error:
+            log.warning("could not publish to the bus: %s", error)
+            self._fail(batch, busy())
+            self._retry[:0] = [op for op in batch if op.waiter is None]
+            return False
+        for op, result in zip(batch, results, strict=True):
+            waiter = op.waiter
+            if waiter is None:
+                continue
+            if op.archive is not None:
+                message = op.archive
+                op.archive = StoredMessage(int(result), *_rest(message))
+                waiter.result = int(result)
+                self._archive.append(op)
+                self._archive_wake.set()
+            elif waiter.apply is None:
+                waiter.finish(result)
+        return True
+
+    def _fail(self, batch: Sequence[_Op], error: BaseException) -> None:
+        for op in batch:
+            if op.waiter is not None:
+                with self._waiting_lock:
+                    self._waiting.pop(op.seq, None)
+                op.waiter.finish(error=error)
+
+    def _fail_queued(self) -> None:
+        failed = []
+        while self._queue:
+            op = self._queue.popleft()
+            if op.waiter is not None:
+                failed.append(op)
+        self._fail(failed, busy())
+
+    # -- the archiver -----------------------------------------------------------------------
+
+    def _run_archiver(self) -> None:
+        while not self._stopping.is_set() or self._archive:
+            self._archive_wake.wait(0.5)
+            self._archive_wake.clear()
+            while self._archive:
+                take = min(len(self._archive), ARCHIVE_BATCH)
+                batch = [self._archive.popleft() for _ in range(take)]
+                self._store_batch(batch)
+
+    def _store_batch(self, batch: list[_Op]) -> None:
+        """One transaction for the batch; the senders are answered once it committed.
+
+        While the store refuses, the senders hear server-busy at their deadline (the
+        message was delivered live, but is not acknowledged), and storing goes on for
+        ``ARCHIVE_KEEP_S``, so history keeps what was delivered if the store comes back.
+        """
+        messages = [op.archive for op in batch if op.archive is not None]
+        keep_room, keep_private = self._keep
+        started = time.monotonic()
+        while True:
+            try:
+                self._store.add_messages(
+                    messages, keep_per_room=keep_room, keep_per_recipient=keep_private
+                )
+                break
+            except Exception as error:
+                waited = time.monotonic() - started
+                if waited < 0.1:
+                    log.warning("could not store %d messages: %s", len(messages), error)
+                for op in batch:
+                    waiter = op.waiter
+                    if waiter is not None and not waiter.done.is_set() and waited > 1.0:
+                        waiter.finish(error=busy("the database is unreachable"))
+                if waited > ARCHIVE_KEEP_S or self._stopping.is_set():
+                    log.error("dropped %d messages the store refused", len(messages))  # noqa: TRY400
+                    return
+                time.sleep(0.2)
+        for op in batch:
+            waiter = op.waiter
+            if waiter is not None and not waiter.done.is_set():
+                waiter.finish(waiter.result)
+
+    # -- the reader -------------------------------------------------------------------------
+
+    def _run_reader(self) -> None:
+        while not self._stopping.is_set():
+            if not self.up:
+                time.sleep(0.05)
+                continue
+            with self._state_lock:
+                generation, position = self._generation, self._position
+            try:
+                found: Any = self._reading.xread(
+                    {scripts.BUS: position}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+            except RedisError:
+                time.sleep(0.1)  # the heartbeat judges; reading resumes where it was
+                continue
+            if not found:
+                continue
+            with self._state_lock:
+                if generation != self._generation:
+                    continue  # the node started anew meanwhile: read from its new place
+                for entry_id, fields in found[0][1]:
+                    self._position = _str(entry_id)
+                    try:
+                        self._apply(fields)
+                    except Exception:
+                        log.exception("could not apply bus entry %s", self._position)
+
+    def _apply(self, raw: Mapping[bytes, bytes]) -> None:
+        fields = {_str(k): _str(v) for k, v in raw.items()}
+        kind, node = fields.get("k"), fields.get("node", "")
+        mine = node == self.node
+        seq = _int(fields.get("seq"))
+        if kind == "say":
+            room, sender, text = fields.get("room"), fields.get("from"), fields.get("text")
+            if not (_room(room) and _user(sender) and _text(text)):
+                return _ignored(kind)
+            line = encode_line("MSG", str(room), str(sender), str(text))
+            self.hub.relay(str(room), line, _int(fields.get("ser")) if mine else 0)
+        elif kind in ("join", "part"):
+            room, name = fields.get("room"), fields.get("name")
+            if not (_room(room) and _user(name)):
+                return _ignored(kind)
+            total = _int(fields.get("total"))
+            waiter = self._waiting_for(seq) if mine else None
+            if kind == "join" and waiter is not None:
+                self._complete(waiter, total, str(room), str(name), fields)
+            self.hub.presence(str(room), str(name), total, quiet=fields.get("quiet") == "1")
+            if kind == "part" and waiter is not None:
+                self._complete(waiter, total, str(room), str(name), fields)
+        elif kind == "dm":
+            to, sender, text = fields.get("to"), fields.get("from"), fields.get("text")
+            if not (_user(to) and _user(sender) and _text(text)):
+                return _ignored(kind)
+            line = encode_line("DM", str(sender), str(text))
+            self.hub.direct_replica(str(to), line, _int(fields.get("stamp")))
+        elif kind == "gone":
+            if not mine:
+                log.info("node %s is gone; its sessions left their rooms", node)
+        else:
+            self._apply_event(kind, fields.get("p", ""), mine)
+        return None
+
+    def _apply_event(self, kind: str | None, body: str, mine: bool) -> None:
+        try:
+            payload = json.loads(body) if len(body) <= MAX_PAYLOAD else None
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return _ignored(kind)
+        apply = _EVENTS.get(kind or "")
+        if apply is None:
+            return _ignored(kind)
+        try:
+            apply(self, payload, mine)
+        except (KeyError, TypeError, ValueError):
+            _ignored(kind)
+        return None
+
+    def _waiting_for(self, seq: int) -> _Waiter | None:
+        with self._waiting_lock:
+            return self._waiting.pop(seq, None)
+
+    def _complete(
+        self, waiter: _Waiter, total: int, room: str, name: str, fields: Mapping[str, str]
+    ) -> None:
+        with waiter.lock:
+            applied = not waiter.cancelled and waiter.apply is not None and waiter.apply(total)
+            if applied:
+                waiter.finish(True)
+                return
+            if not waiter.cancelled:
+                waiter.finish(False)
+        if fields.get("k") == "join":  # the session did not stay: count it out again
+            self._background("part", [room, name, fields.get("ser", "0"), "0"])
+
+    # -- the heartbeat ----------------------------------------------------------------------
+
+    def _run_heartbeat(self) -> None:
+        interval = min(1.0, self.timeout_s / 5)
+        while not self._stopping.wait(interval):
+            now = time.monotonic()
+            try:
+                if not self.up:
+                    self._join_cluster()
+                    log.warning("back in the cluster as %s", self.node)
+                    continue
+                sessions, _ = self.hub.counts()
+                beat = self._heartbeat(args=[self.node, self.node_name, sessions])
+            except RedisError as error:
+                if self.up and now - self._last_ok > self.timeout_s:
+                    self._fence(f"Redis unreachable for {now - self._last_ok:.1f}s ({error})")
+                self._connected_since = now
+                continue
+            if not beat:
+                self._fence("this node was declared dead (unheard too long)")
+                continue
+            self._last_ok = now
+            # After a gap (ours or Redis's restart) every node's last heartbeat is old:
+            # reap only once we have been heard for a whole timeout, so that the others
+            # have had the time to be heard again too. No storm of false PARTs.
+            if now - self._connected_since >= self.timeout_s:
+                try:
+                    taken = self._reap(args=[int(self.timeout_s * 1000), MAX_STREAM])
+                except RedisError:
+                    continue
+                for node in taken:
+                    self.reaped += 1
+                    log.warning(
+                        "node %s was unheard for %ss: took back its sessions",
+                        _str(node),
+                        self.timeout_s,
+                    )
+
+    def _fence(self, why: str) -> None:
+        """Serve no split view: close every session and start anew once Redis answers."""
+        with self._state_lock:
+            if not self.up:
+                return
+            self.up = False
+            self.fenced += 1
+        log.error("fencing this node: %s; closing its sessions (node-unavailable)", why)
+        self.node = self._incarnation()
+        self._retry.clear()
+        self._fail_queued()
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            waiter.finish(error=busy())
+        self.hub.close_all("node-unavailable")
+
+
+# -- events: what each kind of shared event does on every node ---------------------------------
+
+
+def _kick(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
+    name, reason = payload["name"], payload["reason"]
+    if _user(name) and _text(reason):
+        closed = bus.hub.disconnect(name, reason)
+        if closed:
+            log.info("kicked %s (%d sessions here)", name, closed)
+
+
+def _wall(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
+    sender, text = payload["from"], payload["text"]
+    if _user(sender) and _text(text):
+        bus.hub.wall(sender, text)
+
+
+def _room_event(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
+    """A room's new settings, and what to say about them; the node that made the change
+    applied and said it already."""
+    if mine:
+        return
+    raw = payload["record"]
+    record = RoomRecord(
+        name=raw["name"],
+        owner=raw["owner"],
+        mode=raw["mode"],
+        topic=raw["topic"],
+        created_at=raw["created_at"],
+        operators=frozenset(raw["operators"]),
+        invited=frozenset(raw["invited"]),
+        banned=frozenset(raw["banned"]),
+        version=int(raw["version"]),
+    )
+    if not _room(record.name) or record.mode not in ("open", "private"):
+        raise ValueError(record.name)
+    names = [record.owner or "", *record.operators, *record.invited, *record.banned]
+    if not all(_user(n) for n in names if n) or not _text(record.topic):
+        raise ValueError(record.name)
+    bus.hub.apply(record, by=payload.get("by") or "*", reason=payload.get("reason") or "")
+    line = payload.get("line")
+    if isinstance(line, str) and line and _text(line):
+        data = (line + "\n").encode()
+        notify = payload.get("notify")
+        if isinstance(notify, str) and _user(notify):
+            bus.hub.notify(notify, data)
+        else:
+            bus.hub.announce(record.name, data)
+
+
+def _destroy(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
+    room, by = payload["room"], payload["by"]
+    if not mine and _room(room) and (by == "*" or _user(by)):
+        bus.hub.destroy(room, by)
+
+
+def _mail(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
+    name = payload["name"]
+    if _user(name):
+        bus.hub.mail(name)
+
+
+_EVENTS: dict[str, Callable[[RedisBus, dict[str, Any], bool], None]] = {
+    "kick": _kick,
+    "wall": _wall,
+    "room": _room_event,
+    "destroy": _destroy,
+    "mail": _mail,
+}
+
+
+# -- every byte from the engine is checked before it is used -----------------------------------
+
+
+def _str(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _room(value: object) -> bool:
+    return isinstance(value, str) and room_name(value) == value
+
+
+def _user(value: object) -> bool:
+    return isinstance(value, str) and user_name(value) == value
+
+
+def _text(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_TEXT
+        and "\n" not in value
+        and "\r" not in value
+        and not has_forbidden_chars(value)
+    )
+
+
+def _rest(message: StoredMessage) -> tuple[Any, ...]:
+    return (message.room, message.recipient, message.sender, message.body, message.created_at)
+
+
+def _ignored(kind: str | None) -> None:
+    log.warning("ignored a malformed bus entry (%s)", (kind or "?")[:20])

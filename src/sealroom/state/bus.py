@@ -1,0 +1,81 @@
+"""The cluster's real-time plane, as a session sees it: a port, with no I/O of its own.
+
+In a cluster every change to who is in which room, and every room message, private message,
+kick and wall, is an entry in one ordered log that every node applies to its own
+:class:`~sealroom.state.hub.Hub` (a replica). A session does not change the hub itself: it asks
+the bus, and the bus's reader applies the change, on this node and every other, in the log's
+order. So every member on every node sees one order, and ``JOIN``/``PART`` are said once.
+
+Every method but :meth:`Bus.leave` blocks (a round trip to the engine, batched with other
+sessions' requests): sessions call them only inside an effect's ``work``, on
+:attr:`~sealroom.session.effects.Pool.BUS`. A bus that cannot reach its engine raises
+``ProtocolError(server-busy)`` within its deadline; it never hangs a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from sealroom.core.model import RoomRecord
+from sealroom.state.hub import Member
+
+
+class Bus(Protocol):
+    node: str  # this node's name, for status and `sealroom sessions`
+
+    def login(self, member: Member) -> int:
+        """Count ``member`` as online; returns its user's sessions across the cluster."""
+        ...
+
+    def join(self, member: Member, room: str, reply: bytes) -> None:
+        """Enter ``room``; returns once the entry is applied here, ``reply`` queued first."""
+        ...
+
+    def part(self, member: Member, room: str) -> None:
+        """Leave ``room``; returns once the entry is applied here."""
+        ...
+
+    def leave(self, member: Member, rooms: list[str]) -> None:
+        """The session is gone: out of ``rooms`` and offline. Never blocks (it is queued)."""
+        ...
+
+    def say(self, member: Member, room: str, text: str) -> int:
+        """Post to ``room``; returns the message id once it is durable (stored)."""
+        ...
+
+    def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
+        """A private message: (id, delivered live) once durable; stored for a later login
+        when the recipient has no session anywhere."""
+        ...
+
+    def online(self, name: str) -> bool:
+        """Whether ``name`` has a session on any node."""
+        ...
+
+    def broadcast(self, kind: str, payload: Mapping[str, object]) -> None:
+        """An event for every node (kick, wall, room, destroy): returns once it is ordered."""
+        ...
+
+    def share(self, kind: str, payload: Mapping[str, object]) -> None:
+        """As :meth:`broadcast`, but queued: never blocks (for the session's own thread)."""
+        ...
+
+    def take(self, bucket: str, key: str, rate: float, burst: float) -> float:
+        """One token from the cluster's bucket ``bucket`` for ``key``: 0, or seconds to wait."""
+        ...
+
+
+def room_payload(record: RoomRecord) -> dict[str, object]:
+    """A room record as a ``room`` event carries it to the other nodes."""
+    return {
+        "name": record.name,
+        "owner": record.owner,
+        "mode": record.mode,
+        "topic": record.topic,
+        "created_at": record.created_at,
+        "operators": sorted(record.operators),
+        "invited": sorted(record.invited),
+        "banned": sorted(record.banned),
+        "version": record.version,
+    }

@@ -1,0 +1,223 @@
+"""Several `sealroom serve` processes over one PostgreSQL and one Redis are one server
+(SPEC section 4): each clause a test, over real TLS, against real engines."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from cluster import Cluster, read_until
+from helpers import wait_until
+
+
+def ids_of(lines: list[str]) -> list[int]:
+    return [int(m.group(1)) for line in lines if (m := re.match(r"OK say \S+ (\d+)", line))]
+
+
+def test_room_messages_join_and_part_cross_nodes(cluster: Cluster) -> None:
+    one, two = cluster.node("one"), cluster.node("two", "127.0.0.2")
+    cluster.add_user("alice")
+    cluster.add_user("bob")
+    alice = one.user("alice")
+    bob = two.user("bob")
+    alice.expect("JOIN #lobby bob")
+    assert alice.request("/say #lobby hello").startswith("OK say #lobby ")
+    bob.expect("MSG #lobby alice hello")
+    assert bob.request("/who #lobby") == "OK who #lobby alice bob"
+    assert alice.request("/who #lobby") == "OK who #lobby alice bob"
+    bob.request("/quit")
+    alice.expect("PART #lobby bob")
+    assert alice.request("/who #lobby") == "OK who #lobby alice"
+
+
+def test_join_and_part_are_said_once_per_user_across_nodes(cluster: Cluster) -> None:
+    one, two = cluster.node("one"), cluster.node("two")
+    for name in ("alice", "bob"):
+        cluster.add_user(name)
+    alice = one.user("alice")
+    bob_here = one.user("bob")
+    alice.expect("JOIN #lobby bob")
+    bob_there = two.user("bob")  # bob's second session: no second JOIN
+    bob_here.request("/quit")  # one of two sessions left: no PART
+    assert alice.request("/ping x") == "OK ping x"  # nothing came before the reply
+    bob_there.request("/quit")
+    alice.expect("PART #lobby bob")
+
+
+def test_who_rooms_and_list_are_cluster_wide(cluster: Cluster) -> None:
+    one, two = cluster.node("one"), cluster.node("two")
+    for name in ("alice", "bob"):
+        cluster.add_user(name)
+    alice, bob = one.user("alice"), two.user("bob")
+    assert alice.request("/join #ops") == "OK join #ops"
+    def listed() -> list[str]:
+        bob.send("/list")
+        return read_until(bob, "OK list")
+
+    assert any(line.startswith("ROOM #ops ") for line in listed()), listed()
+    assert bob.request("/join #ops") == "OK join #ops"
+    alice.expect("JOIN #ops bob")
+    assert alice.request("/who #ops") == "OK who #ops alice bob"
+    assert bob.request("/rooms") == "OK rooms #lobby #ops"
+    assert "ROOM #ops 2 " in "\n".join(listed()) + " "
+
+
+def test_message_ids_increase_in_every_room_as_every_member_sees_them(cluster: Cluster) -> None:
+    one, two = cluster.node("one"), cluster.node("two", "127.0.0.2")
+    names = ("alice", "bob", "carol")
+    for name in names:
+        cluster.add_user(name)
+    alice, bob, carol = one.user("alice"), two.user("bob"), one.user("carol")
+    for client in (alice, bob, carol):
+        client.request("/join #race")
+    for n in range(30):  # both nodes publish, pipelined
+        alice.send(f"/say #race a{n}")
+        bob.send(f"/say #race b{n}")
+    seen: dict[str, list[str]] = {}
+    for who, client in (("alice", alice), ("bob", bob), ("carol", carol)):
+        lines: list[str] = []
+        expected_msgs = 60 if who == "carol" else 30
+        expected_oks = 0 if who == "carol" else 30
+        deadline = time.monotonic() + 10
+        while (
+            sum(line.startswith("MSG #race") for line in lines) < expected_msgs
+            or sum(line.startswith("OK say") for line in lines) < expected_oks
+        ):
+            assert time.monotonic() < deadline, lines
+            lines.append(client.line(5))
+        seen[who] = lines
+    # Every member sees the same order: carol (a reader) sees all 60, the others 30 each
+    # of the other's; the sender's own ids fit in between, increasing.
+    carol_texts = [line.split(" ", 3)[3] for line in seen["carol"] if line.startswith("MSG")]
+    assert len(carol_texts) == 60
+    assert len(set(carol_texts)) == 60
+    for who in ("alice", "bob"):
+        oks = ids_of(seen[who])
+        assert oks == sorted(oks)
+        assert len(set(oks)) == 30
+    order = {text: index for index, text in enumerate(carol_texts)}
+    for who in ("alice", "bob"):
+        other_texts = [line.split(" ", 3)[3] for line in seen[who] if line.startswith("MSG")]
+        assert [order[t] for t in other_texts] == sorted(order[t] for t in other_texts)
+    # And the ids agree with that order: /history is in id order, so is what carol saw.
+    history = []
+    carol.send("/history #race 60")
+    while (line := carol.line(5)).startswith("HIST"):
+        history.append(line.split(" ", 5)[5])
+    assert line.startswith("OK history"), line
+    assert history == carol_texts
+
+
+def test_private_message_to_another_node_and_to_every_session(cluster: Cluster) -> None:
+    one, two, three = cluster.node("one"), cluster.node("two"), cluster.node("three")
+    for name in ("alice", "bob"):
+        cluster.add_user(name)
+    alice = one.user("alice")
+    bob_two, bob_three = two.user("bob"), three.user("bob")
+    reply = alice.request("/msg bob psst")
+    assert re.fullmatch(r"OK msg bob \d+", reply), reply
+    read_until(bob_two, "DM alice psst")
+    read_until(bob_three, "DM alice psst")
+
+
+def test_private_message_to_an_offline_user_is_delivered_once_on_another_node(
+    cluster: Cluster,
+) -> None:
+    one, _, three = cluster.node("one"), cluster.node("two"), cluster.node("three")
+    for name in ("alice", "bob"):
+        cluster.add_user(name)
+    alice = one.user("alice")
+    message_id = alice.request("/msg bob while-you-were-out").split()[-1]
+    bob = three.client()
+    bob.send("/login bob correct horse battery")
+    lines = read_until(bob, "HIST")
+    assert lines[-1].split(" ")[2] == message_id, lines
+    assert lines[-1].endswith("while-you-were-out")
+    bob.request("/quit")
+    again = three.client()
+    again.send("/login bob correct horse battery")
+    again.send("/ping after")
+    lines = read_until(again, "OK ping after")
+    assert not [line for line in lines if line.startswith("HIST")], lines
+
+
+def test_kick_and_wall_reach_every_node(cluster: Cluster) -> None:
+    one, two = cluster.node("one"), cluster.node("two")
+    cluster.add_user("root", admin=True)
+    cluster.add_user("bob")
+    root = one.user("root")
+    bob = two.user("bob")
+    assert root.request("/wall maintenance at noon") == "OK wall"
+    read_until(bob, "WALL root maintenance at noon")
+    assert root.request("/kick bob enough") == "OK kick bob"
+    lines = bob.closed(timeout=5)
+    assert lines, "bob's connection closed without a word"
+    assert lines[-1].startswith("BYE kicked by root"), lines
+
+
+def test_disabling_an_account_drops_its_sessions_on_every_node_within_2s(
+    cluster: Cluster,
+) -> None:
+    one, two = cluster.node("one"), cluster.node("two")
+    cluster.add_user("root", admin=True)
+    cluster.add_user("bob")
+    bob_one, bob_two = one.user("bob"), two.user("bob")
+    started = time.monotonic()
+    result = cluster.cli("user", "disable", "bob")
+    assert result.returncode == 0, result.stderr
+    for client in (bob_one, bob_two):
+        assert client.closed(timeout=3)[-1] == "BYE account-disabled"
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_token_made_on_one_node_resumes_on_another_and_passwd_revokes_it(
+    cluster: Cluster,
+) -> None:
+    one, two, three = cluster.node("one"), cluster.node("two"), cluster.node("three")
+    cluster.add_user("bob", password="an-old-password")
+    first = one.client()
+    first.login("bob", "an-old-password")
+    token = first.request("/token").split()[2]
+    second = two.client()
+    assert second.request(f"/resume bob {token}").startswith("OK login bob")
+    third = three.client()
+    third.login("bob", "an-old-password")
+    assert third.request("/passwd an-old-password a-new-long-password") == "OK passwd"
+    later = two.client()
+    assert later.request(f"/resume bob {token}").startswith("ERR auth-failed")
+
+
+def test_an_address_has_one_login_budget_across_nodes(cluster: Cluster) -> None:
+    budget = {"rate": {"logins_per_ip": {"rate": 0.01, "burst": 3}}}
+    one, two = cluster.node("one", **budget), cluster.node("two", **budget)
+    cluster.add_user("bob")
+    replies = []
+    for node in (one, two, one, two):
+        client = node.client()
+        replies.append(client.request("/login bob wrong-password"))
+    assert [r.split()[1] for r in replies] == [
+        "auth-failed",
+        "auth-failed",
+        "auth-failed",
+        "rate-limited",
+    ], replies
+
+
+def test_bans_and_private_rooms_hold_on_every_node(cluster: Cluster) -> None:
+    one, two = cluster.node("one"), cluster.node("two")
+    for name in ("alice", "bob", "carol"):
+        cluster.add_user(name)
+    alice, bob, carol = one.user("alice"), two.user("bob"), two.user("carol")
+    assert alice.request("/join #den") == "OK join #den"
+    wait_until(lambda: bob.request("/join #den") == "OK join #den", timeout=3, what="bob in")
+    read_until(alice, "JOIN #den bob")
+    alice.send("/ban bob #den spam")
+    assert "PART #den bob" in read_until(alice, "OK ban bob #den")  # the PART comes first
+    read_until(bob, "BANNED #den alice spam")
+    assert bob.request("/join #den").startswith("ERR forbidden")
+    assert alice.request("/mode #den private") == "OK mode #den private"
+    wait_until(
+        lambda: carol.request("/join #den").startswith("ERR forbidden"),
+        timeout=3,
+        what="#den private on two",
+    )
