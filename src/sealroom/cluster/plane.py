@@ -48,7 +48,7 @@ from sealroom.core.model import RoomRecord, StoredMessage, iso_utc
 from sealroom.core.protocol import encode_line
 from sealroom.core.storage import Store
 from sealroom.core.text import has_forbidden_chars, room_name, user_name
-from sealroom.state.hub import Hub, Member
+from sealroom.state.hub import Admit, Hub, Member
 
 log = logging.getLogger("sealroom.cluster")
 
@@ -144,6 +144,7 @@ class RedisBus:
         self._waiting: dict[int, _Waiter] = {}  # seq -> a request the reader completes
         self._waiting_lock = threading.Lock()
         self._archive: collections.deque[_Op] = collections.deque()
+        self._written: collections.deque[int] = collections.deque()  # DMs written to a socket
         self._archive_wake = threading.Event()
         self._position = "0-0"  # the last stream entry applied
         self._generation = 0  # renewed with the position when the node starts anew
@@ -223,9 +224,9 @@ class RedisBus:
     def login(self, member: Member) -> int:
         return int(self._call("login", [member.name]))
 
-    def join(self, member: Member, room: str, reply: bytes) -> None:
+    def join(self, member: Member, room: str, reply: bytes, admit: Admit) -> None:
         def apply(total: int) -> bool:
-            return self.hub.enter_replica(member, room, reply)
+            return self.hub.enter_replica(member, room, reply, admit)
 
         if not self._call("join", [room, member.name, str(member.serial), "0"], apply=apply):
             raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room} does not exist")
@@ -248,20 +249,21 @@ class RedisBus:
         return int(self._call("say", args, archive=message))
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
-        message_id, online = self._call("dm", [recipient, sender, text, str(stamp)])
-        message = StoredMessage(int(message_id), None, recipient, sender, text, self._now())
-        if int(online) > 0:
-            self._await(self._submit("archive", [], None, archive=message, queue=False))
-            return int(message_id), True
+        """Stored first (undelivered), then published: the recipient's node marks it
+        delivered once its line is written to a socket. A node that dies before that
+        leaves it waiting in the store for the next login, as a single server does."""
+        message_id = int(self._call("id", []))
+        message = StoredMessage(message_id, None, recipient, sender, text, self._now())
         try:
             self._store.add_messages([message], delivered=False)
         except Exception as error:
             log.warning("could not store a private message: %s", error)
             raise busy("the database is unreachable") from None
-        # A login may have come between the count and the store: let it look again.
-        if self.online(recipient):
+        online = int(self._call("dm", [recipient, sender, text, str(stamp), str(message_id)]))
+        if not online and self.online(recipient):
+            # A login came between the count and the store: let it look again.
             self.broadcast("mail", {"name": recipient})
-        return int(message_id), False
+        return message_id, online > 0
 
     def online(self, name: str) -> bool:
         try:
@@ -444,6 +446,17 @@ class RedisBus:
                 take = min(len(self._archive), ARCHIVE_BATCH)
                 batch = [self._archive.popleft() for _ in range(take)]
                 self._store_batch(batch)
+            if self._written:
+                self._mark_written()
+
+    def _mark_written(self) -> None:
+        """Private messages written to their recipient's socket here: delivered, in one
+        statement (a message written by two sessions is marked once or twice: the same)."""
+        ids = sorted({self._written.popleft() for _ in range(len(self._written))})
+        try:
+            self._store.mark_delivered(ids)
+        except Exception as error:  # they stay waiting: the next login gets them again
+            log.warning("could not mark %d private messages delivered: %s", len(ids), error)
 
     def _store_batch(self, batch: list[_Op]) -> None:
         """One transaction for the batch; the senders are answered once it committed.
@@ -533,7 +546,13 @@ class RedisBus:
             if not (_user(to) and _user(sender) and _text(text)):
                 return _ignored(kind)
             line = encode_line("DM", str(sender), str(text))
-            self.hub.direct_replica(str(to), line, _int(fields.get("stamp")))
+            message_id = _int(fields.get("id"))
+
+            def written() -> None:  # on the recipient's thread: never blocks
+                self._written.append(message_id)
+                self._archive_wake.set()
+
+            self.hub.direct_replica(str(to), line, _int(fields.get("stamp")), written)
         elif kind == "gone":
             if not mine:
                 log.info("node %s is gone; its sessions left their rooms", node)
@@ -565,11 +584,15 @@ class RedisBus:
         self, waiter: _Waiter, total: int, room: str, name: str, fields: Mapping[str, str]
     ) -> None:
         with waiter.lock:
-            applied = not waiter.cancelled and waiter.apply is not None and waiter.apply(total)
+            try:
+                applied = not waiter.cancelled and waiter.apply is not None and waiter.apply(total)
+            except ProtocolError as refused:  # refused as of this point of the order
+                waiter.finish(error=refused)
+                applied = False
             if applied:
                 waiter.finish(True)
                 return
-            if not waiter.cancelled:
+            if not waiter.done.is_set():
                 waiter.finish(False)
         if fields.get("k") == "join":  # the session did not stay: count it out again
             self._background("part", [room, name, fields.get("ser", "0"), "0"])

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from sealroom.core.model import RoomRecord
-from sealroom.state.hub import Member
+from sealroom.state.hub import Admit, Member
 
 
 class Bus(Protocol):
@@ -28,8 +28,9 @@ class Bus(Protocol):
         """Count ``member`` as online; returns its user's sessions across the cluster."""
         ...
 
-    def join(self, member: Member, room: str, reply: bytes) -> None:
-        """Enter ``room``; returns once the entry is applied here, ``reply`` queued first."""
+    def join(self, member: Member, room: str, reply: bytes, admit: Admit) -> None:
+        """Enter ``room``; returns once the entry is applied here, ``reply`` queued first.
+        ``admit`` judges the room as the bus's order has it then (raises to refuse)."""
         ...
 
     def part(self, member: Member, room: str) -> None:
