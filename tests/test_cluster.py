@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from pathlib import Path
 
 from cluster import Cluster, read_until
+from engines import RedisEngine
 from helpers import wait_until
 
 
@@ -50,6 +53,7 @@ def test_who_rooms_and_list_are_cluster_wide(cluster: Cluster) -> None:
         cluster.add_user(name)
     alice, bob = one.user("alice"), two.user("bob")
     assert alice.request("/join #ops") == "OK join #ops"
+
     def listed() -> list[str]:
         bob.send("/list")
         return read_until(bob, "OK list")
@@ -221,3 +225,79 @@ def test_bans_and_private_rooms_hold_on_every_node(cluster: Cluster) -> None:
         timeout=3,
         what="#den private on two",
     )
+
+
+def test_an_address_has_one_connection_budget_across_nodes(cluster: Cluster) -> None:
+    budget = {"rate": {"connections_per_ip": {"rate": 0.01, "burst": 3}}}
+    one, two = cluster.node("one", **budget), cluster.node("two", **budget)
+    for node in (one, two, one):
+        node.client(source="127.0.0.2")
+    refused = False
+    try:
+        two.client(source="127.0.0.2")
+    except (OSError, EOFError):  # closed before the handshake (ssl.SSLError is an OSError)
+        refused = True
+    assert refused, "a fourth connection from 127.0.0.2 got through: one budget per node?"
+    two.client(source="127.0.0.3")  # another address has its own budget
+
+
+def test_status_and_sessions_show_every_node(cluster: Cluster) -> None:
+    one, two = cluster.node("one"), cluster.node("two", "127.0.0.2")
+    for name in ("alice", "bob"):
+        cluster.add_user(name)
+    one.user("alice")
+    two.user("bob", source="127.0.0.3")
+    result = cluster.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    nodes = {node["name"]: node for node in report["cluster"]["nodes"]}
+    assert set(nodes) == {"one", "two"}
+    assert nodes["one"]["self"]
+    assert nodes["two"]["last_heartbeat_s"] < 2
+    wait_until(
+        lambda: (
+            json.loads(cluster.cli("status", "--json").stdout)["cluster"]["nodes"][0]["sessions"]
+            == 1
+        ),
+        timeout=3,
+        what="heartbeats carry the session counts",
+    )
+    text = cluster.cli("status").stdout
+    assert re.search(r"node two: 1 sessions, last heartbeat [\d.]+s ago", text), text
+    result = cluster.cli("sessions", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = sorted((row["user"], row["node"], row["address"]) for row in json.loads(result.stdout))
+    assert rows == [("alice", "one", "127.0.0.1"), ("bob", "two", "127.0.0.3")]
+    table = cluster.cli("sessions").stdout
+    assert "NODE" in table.splitlines()[0], table
+
+
+def test_check_config_reports_what_is_unsafe_in_the_engines(cluster: Cluster) -> None:
+    # The tests' PostgreSQL runs without fsync (throwaway data): check-config must say so.
+    cluster.node("one")
+    result = cluster.cli("check-config")
+    assert result.returncode == 1, result.stdout
+    assert "storage.database: PostgreSQL runs with fsync off" in result.stderr, result.stderr
+    assert "cluster.redis" not in result.stderr  # the tests' Redis is safe (AOF, noeviction)
+
+
+def test_a_node_refuses_a_redis_that_would_lose_or_evict_data(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    with RedisEngine.running(appendonly=False, maxmemory_policy="allkeys-lru") as unsafe:
+        cluster.redis_url = unsafe.url
+        result = cluster.cli_with(
+            cluster.config("lone", "127.0.0.1", 0, {}), "check-config", folder=tmp_path
+        )
+        assert result.returncode == 1
+        assert "cluster.redis: Redis has no append-only file" in result.stderr, result.stderr
+        assert "maxmemory-policy allkeys-lru" in result.stderr
+        served = cluster.cli_with(
+            cluster.config("lone", "127.0.0.1", 0, {}), "serve", folder=tmp_path
+        )
+        assert served.returncode == 1, served.stderr
+        assert (
+            served.stderr.strip()
+            .splitlines()[-1]
+            .startswith("sealroom: cluster.redis: Redis has no append-only file")
+        ), served.stderr

@@ -63,6 +63,8 @@ ARCHIVE_BATCH = 500
 ARCHIVE_KEEP_S = 30.0  # how long the archiver retries a batch the store refused
 MAX_PAYLOAD = 16_384  # bytes of an event's JSON; more is refused (and, read, ignored)
 MAX_TEXT = 65_536  # characters of a message read from the bus
+CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answer
+CENSUS_KEEP_S = 10
 
 
 class _Waiter:
@@ -154,6 +156,8 @@ class RedisBus:
         self._connected_since = 0.0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        # This node's sessions as `sealroom sessions` lists them, for a census.
+        self.on_census: Callable[[], list[dict[str, Any]]] = list
         self.fenced = 0  # times this node cut itself off (for status)
         self.reaped = 0  # dead nodes this node took back
         hub.on_leave = self._left
@@ -315,6 +319,37 @@ class RedisBus:
                 }
             )
         return found
+
+    def census(self) -> list[dict[str, Any]]:
+        """Every node's sessions: a ``census`` event asks, each node answers in a key of
+        its own (expiring), and this waits for every live node, a second at most."""
+        ask = secrets.token_hex(8)
+        self.broadcast("census", {"ask": ask})
+        deadline = time.monotonic() + CENSUS_WAIT_S
+        try:
+            while True:
+                live = [_str(m) for m in self._redis.zrange(scripts.NODES, 0, -1)]
+                keys = [f"{scripts.PREFIX}census:{ask}:{node}" for node in live]
+                answers = self._redis.mget(keys) if keys else []
+                if all(answers) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        except RedisError:
+            raise busy() from None
+        rows: list[dict[str, Any]] = []
+        for answer in answers:
+            if answer:
+                found = json.loads(answer)
+                rows.extend(row for row in found if isinstance(row, dict))
+        return rows
+
+    def _answer_census(self, ask: str) -> None:
+        rows = json.dumps(self.on_census(), separators=(",", ":"))
+        key = f"{scripts.PREFIX}census:{ask}:{self.node}"
+        try:
+            self._redis.set(key, rows, ex=CENSUS_KEEP_S)
+        except RedisError as error:
+            log.warning("could not answer a census: %s", error)
 
     # -- requests in flight -----------------------------------------------------------------
 
@@ -709,6 +744,12 @@ def _destroy(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
         bus.hub.destroy(room, by)
 
 
+def _census(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
+    ask = payload["ask"]
+    if isinstance(ask, str) and ask.isalnum() and len(ask) <= 32:
+        bus._answer_census(ask)
+
+
 def _mail(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
     name = payload["name"]
     if _user(name):
@@ -721,6 +762,7 @@ _EVENTS: dict[str, Callable[[RedisBus, dict[str, Any], bool], None]] = {
     "room": _room_event,
     "destroy": _destroy,
     "mail": _mail,
+    "census": _census,
 }
 
 
