@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 from pathlib import Path
 
 from cluster import Cluster, read_until
-from engines import RedisEngine
+from engines import RedisEngine, free_port
 from helpers import wait_until
 
 
@@ -31,6 +32,8 @@ def test_room_messages_join_and_part_cross_nodes(cluster: Cluster) -> None:
     bob.request("/quit")
     alice.expect("PART #lobby bob")
     assert alice.request("/who #lobby") == "OK who #lobby alice"
+    # Every line of a node's log names it, so that many nodes' logs read together.
+    assert re.search(r" INFO one sealroom\.cluster: joined the cluster", one.log.read_text())
 
 
 def test_join_and_part_are_said_once_per_user_across_nodes(cluster: Cluster) -> None:
@@ -241,8 +244,10 @@ def test_an_address_has_one_connection_budget_across_nodes(cluster: Cluster) -> 
     two.client(source="127.0.0.3")  # another address has its own budget
 
 
-def test_status_and_sessions_show_every_node(cluster: Cluster) -> None:
-    one, two = cluster.node("one"), cluster.node("two", "127.0.0.2")
+def test_status_metrics_and_sessions_show_every_node(cluster: Cluster) -> None:
+    metrics_port = free_port()
+    one = cluster.node("one", metrics={"listen": f"127.0.0.1:{metrics_port}"})
+    two = cluster.node("two", "127.0.0.2")
     for name in ("alice", "bob"):
         cluster.add_user(name)
     one.user("alice")
@@ -262,6 +267,9 @@ def test_status_and_sessions_show_every_node(cluster: Cluster) -> None:
         timeout=3,
         what="heartbeats carry the session counts",
     )
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+    exposed = metrics.read().decode()
+    assert 'sealroom_cluster_up{node="one"} 1' in exposed, exposed
     text = cluster.cli("status").stdout
     assert re.search(r"node two: 1 sessions, last heartbeat [\d.]+s ago", text), text
     result = cluster.cli("sessions", "--json")

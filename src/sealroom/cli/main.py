@@ -28,7 +28,7 @@ from sealroom import __version__
 from sealroom.cli.commands import CommandTable, build_parser
 from sealroom.cli.rooms import add_room_commands
 from sealroom.cli.tools import add_client_commands
-from sealroom.config import ConfigError, Settings, load_settings, parse_address
+from sealroom.config import ConfigError, Settings, load_settings, node_name, parse_address
 from sealroom.core.errors import UserError
 from sealroom.core.model import AccountExists, MissingDatabase, StoreError
 from sealroom.core.storage import Store, is_postgres_url
@@ -153,7 +153,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             parse_address(address)
         except ValueError as error:
             raise UserError(f"--listen: {error}") from None
-    configure_logging(settings.log.level, settings.log.format)
+    node = node_name(settings.cluster)
+    configure_logging(settings.log.level, settings.log.format, node=node)
     return serve(settings, listen=args.listen or ())
 
 

@@ -28,7 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sealroom import __version__
-from sealroom.config import ConfigError, Settings, load_settings, parse_address
+from sealroom.config import ConfigError, Settings, load_settings, node_name, parse_address
 from sealroom.core.errors import ProtocolError, UserError
 from sealroom.core.model import iso_utc
 from sealroom.core.storage import Store
@@ -513,7 +513,31 @@ class App:
         )
 
     def metric_families(self) -> list[Family]:
-        return metric_families(self.snapshot())
+        families = metric_families(self.snapshot())
+        bus = self.bus
+        if bus is not None:  # labelled with this node's name, as its logs are
+            node = {"node": bus.node_name}
+            families += [
+                Family(
+                    "sealroom_cluster_up",
+                    "gauge",
+                    "1 while this node is in the cluster (not fenced).",
+                    [(node, 1 if bus.up else 0)],
+                ),
+                Family(
+                    "sealroom_cluster_fenced_total",
+                    "counter",
+                    "Times this node cut itself off (BYE node-unavailable).",
+                    [(node, bus.fenced)],
+                ),
+                Family(
+                    "sealroom_cluster_reaped_total",
+                    "counter",
+                    "Dead nodes whose sessions this node took back.",
+                    [(node, bus.reaped)],
+                ),
+            ]
+        return families
 
     def _control_status(self, message: Mapping[str, Any]) -> dict[str, Any]:
         report = status_report(self.snapshot())
@@ -694,7 +718,7 @@ def _cluster_bus(settings: Settings, hub: Hub, store: Store) -> RedisBus:
 
     cluster = settings.cluster
     assert cluster.redis is not None  # noqa: S101 -- the caller checked
-    name = cluster.node or f"{socket.gethostname()}:{os.getpid()}"
+    name = node_name(cluster) or "?"
     history = settings.history
     return RedisBus(
         cluster.redis,
