@@ -281,12 +281,6 @@ class RedisBus:
             raise ProtocolError(ErrorCode.BAD_ARGUMENT, "too large to share")
         self._call(kind, [body])
 
-    def share(self, kind: str, payload: Mapping[str, object]) -> None:
-        """As :meth:`broadcast`, without waiting (a room change others will also poll for)."""
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        if len(body) <= MAX_PAYLOAD:
-            self._background(kind, [body])
-
     def take(self, bucket: str, key: str, rate: float, burst: float) -> float:
         if not self.up:
             raise busy()
