@@ -22,7 +22,6 @@ from sealroom.state.hub import Admit, Member
 
 
 class Bus(Protocol):
-
     def login(self, member: Member) -> int:
         """Count ``member`` as online; returns its user's sessions across the cluster."""
         ...
@@ -56,7 +55,6 @@ class Bus(Protocol):
     def broadcast(self, kind: str, payload: Mapping[str, object]) -> None:
         """An event for every node (kick, wall, room, destroy): returns once it is ordered."""
         ...
-
 
     def take(self, bucket: str, key: str, rate: float, burst: float) -> float:
         """One token from the cluster's bucket ``bucket`` for ``key``: 0, or seconds to wait."""
