@@ -309,3 +309,33 @@ def test_a_node_refuses_a_redis_that_would_lose_or_evict_data(
             .splitlines()[-1]
             .startswith("sealroom: cluster.redis: Redis has no append-only file")
         ), served.stderr
+
+
+def test_a_redis_that_lost_its_data_never_gives_a_stored_id_again(
+    cluster: Cluster, redis_engine: RedisEngine
+) -> None:
+    # A Redis replaced or flushed: the nodes are no longer in its list, fence themselves,
+    # join again, and raise the id counter above every id the database holds.
+    one = cluster.node("one")
+    cluster.add_user("alice")
+    alice = one.user("alice")
+    first = int(alice.request("/say #lobby before").split()[-1])
+    redis_engine.flush()
+    assert alice.closed(timeout=5)[-1] == "BYE node-unavailable"
+
+    def back() -> bool:
+        try:
+            again = one.user("alice")
+        except (AssertionError, OSError, EOFError, TimeoutError):
+            return False
+        return again.request("/say #lobby after").startswith("OK say")
+
+    wait_until(back, timeout=5, what="service after Redis lost its data")
+    reader = one.user("alice")
+    reader.send("/history #lobby 10")
+    lines = read_until(reader, "OK history")
+    ids = [int(line.split()[2]) for line in lines if line.startswith("HIST")]
+    texts = [line.split(" ", 5)[5] for line in lines if line.startswith("HIST")]
+    assert texts == ["before", "after"], lines
+    assert ids[0] == first
+    assert ids[1] > first

@@ -123,6 +123,7 @@ class RedisBus:
         *,
         keep_per_room: int,
         keep_per_recipient: int,
+        store_rooms: bool = True,
         now: Callable[[], str] | None = None,
     ) -> None:
         self.node_name = name
@@ -131,6 +132,7 @@ class RedisBus:
         self.hub = hub
         self._store = store
         self._keep = (keep_per_room, keep_per_recipient)
+        self.store_rooms = store_rooms  # history.rooms: false keeps room messages unstored
         self._now = now or (lambda: iso_utc(datetime.now(UTC)))
         self._redis = self.client = connect(url)
         self._reading = connect(url, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S)
@@ -168,13 +170,12 @@ class RedisBus:
 
     # -- life -------------------------------------------------------------------------------
 
-    def start(self, id_floor: int) -> None:
+    def start(self) -> None:
         """Join the cluster, then run; a Redis that cannot be reached, or would lose
         acknowledged data, is a UserError naming the problem (the node does not start)."""
         problems = redis_problems(self._redis)
         if problems:
             raise UserError(f"cluster.redis: {problems[0]}")
-        self._id_floor = id_floor
         try:
             self._join_cluster()
         except RedisError as error:
@@ -191,7 +192,14 @@ class RedisBus:
         log.info("joined the cluster as node %s (%s)", self.node_name, self.node)
 
     def _join_cluster(self) -> None:
-        last, flat = self._register(args=[self.node, self.node_name, self._id_floor])
+        """Register (anew), and read where the bus stands and who is where, in one step.
+        The id counter is raised to the store's highest id each time: a Redis that lost its
+        data (a new server, a flush) must not give an id that is stored already."""
+        try:
+            floor = self._store.highest_id()
+        except Exception as error:
+            raise RedisError(f"the database did not say its highest id: {error}") from None
+        last, flat = self._register(args=[self.node, self.node_name, floor])
         totals: dict[tuple[str, str], int] = {}
         for field, count in zip(flat[::2], flat[1::2], strict=True):
             room, _, name = _str(field).partition("\t")
@@ -248,8 +256,10 @@ class RedisBus:
         self._background("logout", [member.name])
 
     def say(self, member: Member, room: str, text: str) -> int:
-        message = StoredMessage(0, room, None, member.name, text, self._now())
         args = [room, member.name, text, str(member.serial)]
+        if not self.store_rooms:  # no history kept: published is all there is to wait for
+            return int(self._call("say", args))
+        message = StoredMessage(0, room, None, member.name, text, self._now())
         return int(self._call("say", args, archive=message))
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:

@@ -247,8 +247,8 @@ class App:
         threading.stack_size(THREAD_STACK_BYTES)
         if self.bus is not None:  # first: a node the cluster refuses starts nothing
             self.bus.on_census = self.session_rows
-            try:
-                self._join_cluster(self.bus)
+            try:  # before listening; a Redis that would lose acknowledged data is refused
+                self.bus.start()
             except BaseException:
                 self._stopping.set()  # nothing to stop in order: no loop is turning yet
                 self.close()
@@ -301,11 +301,6 @@ class App:
             return bus.take("connections", address, bucket.rate, bucket.burst) == 0
         except ProtocolError:
             return True
-
-    def _join_cluster(self, bus: RedisBus) -> None:
-        """Join before listening; the bus refuses a Redis that would lose acknowledged data."""
-        floor = self.store.reserve_ids(0).start - 1  # ids stored before (db copy) stay unique
-        bus.start(floor)
 
     def _housekeeping(self) -> None:
         interval = HOUSEKEEPING_INTERVAL_S
@@ -443,6 +438,8 @@ class App:
         services.messages.private_quota = settings.history.private_per_user
         services.messages.private_per_sender = settings.history.private_per_sender
         services.messages.store_rooms = settings.history.rooms
+        if self.bus is not None:
+            self.bus.store_rooms = settings.history.rooms
         if settings.log.level != self.settings.log.level:
             set_level(settings.log.level)
         # A connection reads ``shared.services`` once, when it starts: sessions already
@@ -728,6 +725,7 @@ def _cluster_bus(settings: Settings, hub: Hub, store: Store) -> RedisBus:
         store,
         keep_per_room=history.per_room,
         keep_per_recipient=history.private_per_user,
+        store_rooms=history.rooms,
     )
 
 

@@ -717,6 +717,16 @@ class PostgresStore:
         high = _scalar(row)
         return range(high - count + 1, high + 1)
 
+    def highest_id(self) -> int:
+        """The highest id reserved or stored: what a cluster's id counter must stay above
+        (a Redis that lost its data would otherwise give an id again)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT max(value) FROM (SELECT value FROM meta WHERE key = 'id_high_water'"
+                " UNION ALL SELECT coalesce(max(id), 0) FROM messages) AS highs"
+            ).fetchone()
+        return _scalar(row)
+
     # -- messages ---------------------------------------------------------------------------
 
     def add_messages(
