@@ -48,6 +48,7 @@ from sealroom.core.model import RoomRecord, StoredMessage, iso_utc
 from sealroom.core.protocol import encode_line
 from sealroom.core.storage import Store
 from sealroom.core.text import has_forbidden_chars, room_name, user_name
+from sealroom.session.effects import Outcome
 from sealroom.state.hub import Admit, Hub, Member
 
 log = logging.getLogger("sealroom.cluster")
@@ -68,9 +69,14 @@ CENSUS_KEEP_S = 10
 
 
 class _Waiter:
-    """A session's request in flight: done when published, applied here or archived."""
+    """A session's request in flight: done when published, applied here or archived.
 
-    __slots__ = ("apply", "cancelled", "done", "error", "lock", "result")
+    A worker may wait for it (:meth:`RedisBus._await`), or it may be a
+    :class:`~sealroom.session.effects.Later` whose callback hands the outcome back to the
+    session's thread: then no thread waits at all.
+    """
+
+    __slots__ = ("apply", "callback", "cancelled", "deadline", "done", "error", "lock", "result")
 
     def __init__(self, apply: Callable[[int], bool] | None = None) -> None:
         self.done = threading.Event()
@@ -79,10 +85,23 @@ class _Waiter:
         self.error: BaseException | None = None
         self.apply = apply  # run by the reader when the entry comes back; under ``lock``
         self.cancelled = False
+        self.callback: Callable[[Outcome], None] | None = None
+        self.deadline = time.monotonic() + BUSY_AFTER_S
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        """The outcome, once: a later finish (a deadline raced the answer) is ignored."""
+        if self.done.is_set():
+            return
         self.result, self.error = result, error
         self.done.set()
+        callback = self.callback
+        if callback is not None:
+            callback(Outcome(result) if error is None else Outcome(error=error))
+
+    def when_done(self, done: Callable[[Outcome], None]) -> None:
+        self.callback = done
+        if self.done.is_set():  # finished before anyone asked
+            done(Outcome(self.result) if self.error is None else Outcome(error=self.error))
 
 
 @dataclass(slots=True)
@@ -111,7 +130,7 @@ def connect(url: str, timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
 
 
 class RedisBus:
-    """The :class:`~sealroom.state.bus.Bus` of a cluster node."""
+    """The :class:`~sealroom.session.bus.Bus` of a cluster node."""
 
     def __init__(
         self,
@@ -152,6 +171,7 @@ class RedisBus:
         self._waiting_lock = threading.Lock()
         self._archive: collections.deque[_Op] = collections.deque()
         self._written: collections.deque[int] = collections.deque()  # DMs written to a socket
+        self._later: collections.deque[_Waiter] = collections.deque()  # no thread waits on
         self._archive_wake = threading.Event()
         self._position = "0-0"  # the last stream entry applied
         self._generation = 0  # renewed with the position when the node starts anew
@@ -257,6 +277,23 @@ class RedisBus:
         for room in rooms:
             self._background("part", [room, member.name, str(member.serial), "0"])
         self._background("logout", [member.name])
+
+    def say_later(self, member: Member, room: str, text: str) -> _Waiter:
+        """As :meth:`say`, without blocking: the session's thread hands it over and goes
+        on reading; the waiter says when the message is durable (or busy, by its deadline).
+        """
+        args = [room, member.name, text, str(member.serial)]
+        if not self.up or self._stopping.is_set():
+            raise busy()
+        if not self.store_rooms:
+            waiter = self._submit("say", args, None)
+        elif not self.store_up:
+            raise busy("the database is unreachable")
+        else:
+            message = StoredMessage(0, room, None, member.name, text, self._now())
+            waiter = self._submit("say", args, None, archive=message)
+        self._later.append(waiter)
+        return waiter
 
     def say(self, member: Member, room: str, text: str) -> int:
         args = [room, member.name, text, str(member.serial)]
@@ -433,6 +470,10 @@ class RedisBus:
                     break
 
     def _send(self, batch: list[_Op]) -> bool:
+        # A request already answered (server-busy by its deadline) is not sent after all.
+        batch[:] = [op for op in batch if op.waiter is None or not op.waiter.done.is_set()]
+        if not batch:
+            return True
         args: list[Any] = [self.node, MAX_STREAM]
         for op in batch:
             args += [op.kind, op.seq, *op.args]
@@ -495,6 +536,7 @@ class RedisBus:
             self._archive_wake.clear()
             if not self.store_up and not self._archive:
                 self._probe_store()
+            self._expire_later()
             while self._archive:
                 take = min(len(self._archive), ARCHIVE_BATCH)
                 batch = [self._archive.popleft() for _ in range(take)]
@@ -510,6 +552,17 @@ class RedisBus:
             self._store.mark_delivered(ids)
         except Exception as error:  # they stay waiting: the next login gets them again
             log.warning("could not mark %d private messages delivered: %s", len(ids), error)
+
+    def _expire_later(self) -> None:
+        """Requests no thread waits for get server-busy by their deadline, as waited-for
+        ones do (oldest first: the deque is in the order they were made)."""
+        now = time.monotonic()
+        later = self._later
+        while later and (later[0].done.is_set() or later[0].deadline <= now):
+            waiter = later.popleft()
+            if not waiter.done.is_set():
+                waiter.cancelled = True
+                waiter.finish(error=busy())
 
     def _probe_store(self) -> None:
         """The store refused the last batch: ask it something cheap, so that messages are

@@ -34,7 +34,7 @@ from sealroom.core.errors import ErrorCode, ProtocolError
 from sealroom.core.proxy import MAX_HEADER, ProxyHeader, ProxyHeaderError, parse_proxy_header
 from sealroom.core.text import escape_for_log
 from sealroom.net.tls import client_common_name
-from sealroom.net.workers import WorkerPool
+from sealroom.net.workers import AnyPool
 from sealroom.policy.admission import Admission
 from sealroom.session.effects import Effect, Outcome, Pool
 from sealroom.session.machine import Services, Session
@@ -74,7 +74,7 @@ class Shared:
     admission: Admission
     registry: Registry
     context: ssl.SSLContext
-    pools: dict[Pool, WorkerPool]
+    pools: dict[Pool, AnyPool]
     handshake_failures: int = 0
     # Where finished work goes: the reactor's ``complete`` (set when the reactor is made).
     complete: Callable[[Connection, Effect[Any], Outcome], None] = field(

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sealroom.session.effects import Outcome
+from sealroom.session.effects import Later, Outcome
 
 log = logging.getLogger("sealroom.server")
 
@@ -98,3 +98,47 @@ class WorkerPool:
                 done(outcome)
             except Exception:
                 log.exception("%s: could not hand back a result", self.name)
+
+
+class LaterPool:
+    """The pool of :attr:`~sealroom.session.effects.Pool.LATER` work: none of its own.
+
+    Such work only hands a request to the thread that will carry it out (a cluster's bus
+    publisher) and returns a :class:`~sealroom.session.effects.Later`; it runs at once on
+    the submitting thread, and ``done`` runs on whichever thread finishes the request. So a
+    thousand requests in flight hold no thread each.
+    """
+
+    name = "later"
+    size = 0
+    busy = 0
+    refused = 0
+    queued = 0
+
+    def __init__(self) -> None:
+        self._stopping = False
+
+    def start(self) -> None:
+        return None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+
+    def submit(self, work: Callable[[], object], done: Done) -> bool:
+        if self._stopping:
+            return False
+        try:
+            later = work()
+        except Exception as error:  # refused at once (server-busy, say): the same path
+            done(Outcome(error=error))
+            return True
+        if isinstance(later, Later):
+            later.when_done(done)
+        else:
+            done(Outcome(later))
+        return True
+
+
+AnyPool = WorkerPool | LaterPool
+
+__all__ = ["AnyPool", "Done", "Later", "LaterPool", "WorkerPool"]

@@ -38,7 +38,7 @@ from sealroom.net.listener import SealroomServer
 from sealroom.net.reactor import Reactor
 from sealroom.net.tls import build_server_context
 from sealroom.net.web import Site, WebServer
-from sealroom.net.workers import WorkerPool
+from sealroom.net.workers import AnyPool, LaterPool, WorkerPool
 from sealroom.ops.control import ControlError, ControlServer
 from sealroom.ops.logs import set_level
 from sealroom.ops.metrics import Family, MetricsServer
@@ -729,16 +729,17 @@ def _cluster_bus(settings: Settings, hub: Hub, store: Store) -> RedisBus:
     )
 
 
-def _worker_pools(settings: Settings) -> dict[Pool, WorkerPool]:
+def _worker_pools(settings: Settings) -> dict[Pool, AnyPool]:
     if settings.cluster.redis is not None:  # threads that wait on Redis, batched
         return {
             **_single_node_pools(settings),
             Pool.BUS: WorkerPool("bus", CLUSTER_BUS_THREADS),
+            Pool.LATER: LaterPool(),
         }
     return _single_node_pools(settings)
 
 
-def _single_node_pools(settings: Settings) -> dict[Pool, WorkerPool]:
+def _single_node_pools(settings: Settings) -> dict[Pool, AnyPool]:
     return {
         Pool.ARGON2: WorkerPool(
             "argon2",

@@ -17,9 +17,9 @@ from sealroom.core.protocol import SAY_CURRENT, Request, Rest, Syntax, encode_li
 from sealroom.core.text import password_problem, room_name, user_name
 from sealroom.policy import rooms
 from sealroom.policy.ratelimit import retry_after_text
+from sealroom.session.bus import Bus, room_payload
 from sealroom.session.effects import Effect, Pool, Reply, Step
 from sealroom.session.machine import Command, Session, SessionEnded, hist_line
-from sealroom.state.bus import Bus, room_payload
 from sealroom.state.hub import OPERATOR, Member
 from sealroom.state.messages import IdsExhausted
 
@@ -428,7 +428,9 @@ def _cluster_say(session: Session, bus: Bus, room: str, text: str, *, outside: b
         session.services.counters.messages_room += 1
         return f"OK say {room} {message_id}"
 
-    return Effect(Pool.BUS, lambda: bus.say(member, room, text), said)
+    # Pipelined: the session reads on and more messages go out meanwhile, in one batch;
+    # no thread waits for this one (its Later says when it is durable).
+    return Effect(Pool.LATER, lambda: bus.say_later(member, room, text), said, pipelined=True)
 
 
 def cmd_say(session: Session, request: Request) -> Step:

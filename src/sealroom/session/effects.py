@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 
@@ -27,6 +27,9 @@ class Pool(enum.Enum):
     STORE = "store"  # database reads and writes: short, I/O bound
     ARGON2 = "argon2"  # password hashing: CPU and memory bound, one thread per verification slot
     BUS = "bus"  # a cluster's real-time plane: waits on Redis (batched) and the store
+    # Work that only hands a request over (it never blocks, so it runs on the caller's
+    # thread) and returns a Later, whose owner says when it is done: no thread waits.
+    LATER = "later"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +48,19 @@ class Effect(Generic[T]):
     then: Callable[[T], Step]
     abandon: Callable[[T], None] | None = None
     request: bool = True
+    # A request whose reply may wait while the session reads on: more pipelined requests
+    # go out meanwhile (a cluster's room messages), and replies still keep request order.
+    pipelined: bool = False
 
 
 Step = Reply | Effect[Any]
+
+
+@runtime_checkable
+class Later(Protocol):
+    """A result another thread will produce: ``when_done`` runs once, when it is there."""
+
+    def when_done(self, done: Callable[[Outcome], None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,8 @@ from sealroom.core.protocol import (
 from sealroom.core.storage import Store
 from sealroom.policy.auth import Authenticator, ResumeTokens
 from sealroom.policy.ratelimit import Clock, KeyedBuckets, TokenBucket, retry_after_text
+from sealroom.session.bus import Bus
 from sealroom.session.effects import Effect, Outcome, Pool, Reply, Step
-from sealroom.state.bus import Bus
 from sealroom.state.counters import Counters
 from sealroom.state.hub import Hub, Member
 from sealroom.state.messages import MessageLog
@@ -131,6 +131,11 @@ class Session:
         self._delivering = False
         self._streaming = False  # a long reply is being written as the client reads it
         self._finished = False
+        # Pipelined requests in flight (a cluster's room messages), oldest first, each with
+        # the lines of its reply once it has one: replies leave in request order.
+        self._pipeline: deque[_Slot] = deque()
+        self._slot: _Slot | None = None  # the slot whose reply is being made right now
+        self._deferred: bytes | None = None  # a request that waits for the pipeline to empty
 
     @property
     def name(self) -> str | None:
@@ -170,6 +175,8 @@ class Session:
             not self._awaiting
             and not self._delivering
             and not self._streaming
+            and self._deferred is None
+            and len(self._pipeline) < MAX_PIPELINED
             and self.outbox.closing is None
             and self.outbox.size < self._high_water
         )
@@ -190,7 +197,11 @@ class Session:
             elif event:
                 self._handle_line(event)
         return self._lines.buffered > 0 and not (
-            self._awaiting or self._delivering or self._streaming
+            self._awaiting
+            or self._delivering
+            or self._streaming
+            or self._deferred is not None
+            or len(self._pipeline) >= MAX_PIPELINED
         )
 
     @property
@@ -209,9 +220,29 @@ class Session:
             if effect.abandon is not None and outcome.error is None:
                 effect.abandon(outcome.value)
             return
+        if effect.pipelined:
+            self._complete_pipelined(effect, outcome)
+            return
         if effect.request:
             self._awaiting = False
         self._apply(outcome, effect.then, request=effect.request)
+
+    def _complete_pipelined(self, effect: Effect[Any], outcome: Outcome) -> None:
+        slot = next((s for s in self._pipeline if s.effect is effect), None)
+        if slot is None:
+            return
+        self._slot = slot
+        try:
+            self._apply(outcome, effect.then, request=True)
+        finally:
+            self._slot = None
+        slot.done = True
+        while self._pipeline and self._pipeline[0].done:
+            for data in self._pipeline.popleft().lines:
+                self.outbox.push(data, wake=False)
+        if not self._pipeline and self._deferred is not None:
+            raw, self._deferred = self._deferred, None
+            self._handle_line(raw)
 
     @property
     def deadline(self) -> float:
@@ -317,6 +348,9 @@ class Session:
     # -- the pipeline -----------------------------------------------------------------------
 
     def _handle_line(self, raw: bytes) -> None:
+        if self._pipeline and not self._pipelinable(raw):
+            self._deferred = raw  # its reply must follow theirs: it waits, unread
+            return
         try:
             step = self._dispatch(raw)
         except ProtocolError as error:
@@ -357,9 +391,17 @@ class Session:
         else:
             self._step(step, request=request)
 
+    def _pipelinable(self, raw: bytes) -> bool:
+        """Whether the line is a room message (``/say`` or a plain line), the one request
+        that may be in flight beside others of its kind."""
+        return not raw.startswith(b"/") or raw.startswith((b"//", b"/say "))
+
     def _step(self, step: Step, *, request: bool) -> None:
         if isinstance(step, Effect):
-            if request:
+            if request and step.pipelined and self._slot is None:
+                self._pipeline.append(_Slot(step))
+                self._effects.append(step)
+            elif request:
                 self._awaiting = True
                 self._effects.append(step)
             else:
@@ -368,8 +410,8 @@ class Session:
             self.push_line(step)
         elif step:
             data = encode_lines(step)
-            if len(data) <= self._high_water // 2:
-                self.outbox.push(data, wake=False)
+            if len(data) <= self._high_water // 2 or self._slot is not None or self._pipeline:
+                self._emit(data)
             else:
                 self._stream(step, 0)
 
@@ -428,7 +470,29 @@ class Session:
             self.outbox.close("too-many-errors", wake=False)
 
     def push_line(self, line: str) -> None:
-        self.outbox.push(encode_line(line), wake=False)
+        self._emit(encode_line(line))
+
+    def _emit(self, data: bytes) -> None:
+        """A reply's lines: queued now, unless pipelined requests' replies must go first."""
+        slot = self._slot
+        if slot is not None:
+            slot.lines.append(data)
+        elif self._pipeline:
+            self._pipeline.append(_Slot(None, [data], done=True))
+        else:
+            self.outbox.push(data, wake=False)
+
+
+MAX_PIPELINED = 64  # pipelined requests in flight per session; then it stops reading
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """A pipelined request's place in the order of replies."""
+
+    effect: Effect[Any] | None
+    lines: list[bytes] = field(default_factory=list)
+    done: bool = False
 
 
 def encode_lines(lines: list[str]) -> bytes:

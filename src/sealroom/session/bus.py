@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from sealroom.core.model import RoomRecord
+from sealroom.session.effects import Later
 from sealroom.state.hub import Admit, Member
 
 
@@ -41,6 +42,11 @@ class Bus(Protocol):
 
     def say(self, member: Member, room: str, text: str) -> int:
         """Post to ``room``; returns the message id once it is durable (stored)."""
+        ...
+
+    def say_later(self, member: Member, room: str, text: str) -> Later:
+        """As :meth:`say`, but never blocks: the id (or server-busy) comes through the
+        returned :class:`~sealroom.session.effects.Later`."""
         ...
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
