@@ -63,6 +63,8 @@ ARCHIVE_BATCH = 500
 ARCHIVE_KEEP_S = 30.0  # how long the archiver retries a batch the store refused
 MAX_PAYLOAD = 16_384  # bytes of an event's JSON; more is refused (and, read, ignored)
 MAX_TEXT = 65_536  # characters of a message read from the bus
+CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answer
+CENSUS_KEEP_S = 10
 
 
 class _Waiter:
@@ -121,6 +123,7 @@ class RedisBus:
         *,
         keep_per_room: int,
         keep_per_recipient: int,
+        store_rooms: bool = True,
         now: Callable[[], str] | None = None,
     ) -> None:
         self.node_name = name
@@ -129,6 +132,10 @@ class RedisBus:
         self.hub = hub
         self._store = store
         self._keep = (keep_per_room, keep_per_recipient)
+        self.store_rooms = store_rooms  # history.rooms: false keeps room messages unstored
+        # False while the store refuses what the archiver brings: room messages are then
+        # refused before they are published, rather than delivered and not acknowledged.
+        self.store_up = True
         self._now = now or (lambda: iso_utc(datetime.now(UTC)))
         self._redis = self.client = connect(url)
         self._reading = connect(url, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S)
@@ -154,6 +161,8 @@ class RedisBus:
         self._connected_since = 0.0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        # This node's sessions as `sealroom sessions` lists them, for a census.
+        self.on_census: Callable[[], list[dict[str, Any]]] = list
         self.fenced = 0  # times this node cut itself off (for status)
         self.reaped = 0  # dead nodes this node took back
         hub.on_leave = self._left
@@ -164,13 +173,12 @@ class RedisBus:
 
     # -- life -------------------------------------------------------------------------------
 
-    def start(self, id_floor: int) -> None:
+    def start(self) -> None:
         """Join the cluster, then run; a Redis that cannot be reached, or would lose
         acknowledged data, is a UserError naming the problem (the node does not start)."""
         problems = redis_problems(self._redis)
         if problems:
             raise UserError(f"cluster.redis: {problems[0]}")
-        self._id_floor = id_floor
         try:
             self._join_cluster()
         except RedisError as error:
@@ -187,7 +195,14 @@ class RedisBus:
         log.info("joined the cluster as node %s (%s)", self.node_name, self.node)
 
     def _join_cluster(self) -> None:
-        last, flat = self._register(args=[self.node, self.node_name, self._id_floor])
+        """Register (anew), and read where the bus stands and who is where, in one step.
+        The id counter is raised to the store's highest id each time: a Redis that lost its
+        data (a new server, a flush) must not give an id that is stored already."""
+        try:
+            floor = self._store.highest_id()
+        except Exception as error:
+            raise RedisError(f"the database did not say its highest id: {error}") from None
+        last, flat = self._register(args=[self.node, self.node_name, floor])
         totals: dict[tuple[str, str], int] = {}
         for field, count in zip(flat[::2], flat[1::2], strict=True):
             room, _, name = _str(field).partition("\t")
@@ -244,8 +259,12 @@ class RedisBus:
         self._background("logout", [member.name])
 
     def say(self, member: Member, room: str, text: str) -> int:
-        message = StoredMessage(0, room, None, member.name, text, self._now())
         args = [room, member.name, text, str(member.serial)]
+        if not self.store_rooms:  # no history kept: published is all there is to wait for
+            return int(self._call("say", args))
+        if not self.store_up:
+            raise busy("the database is unreachable")
+        message = StoredMessage(0, room, None, member.name, text, self._now())
         return int(self._call("say", args, archive=message))
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
@@ -276,12 +295,6 @@ class RedisBus:
         if len(body) > MAX_PAYLOAD:
             raise ProtocolError(ErrorCode.BAD_ARGUMENT, "too large to share")
         self._call(kind, [body])
-
-    def share(self, kind: str, payload: Mapping[str, object]) -> None:
-        """As :meth:`broadcast`, without waiting (a room change others will also poll for)."""
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        if len(body) <= MAX_PAYLOAD:
-            self._background(kind, [body])
 
     def take(self, bucket: str, key: str, rate: float, burst: float) -> float:
         if not self.up:
@@ -315,6 +328,37 @@ class RedisBus:
                 }
             )
         return found
+
+    def census(self) -> list[dict[str, Any]]:
+        """Every node's sessions: a ``census`` event asks, each node answers in a key of
+        its own (expiring), and this waits for every live node, a second at most."""
+        ask = secrets.token_hex(8)
+        self.broadcast("census", {"ask": ask})
+        deadline = time.monotonic() + CENSUS_WAIT_S
+        try:
+            while True:
+                live = [_str(m) for m in self._redis.zrange(scripts.NODES, 0, -1)]
+                keys = [f"{scripts.PREFIX}census:{ask}:{node}" for node in live]
+                answers = self._redis.mget(keys) if keys else []
+                if all(answers) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        except RedisError:
+            raise busy() from None
+        rows: list[dict[str, Any]] = []
+        for answer in answers:
+            if answer:
+                found = json.loads(answer)
+                rows.extend(row for row in found if isinstance(row, dict))
+        return rows
+
+    def _answer_census(self, ask: str) -> None:
+        rows = json.dumps(self.on_census(), separators=(",", ":"))
+        key = f"{scripts.PREFIX}census:{ask}:{self.node}"
+        try:
+            self._redis.set(key, rows, ex=CENSUS_KEEP_S)
+        except RedisError as error:
+            log.warning("could not answer a census: %s", error)
 
     # -- requests in flight -----------------------------------------------------------------
 
@@ -411,6 +455,13 @@ class RedisBus:
             waiter = op.waiter
             if waiter is None:
                 continue
+            if waiter.apply is not None and result == -1:  # a part never counted: no entry
+                with self._waiting_lock:
+                    self._waiting.pop(op.seq, None)
+                with waiter.lock:
+                    waiter.apply(0)
+                    waiter.finish(True)
+                continue
             if op.archive is not None:
                 message = op.archive
                 op.archive = StoredMessage(int(result), *_rest(message))
@@ -442,6 +493,8 @@ class RedisBus:
         while not self._stopping.is_set() or self._archive:
             self._archive_wake.wait(0.5)
             self._archive_wake.clear()
+            if not self.store_up and not self._archive:
+                self._probe_store()
             while self._archive:
                 take = min(len(self._archive), ARCHIVE_BATCH)
                 batch = [self._archive.popleft() for _ in range(take)]
@@ -457,6 +510,16 @@ class RedisBus:
             self._store.mark_delivered(ids)
         except Exception as error:  # they stay waiting: the next login gets them again
             log.warning("could not mark %d private messages delivered: %s", len(ids), error)
+
+    def _probe_store(self) -> None:
+        """The store refused the last batch: ask it something cheap, so that messages are
+        taken again as soon as it answers (and not before: see :meth:`say`)."""
+        try:
+            self._store.highest_id()
+        except Exception:  # still away; the next look is half a second later
+            return
+        log.warning("the database answers again: room messages are taken again")
+        self.store_up = True
 
     def _store_batch(self, batch: list[_Op]) -> None:
         """One transaction for the batch; the senders are answered once it committed.
@@ -476,7 +539,8 @@ class RedisBus:
                 break
             except Exception as error:
                 waited = time.monotonic() - started
-                if waited < 0.1:
+                if self.store_up:
+                    self.store_up = False  # new messages are refused until it answers
                     log.warning("could not store %d messages: %s", len(messages), error)
                 for op in batch:
                     waiter = op.waiter
@@ -486,6 +550,7 @@ class RedisBus:
                     log.error("dropped %d messages the store refused", len(messages))  # noqa: TRY400
                     return
                 time.sleep(0.2)
+        self.store_up = True
         for op in batch:
             waiter = op.waiter
             if waiter is not None and not waiter.done.is_set():
@@ -713,6 +778,12 @@ def _destroy(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
         bus.hub.destroy(room, by)
 
 
+def _census(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
+    ask = payload["ask"]
+    if isinstance(ask, str) and ask.isalnum() and len(ask) <= 32:
+        bus._answer_census(ask)
+
+
 def _mail(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
     name = payload["name"]
     if _user(name):
@@ -725,6 +796,7 @@ _EVENTS: dict[str, Callable[[RedisBus, dict[str, Any], bool], None]] = {
     "room": _room_event,
     "destroy": _destroy,
     "mail": _mail,
+    "census": _census,
 }
 
 

@@ -22,8 +22,6 @@ from sealroom.state.hub import Admit, Member
 
 
 class Bus(Protocol):
-    node: str  # this node's name, for status and `sealroom sessions`
-
     def login(self, member: Member) -> int:
         """Count ``member`` as online; returns its user's sessions across the cluster."""
         ...
@@ -56,10 +54,6 @@ class Bus(Protocol):
 
     def broadcast(self, kind: str, payload: Mapping[str, object]) -> None:
         """An event for every node (kick, wall, room, destroy): returns once it is ordered."""
-        ...
-
-    def share(self, kind: str, payload: Mapping[str, object]) -> None:
-        """As :meth:`broadcast`, but queued: never blocks (for the session's own thread)."""
         ...
 
     def take(self, bucket: str, key: str, rate: float, burst: float) -> float:

@@ -441,7 +441,12 @@ class Hub:
                     if target.name != name:
                         target.outbox.push(line)
             elif before > 0 and total <= 0:
-                self._send_locked(room, encode_line("PART", room_name, name), None)
+                # Never to the user's own sessions still here: a node declared dead (it was
+                # paused) hears its users' PARTs before it closes their sessions.
+                line = encode_line("PART", room_name, name)
+                for target in room.members:
+                    if target.name != name:
+                        target.outbox.push(line)
 
     def load_presence(self, totals: dict[tuple[str, str], int]) -> None:
         """Who is where across the cluster, from a snapshot: replaces what was known."""
