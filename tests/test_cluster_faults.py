@@ -29,6 +29,10 @@ from engines import PostgresEngine, RedisEngine
 from helpers import PASSWORD, Client, wait_until
 
 SLACK_S = 0.5  # scheduling on a busy two-core machine, beyond SPEC's bounds
+# PostgreSQL's outage in test 3. Known and not yet fixed: psycopg_pool retries a lost
+# connection after 1, 2, 4, 8 ... s, so after an outage of 7.5-10 s a node serves again only
+# 5-8 s after the database is back (measured 6.8-7.0 s for 8 s; SPEC says 5). Set 8 to see it.
+PG_OUTAGE_S = 2.0
 BUSY = re.compile(r"ERR server-busy .*retry in \d+s")
 FINAL = ("OK", "ERR ", "BYE ")
 
@@ -427,18 +431,36 @@ def test_redis_killed_and_restarted(fresh_cluster: Cluster, fresh_redis: RedisEn
 # -- 3. PostgreSQL stopped and started again -----------------------------------------------------
 
 
+def final_reply(client: Client, timeout: float) -> tuple[str, float]:
+    """The next final reply (events skipped) and how long it took; a timeout or a close is
+    written as the reply, so that a probe always has an answer to judge."""
+    started = time.monotonic()
+    deadline = started + timeout
+    try:
+        while not (line := client.line(max(0.01, deadline - time.monotonic()))).startswith(FINAL):
+            pass
+    except TimeoutError:
+        line = f"(nothing within {timeout}s)"
+    except (EOFError, ConnectionError, ssl.SSLError):
+        line = "(closed)"
+    return line, time.monotonic() - started
+
+
 @pytest.mark.slow
 def test_postgres_stopped_and_started_again(
     cluster_on_fresh_postgres: Cluster, fresh_postgres: PostgresEngine
 ) -> None:
-    """Catches: a /say hanging (waiting on the store) or ending the session while PostgreSQL
-    is down, instead of `ERR server-busy` within 2 s; a node that does not serve again by
-    itself within 5 s of the database's return; an acknowledged message missing after."""
+    """Catches: a request that needs the database (a room message, a private message, the
+    history, a login) hanging -- a pool that waits 10 s for a connection -- or ending the
+    session (internal-error) while PostgreSQL is down, instead of `ERR server-busy` within
+    2 s; a node that does not serve again by itself within 5 s of the database's return;
+    an acknowledged message missing after."""
     cluster = cluster_on_fresh_postgres
     one, two = cluster.node("one"), cluster.node("two", "127.0.0.2")
-    cluster.add_user("alice")
-    cluster.add_user("bob")
+    for name in ("alice", "bob", "carol", "dave"):
+        cluster.add_user(name)
     tapes = {"one": Tape(one.user("alice")), "two": Tape(two.user("bob"))}
+    dave, carol, newcomer = one.user("dave"), two.user("carol"), one.client()
     acked = {}
     for node, tape in tapes.items():
         reply, _ = tape.request(f"/say #lobby before-{node}")
@@ -448,16 +470,23 @@ def test_postgres_stopped_and_started_again(
     fresh_postgres.stop()
     stopped = time.monotonic()
     try:
-        for node, tape in tapes.items():  # on both nodes at once
-            tape.client.send(f"/say #lobby during-{node}")
-        during = {node: final_reply(tape.client, 5) for node, tape in tapes.items()}
-        for reply, took in during.values():
-            assert BUSY.fullmatch(reply), during
-            assert took <= 2.0, during
-        time.sleep(max(0.0, 2.0 - (time.monotonic() - stopped)))  # down for 2 s
+        probes = {  # side by side, on both nodes: one deadline for all
+            "/say #lobby during-one": tapes["one"].client,
+            "/say #lobby during-two": tapes["two"].client,
+            "/msg alice during": dave,
+            "/history #lobby 5": carol,
+            f"/login carol {PASSWORD}": newcomer,
+        }
+        for request, client in probes.items():
+            client.send(request)
+        during = {request: final_reply(client, 5) for request, client in probes.items()}
+        time.sleep(max(0.0, PG_OUTAGE_S - (time.monotonic() - stopped)))
     finally:
         fresh_postgres.start()
     back = time.monotonic()
+    for request, (reply, took) in during.items():
+        assert BUSY.fullmatch(reply), (request, during)
+        assert took <= 2.0, (request, during)
 
     for node, tape in tapes.items():
         for n in itertools.count():
@@ -476,55 +505,6 @@ def test_postgres_stopped_and_started_again(
         tape.drain(0.2)
         assert not tape.closed, tape.lines()
         assert not tape.lines("BYE"), tape.lines()
-
-
-def final_reply(client: Client, timeout: float) -> tuple[str, float]:
-    """The next final reply (events skipped) and how long it took; a timeout or a close is
-    written as the reply, so that a probe always has an answer to judge."""
-    started = time.monotonic()
-    deadline = started + timeout
-    try:
-        while not (line := client.line(max(0.01, deadline - time.monotonic()))).startswith(FINAL):
-            pass
-    except TimeoutError:
-        line = f"(nothing within {timeout}s)"
-    except (EOFError, ConnectionError, ssl.SSLError):
-        line = "(closed)"
-    return line, time.monotonic() - started
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with PostgreSQL down, a request whose work reads the store waits 10 s for a "
-    "pool connection (POOL_WAIT_S) and then ends the session with BYE internal-error "
-    "(StoreError is not mapped to server-busy)",
-)
-def test_postgres_down_every_request_that_needs_it_gets_server_busy(
-    cluster_on_fresh_postgres: Cluster, fresh_postgres: PostgresEngine
-) -> None:
-    """Catches: requests other than /say that need the database (a private message, the
-    history, a login) hanging or ending the session while PostgreSQL is down."""
-    cluster = cluster_on_fresh_postgres
-    one = cluster.node("one")
-    for name in ("alice", "bob", "carol"):
-        cluster.add_user(name)
-    alice, bob = one.user("alice"), one.user("bob")
-    carol = one.client()
-    fresh_postgres.stop()
-    try:
-        probes = {
-            "/msg bob hello": alice,
-            "/history #lobby 5": bob,
-            f"/login carol {PASSWORD}": carol,
-        }
-        for request, client in probes.items():  # side by side: one deadline for all
-            client.send(request)
-        replies = {request: final_reply(client, 2.5) for request, client in probes.items()}
-    finally:
-        fresh_postgres.start()  # the nodes' shutdown is quick again
-    for request, (reply, took) in replies.items():
-        assert BUSY.fullmatch(reply), replies
-        assert took <= 2.0, (request, reply, took)
 
 
 # -- 4. a node cut off from Redis ----------------------------------------------------------------
@@ -734,7 +714,7 @@ def test_a_node_frozen_during_a_flood_causes_no_duplicate_and_no_reordering(
 
 SENDERS = ("s0", "s1", "s2")
 RECIPIENTS = ("r0", "r1", "r2", "r3")
-CRASHES = 6
+CRASHES = 9
 
 
 def private_flood(
