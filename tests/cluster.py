@@ -213,8 +213,11 @@ class Cluster:
         )
 
     def close(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes:  # every node told first: they shut down side by side
             node.close_clients()
+            node.signal(signal.SIGCONT)
+            node.signal(signal.SIGTERM)
+        for node in self.nodes:
             node.stop()
         self._store.close()
 

@@ -117,3 +117,31 @@ def cluster(
     database and an emptied Redis; every node is stopped when the test ends."""
     with running_cluster(tmp_path / "cluster", tls_files, postgres_url, redis_url) as made:
         yield made
+
+
+@pytest.fixture
+def fresh_cluster(
+    tmp_path: Path, tls_files: dict[str, Path], postgres_url: str, fresh_redis: RedisEngine
+) -> Iterator[Cluster]:
+    """As ``cluster``, over a Redis of this test's own (``fresh_redis``, which the test may
+    take too, to kill or pause it); the nodes are stopped before that Redis is."""
+    with running_cluster(tmp_path / "cluster", tls_files, postgres_url, fresh_redis.url) as made:
+        yield made
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[PostgresEngine]:
+    """A PostgreSQL server of this test's own (about a second to make), free to stop and
+    start again (``stop()``, ``start()``: same port); stopped and removed after."""
+    with PostgresEngine.running() as engine:
+        yield engine
+
+
+@pytest.fixture
+def cluster_on_fresh_postgres(
+    tmp_path: Path, tls_files: dict[str, Path], fresh_postgres: PostgresEngine, redis_url: str
+) -> Iterator[Cluster]:
+    """As ``cluster``, over a database in ``fresh_postgres`` (the session's Redis, emptied)."""
+    url = fresh_postgres.new_database()
+    with running_cluster(tmp_path / "cluster", tls_files, url, redis_url) as made:
+        yield made

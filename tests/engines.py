@@ -211,6 +211,14 @@ class PostgresEngine:
             return False
         return True
 
+    def start(self) -> None:
+        """Start again after :meth:`stop`: the same data directory and port, so URLs handed
+        out before (and the databases behind them) work again."""
+        if self.process is not None:
+            raise RuntimeError("postgres is already running")
+        if not self._launch(time.monotonic() + STARTUP_DEADLINE_S):
+            raise RuntimeError(f"postgres did not start again: {self._log_tail()}")
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT) of the postmaster we started; immediate, then kill, if slow."""
         process, self.process = self.process, None

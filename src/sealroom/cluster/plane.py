@@ -729,9 +729,13 @@ class RedisBus:
                 sessions, _ = self.hub.counts()
                 beat = self._heartbeat(args=[self.node, self.node_name, sessions])
             except RedisError as error:
-                if self.up and now - self._last_ok > self.timeout_s:
-                    self._fence(f"Redis unreachable for {now - self._last_ok:.1f}s ({error})")
-                self._connected_since = now
+                # Unheard since the last good beat until now, when the call failed -- not
+                # until it began: that would fence a whole failed round (up to the socket
+                # timeout and an interval) after the others took this node for dead.
+                failed = time.monotonic()
+                if self.up and failed - self._last_ok > self.timeout_s:
+                    self._fence(f"Redis unreachable for {failed - self._last_ok:.1f}s ({error})")
+                self._connected_since = failed
                 continue
             if not beat:
                 self._fence("this node was declared dead (unheard too long)")
