@@ -42,10 +42,15 @@ def open_postgres(url: str, *, create: bool = True, serving: bool = False) -> Po
             " pip install 'sealroom[cluster]'"
         ) from None
     if serving:
-        return PostgresStore(url, create=create, pool_wait_s=SERVING_POOL_WAIT_S)
+        return PostgresStore(
+            url, create=create, pool_wait_s=SERVING_POOL_WAIT_S, reconnect_s=SERVING_RECONNECT_S
+        )
     return PostgresStore(url, create=create)
 
 
 # A server's request waits this long for a database connection, then is answered
 # server-busy (SPEC: within 2 s while the database cannot be reached).
 SERVING_POOL_WAIT_S = 1.5
+# ... and retries a lost connection at most this long (1 s apart) before the next request
+# starts a new try: back within about two seconds of the database's return.
+SERVING_RECONNECT_S = 2.0

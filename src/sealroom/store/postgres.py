@@ -63,6 +63,11 @@ STATEMENT_TIMEOUT_MS: Final = 10_000
 LOCK_TIMEOUT_MS: Final = 5_000  # as long as SQLite's busy timeout
 IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 60_000  # a client that died inside a transaction
 POOL_WAIT_S: Final = 10.0  # for a free connection when every one is busy
+# How long the pool retries a lost connection (1 s, then 2, 4 … apart) before it gives up
+# and lets the next request start afresh: psycopg_pool's default of 5 minutes would, after
+# an outage of ten seconds, leave a server waiting for its next try long after the
+# database is back. A server passes less (open_store(serving=True)).
+RECONNECT_S: Final = 300.0
 # Opened as needed, up to: the store's workers, the password checks and housekeeping share
 # one store (the history writer has its own and uses one connection).
 POOL_SIZE: Final = 8
@@ -343,6 +348,7 @@ class PostgresStore:
         create: bool = True,
         pool_size: int = POOL_SIZE,
         pool_wait_s: float = POOL_WAIT_S,
+        reconnect_s: float = RECONNECT_S,
     ) -> None:
         self._clock = clock
         self._secrets = _secrets_in(url)
@@ -367,6 +373,7 @@ class PostgresStore:
             max_size=pool_size,
             open=False,
             timeout=pool_wait_s,
+            reconnect_timeout=reconnect_s,
             name="sealroom",
         )
         try:
