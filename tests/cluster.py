@@ -196,6 +196,22 @@ class Cluster:
             check=False,
         )
 
+    def cli_with(
+        self, config: Mapping[str, Any], *args: str, folder: Path
+    ) -> subprocess.CompletedProcess[str]:
+        """``sealroom ARGS`` with ``config`` written to ``folder`` (for a node that is not
+        to run, or not to start)."""
+        path = write_config(folder, config)
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        return subprocess.run(
+            [sys.executable, "-m", "sealroom", *args, "-c", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
     def close(self) -> None:
         for node in self.nodes:
             node.close_clients()

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.request
+from pathlib import Path
 
 from cluster import Cluster, read_until
+from engines import RedisEngine, free_port
 from helpers import wait_until
 
 
@@ -28,6 +32,8 @@ def test_room_messages_join_and_part_cross_nodes(cluster: Cluster) -> None:
     bob.request("/quit")
     alice.expect("PART #lobby bob")
     assert alice.request("/who #lobby") == "OK who #lobby alice"
+    # Every line of a node's log names it, so that many nodes' logs read together.
+    assert re.search(r" INFO one sealroom\.cluster: joined the cluster", one.log.read_text())
 
 
 def test_join_and_part_are_said_once_per_user_across_nodes(cluster: Cluster) -> None:
@@ -50,6 +56,7 @@ def test_who_rooms_and_list_are_cluster_wide(cluster: Cluster) -> None:
         cluster.add_user(name)
     alice, bob = one.user("alice"), two.user("bob")
     assert alice.request("/join #ops") == "OK join #ops"
+
     def listed() -> list[str]:
         bob.send("/list")
         return read_until(bob, "OK list")
@@ -221,3 +228,114 @@ def test_bans_and_private_rooms_hold_on_every_node(cluster: Cluster) -> None:
         timeout=3,
         what="#den private on two",
     )
+
+
+def test_an_address_has_one_connection_budget_across_nodes(cluster: Cluster) -> None:
+    budget = {"rate": {"connections_per_ip": {"rate": 0.01, "burst": 3}}}
+    one, two = cluster.node("one", **budget), cluster.node("two", **budget)
+    for node in (one, two, one):
+        node.client(source="127.0.0.2")
+    refused = False
+    try:
+        two.client(source="127.0.0.2")
+    except (OSError, EOFError):  # closed before the handshake (ssl.SSLError is an OSError)
+        refused = True
+    assert refused, "a fourth connection from 127.0.0.2 got through: one budget per node?"
+    two.client(source="127.0.0.3")  # another address has its own budget
+
+
+def test_status_metrics_and_sessions_show_every_node(cluster: Cluster) -> None:
+    metrics_port = free_port()
+    one = cluster.node("one", metrics={"listen": f"127.0.0.1:{metrics_port}"})
+    two = cluster.node("two", "127.0.0.2")
+    for name in ("alice", "bob"):
+        cluster.add_user(name)
+    one.user("alice")
+    two.user("bob", source="127.0.0.3")
+    result = cluster.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    nodes = {node["name"]: node for node in report["cluster"]["nodes"]}
+    assert set(nodes) == {"one", "two"}
+    assert nodes["one"]["self"]
+    assert nodes["two"]["last_heartbeat_s"] < 2
+    wait_until(
+        lambda: (
+            json.loads(cluster.cli("status", "--json").stdout)["cluster"]["nodes"][0]["sessions"]
+            == 1
+        ),
+        timeout=3,
+        what="heartbeats carry the session counts",
+    )
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+    exposed = metrics.read().decode()
+    assert 'sealroom_cluster_up{node="one"} 1' in exposed, exposed
+    text = cluster.cli("status").stdout
+    assert re.search(r"node two: 1 sessions, last heartbeat [\d.]+s ago", text), text
+    result = cluster.cli("sessions", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = sorted((row["user"], row["node"], row["address"]) for row in json.loads(result.stdout))
+    assert rows == [("alice", "one", "127.0.0.1"), ("bob", "two", "127.0.0.3")]
+    table = cluster.cli("sessions").stdout
+    assert "NODE" in table.splitlines()[0], table
+
+
+def test_check_config_reports_what_is_unsafe_in_the_engines(cluster: Cluster) -> None:
+    # The tests' PostgreSQL runs without fsync (throwaway data): check-config must say so.
+    cluster.node("one")
+    result = cluster.cli("check-config")
+    assert result.returncode == 1, result.stdout
+    assert "storage.database: PostgreSQL runs with fsync off" in result.stderr, result.stderr
+    assert "cluster.redis" not in result.stderr  # the tests' Redis is safe (AOF, noeviction)
+
+
+def test_a_node_refuses_a_redis_that_would_lose_or_evict_data(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    with RedisEngine.running(appendonly=False, maxmemory_policy="allkeys-lru") as unsafe:
+        cluster.redis_url = unsafe.url
+        result = cluster.cli_with(
+            cluster.config("lone", "127.0.0.1", 0, {}), "check-config", folder=tmp_path
+        )
+        assert result.returncode == 1
+        assert "cluster.redis: Redis has no append-only file" in result.stderr, result.stderr
+        assert "maxmemory-policy allkeys-lru" in result.stderr
+        served = cluster.cli_with(
+            cluster.config("lone", "127.0.0.1", 0, {}), "serve", folder=tmp_path
+        )
+        assert served.returncode == 1, served.stderr
+        assert (
+            served.stderr.strip()
+            .splitlines()[-1]
+            .startswith("sealroom: cluster.redis: Redis has no append-only file")
+        ), served.stderr
+
+
+def test_a_redis_that_lost_its_data_never_gives_a_stored_id_again(
+    cluster: Cluster, redis_engine: RedisEngine
+) -> None:
+    # A Redis replaced or flushed: the nodes are no longer in its list, fence themselves,
+    # join again, and raise the id counter above every id the database holds.
+    one = cluster.node("one")
+    cluster.add_user("alice")
+    alice = one.user("alice")
+    first = int(alice.request("/say #lobby before").split()[-1])
+    redis_engine.flush()
+    assert alice.closed(timeout=5)[-1] == "BYE node-unavailable"
+
+    def back() -> bool:
+        try:
+            again = one.user("alice")
+        except (AssertionError, OSError, EOFError, TimeoutError):
+            return False
+        return again.request("/say #lobby after").startswith("OK say")
+
+    wait_until(back, timeout=5, what="service after Redis lost its data")
+    reader = one.user("alice")
+    reader.send("/history #lobby 10")
+    lines = read_until(reader, "OK history")
+    ids = [int(line.split()[2]) for line in lines if line.startswith("HIST")]
+    texts = [line.split(" ", 5)[5] for line in lines if line.startswith("HIST")]
+    assert texts == ["before", "after"], lines
+    assert ids[0] == first
+    assert ids[1] > first

@@ -67,3 +67,16 @@ def test_a_postgresql_database_does_import_psycopg(
     assert "psycopg" in loaded
     assert "psycopg_pool" in loaded
     assert "redis" not in loaded  # not until the cluster's bus needs it
+
+
+def test_cluster_mode_imports_the_redis_client(
+    tmp_path: Path, tls_files: dict[str, Path], postgres_url: str, redis_url: str
+) -> None:
+    extra = {
+        "storage": {"database": postgres_url},
+        "cluster": {"redis": redis_url},
+        "control": {"socket": None},
+    }
+    loaded = cluster_modules_loaded(tmp_path, tls_files, extra)
+    assert "redis" in loaded
+    assert "sealroom" not in loaded  # (the probe lists only the clients' own packages)

@@ -1080,3 +1080,13 @@ def test_a_removed_owner_leaves_no_heir(store: Store) -> None:
     room = store.get_room("#tea")
     assert room is not None
     assert (room.owner, room.operators) == (None, frozenset())
+
+
+def test_highest_id_covers_ids_reserved_and_ids_stored(store: Store) -> None:
+    # A cluster's id counter is raised to this when it (re)joins Redis: it must cover ids a
+    # cluster stored without reserving them, and blocks a single node reserved unused.
+    assert store.highest_id() == 0
+    block = store.reserve_ids(10)
+    assert store.highest_id() == block[-1]
+    store.add_messages([message(500, room="#lobby")])
+    assert store.highest_id() == 500

@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
+import platform
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -142,6 +144,14 @@ class ClusterSettings:
     # Load balancers whose PROXY protocol header (v1 or v2) names the client: IP addresses,
     # each in its canonical spelling.
     trusted_proxies: tuple[str, ...] = ()
+
+
+def node_name(cluster: ClusterSettings) -> str | None:
+    """This node's name in a cluster (``cluster.node``, else HOST:PID); None on a single
+    server."""
+    if cluster.redis is None:
+        return None
+    return cluster.node or f"{platform.node() or 'localhost'}:{os.getpid()}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from sealroom import __version__
 from sealroom.cli.commands import CommandTable, build_parser
 from sealroom.cli.rooms import add_room_commands
 from sealroom.cli.tools import add_client_commands
-from sealroom.config import ConfigError, Settings, load_settings, parse_address
+from sealroom.config import ConfigError, Settings, load_settings, node_name, parse_address
 from sealroom.core.errors import UserError
 from sealroom.core.model import AccountExists, MissingDatabase, StoreError
 from sealroom.core.storage import Store, is_postgres_url
@@ -84,7 +84,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         return 1
-    problems = tls_problems(settings)
+    problems = tls_problems(settings) + engine_problems(settings)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -92,6 +92,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     where = settings.source or "built-in defaults"
     print(f"configuration OK ({where})")
     return 0
+
+
+def engine_problems(settings: Settings) -> list[str]:
+    """In cluster mode: that Redis and PostgreSQL answer, and that neither would lose or
+    evict what the cluster acknowledged. A single node has nothing to check here."""
+    url = settings.cluster.redis
+    if url is None:
+        return []
+    from sealroom.cluster.checks import redis_problems  # noqa: PLC0415 -- cluster mode only
+    from sealroom.cluster.plane import connect  # noqa: PLC0415
+
+    client = connect(url)
+    try:
+        problems = [f"cluster.redis: {problem}" for problem in redis_problems(client)]
+    finally:
+        client.close()
+    try:
+        from sealroom.store.postgres import PostgresStore  # noqa: PLC0415
+
+        with PostgresStore(str(settings.storage.database), create=False) as store:
+            unsafe = store.unsafe_settings()
+    except ImportError as error:
+        unsafe = [f"needs the cluster extra ({error.name} is missing)"]
+    except StoreError as error:
+        unsafe = [str(error)]
+    return problems + [f"storage.database: {problem}" for problem in unsafe]
 
 
 def tls_problems(settings: Settings) -> list[str]:
@@ -127,7 +153,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             parse_address(address)
         except ValueError as error:
             raise UserError(f"--listen: {error}") from None
-    configure_logging(settings.log.level, settings.log.format)
+    node = node_name(settings.cluster)
+    configure_logging(settings.log.level, settings.log.format, node=node)
     return serve(settings, listen=args.listen or ())
 
 
@@ -468,13 +495,16 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'USER':<33} {'ADDRESS':<40} {'CONNECTED SINCE':<25} ROOMS")
+    cluster = any("node" in row for row in rows)  # a cluster's census names each node
+    node_column = f"{'NODE':<20} " if cluster else ""
+    print(f"{'USER':<33} {'ADDRESS':<40} {node_column}{'CONNECTED SINCE':<25} ROOMS")
     for row in rows:
         rooms = " ".join(row.get("rooms", ())) or "-"
         since = str(row.get("connected_since", "?"))
+        node = f"{row.get('node', '?'):<20} " if cluster else ""
         print(
             escape_for_log(
-                f"{row.get('user', '?'):<33} {row.get('address', '?'):<40} "
+                f"{row.get('user', '?'):<33} {row.get('address', '?'):<40} {node}"
                 f"{since + _ago(since):<25} {rooms}"
             )
         )

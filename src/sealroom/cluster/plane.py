@@ -48,7 +48,7 @@ from sealroom.core.model import RoomRecord, StoredMessage, iso_utc
 from sealroom.core.protocol import encode_line
 from sealroom.core.storage import Store
 from sealroom.core.text import has_forbidden_chars, room_name, user_name
-from sealroom.state.hub import Hub, Member
+from sealroom.state.hub import Admit, Hub, Member
 
 log = logging.getLogger("sealroom.cluster")
 
@@ -63,6 +63,8 @@ ARCHIVE_BATCH = 500
 ARCHIVE_KEEP_S = 30.0  # how long the archiver retries a batch the store refused
 MAX_PAYLOAD = 16_384  # bytes of an event's JSON; more is refused (and, read, ignored)
 MAX_TEXT = 65_536  # characters of a message read from the bus
+CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answer
+CENSUS_KEEP_S = 10
 
 
 class _Waiter:
@@ -121,6 +123,7 @@ class RedisBus:
         *,
         keep_per_room: int,
         keep_per_recipient: int,
+        store_rooms: bool = True,
         now: Callable[[], str] | None = None,
     ) -> None:
         self.node_name = name
@@ -129,6 +132,7 @@ class RedisBus:
         self.hub = hub
         self._store = store
         self._keep = (keep_per_room, keep_per_recipient)
+        self.store_rooms = store_rooms  # history.rooms: false keeps room messages unstored
         self._now = now or (lambda: iso_utc(datetime.now(UTC)))
         self._redis = self.client = connect(url)
         self._reading = connect(url, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S)
@@ -144,6 +148,7 @@ class RedisBus:
         self._waiting: dict[int, _Waiter] = {}  # seq -> a request the reader completes
         self._waiting_lock = threading.Lock()
         self._archive: collections.deque[_Op] = collections.deque()
+        self._written: collections.deque[int] = collections.deque()  # DMs written to a socket
         self._archive_wake = threading.Event()
         self._position = "0-0"  # the last stream entry applied
         self._generation = 0  # renewed with the position when the node starts anew
@@ -153,6 +158,8 @@ class RedisBus:
         self._connected_since = 0.0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        # This node's sessions as `sealroom sessions` lists them, for a census.
+        self.on_census: Callable[[], list[dict[str, Any]]] = list
         self.fenced = 0  # times this node cut itself off (for status)
         self.reaped = 0  # dead nodes this node took back
         hub.on_leave = self._left
@@ -163,13 +170,12 @@ class RedisBus:
 
     # -- life -------------------------------------------------------------------------------
 
-    def start(self, id_floor: int) -> None:
+    def start(self) -> None:
         """Join the cluster, then run; a Redis that cannot be reached, or would lose
         acknowledged data, is a UserError naming the problem (the node does not start)."""
         problems = redis_problems(self._redis)
         if problems:
             raise UserError(f"cluster.redis: {problems[0]}")
-        self._id_floor = id_floor
         try:
             self._join_cluster()
         except RedisError as error:
@@ -186,7 +192,14 @@ class RedisBus:
         log.info("joined the cluster as node %s (%s)", self.node_name, self.node)
 
     def _join_cluster(self) -> None:
-        last, flat = self._register(args=[self.node, self.node_name, self._id_floor])
+        """Register (anew), and read where the bus stands and who is where, in one step.
+        The id counter is raised to the store's highest id each time: a Redis that lost its
+        data (a new server, a flush) must not give an id that is stored already."""
+        try:
+            floor = self._store.highest_id()
+        except Exception as error:
+            raise RedisError(f"the database did not say its highest id: {error}") from None
+        last, flat = self._register(args=[self.node, self.node_name, floor])
         totals: dict[tuple[str, str], int] = {}
         for field, count in zip(flat[::2], flat[1::2], strict=True):
             room, _, name = _str(field).partition("\t")
@@ -223,9 +236,9 @@ class RedisBus:
     def login(self, member: Member) -> int:
         return int(self._call("login", [member.name]))
 
-    def join(self, member: Member, room: str, reply: bytes) -> None:
+    def join(self, member: Member, room: str, reply: bytes, admit: Admit) -> None:
         def apply(total: int) -> bool:
-            return self.hub.enter_replica(member, room, reply)
+            return self.hub.enter_replica(member, room, reply, admit)
 
         if not self._call("join", [room, member.name, str(member.serial), "0"], apply=apply):
             raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room} does not exist")
@@ -243,25 +256,28 @@ class RedisBus:
         self._background("logout", [member.name])
 
     def say(self, member: Member, room: str, text: str) -> int:
-        message = StoredMessage(0, room, None, member.name, text, self._now())
         args = [room, member.name, text, str(member.serial)]
+        if not self.store_rooms:  # no history kept: published is all there is to wait for
+            return int(self._call("say", args))
+        message = StoredMessage(0, room, None, member.name, text, self._now())
         return int(self._call("say", args, archive=message))
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
-        message_id, online = self._call("dm", [recipient, sender, text, str(stamp)])
-        message = StoredMessage(int(message_id), None, recipient, sender, text, self._now())
-        if int(online) > 0:
-            self._await(self._submit("archive", [], None, archive=message, queue=False))
-            return int(message_id), True
+        """Stored first (undelivered), then published: the recipient's node marks it
+        delivered once its line is written to a socket. A node that dies before that
+        leaves it waiting in the store for the next login, as a single server does."""
+        message_id = int(self._call("id", []))
+        message = StoredMessage(message_id, None, recipient, sender, text, self._now())
         try:
             self._store.add_messages([message], delivered=False)
         except Exception as error:
             log.warning("could not store a private message: %s", error)
             raise busy("the database is unreachable") from None
-        # A login may have come between the count and the store: let it look again.
-        if self.online(recipient):
+        online = int(self._call("dm", [recipient, sender, text, str(stamp), str(message_id)]))
+        if not online and self.online(recipient):
+            # A login came between the count and the store: let it look again.
             self.broadcast("mail", {"name": recipient})
-        return int(message_id), False
+        return message_id, online > 0
 
     def online(self, name: str) -> bool:
         try:
@@ -274,12 +290,6 @@ class RedisBus:
         if len(body) > MAX_PAYLOAD:
             raise ProtocolError(ErrorCode.BAD_ARGUMENT, "too large to share")
         self._call(kind, [body])
-
-    def share(self, kind: str, payload: Mapping[str, object]) -> None:
-        """As :meth:`broadcast`, without waiting (a room change others will also poll for)."""
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        if len(body) <= MAX_PAYLOAD:
-            self._background(kind, [body])
 
     def take(self, bucket: str, key: str, rate: float, burst: float) -> float:
         if not self.up:
@@ -313,6 +323,37 @@ class RedisBus:
                 }
             )
         return found
+
+    def census(self) -> list[dict[str, Any]]:
+        """Every node's sessions: a ``census`` event asks, each node answers in a key of
+        its own (expiring), and this waits for every live node, a second at most."""
+        ask = secrets.token_hex(8)
+        self.broadcast("census", {"ask": ask})
+        deadline = time.monotonic() + CENSUS_WAIT_S
+        try:
+            while True:
+                live = [_str(m) for m in self._redis.zrange(scripts.NODES, 0, -1)]
+                keys = [f"{scripts.PREFIX}census:{ask}:{node}" for node in live]
+                answers = self._redis.mget(keys) if keys else []
+                if all(answers) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        except RedisError:
+            raise busy() from None
+        rows: list[dict[str, Any]] = []
+        for answer in answers:
+            if answer:
+                found = json.loads(answer)
+                rows.extend(row for row in found if isinstance(row, dict))
+        return rows
+
+    def _answer_census(self, ask: str) -> None:
+        rows = json.dumps(self.on_census(), separators=(",", ":"))
+        key = f"{scripts.PREFIX}census:{ask}:{self.node}"
+        try:
+            self._redis.set(key, rows, ex=CENSUS_KEEP_S)
+        except RedisError as error:
+            log.warning("could not answer a census: %s", error)
 
     # -- requests in flight -----------------------------------------------------------------
 
@@ -444,6 +485,17 @@ class RedisBus:
                 take = min(len(self._archive), ARCHIVE_BATCH)
                 batch = [self._archive.popleft() for _ in range(take)]
                 self._store_batch(batch)
+            if self._written:
+                self._mark_written()
+
+    def _mark_written(self) -> None:
+        """Private messages written to their recipient's socket here: delivered, in one
+        statement (a message written by two sessions is marked once or twice: the same)."""
+        ids = sorted({self._written.popleft() for _ in range(len(self._written))})
+        try:
+            self._store.mark_delivered(ids)
+        except Exception as error:  # they stay waiting: the next login gets them again
+            log.warning("could not mark %d private messages delivered: %s", len(ids), error)
 
     def _store_batch(self, batch: list[_Op]) -> None:
         """One transaction for the batch; the senders are answered once it committed.
@@ -533,7 +585,13 @@ class RedisBus:
             if not (_user(to) and _user(sender) and _text(text)):
                 return _ignored(kind)
             line = encode_line("DM", str(sender), str(text))
-            self.hub.direct_replica(str(to), line, _int(fields.get("stamp")))
+            message_id = _int(fields.get("id"))
+
+            def written() -> None:  # on the recipient's thread: never blocks
+                self._written.append(message_id)
+                self._archive_wake.set()
+
+            self.hub.direct_replica(str(to), line, _int(fields.get("stamp")), written)
         elif kind == "gone":
             if not mine:
                 log.info("node %s is gone; its sessions left their rooms", node)
@@ -565,11 +623,15 @@ class RedisBus:
         self, waiter: _Waiter, total: int, room: str, name: str, fields: Mapping[str, str]
     ) -> None:
         with waiter.lock:
-            applied = not waiter.cancelled and waiter.apply is not None and waiter.apply(total)
+            try:
+                applied = not waiter.cancelled and waiter.apply is not None and waiter.apply(total)
+            except ProtocolError as refused:  # refused as of this point of the order
+                waiter.finish(error=refused)
+                applied = False
             if applied:
                 waiter.finish(True)
                 return
-            if not waiter.cancelled:
+            if not waiter.done.is_set():
                 waiter.finish(False)
         if fields.get("k") == "join":  # the session did not stay: count it out again
             self._background("part", [room, name, fields.get("ser", "0"), "0"])
@@ -686,6 +748,12 @@ def _destroy(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
         bus.hub.destroy(room, by)
 
 
+def _census(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
+    ask = payload["ask"]
+    if isinstance(ask, str) and ask.isalnum() and len(ask) <= 32:
+        bus._answer_census(ask)
+
+
 def _mail(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
     name = payload["name"]
     if _user(name):
@@ -698,6 +766,7 @@ _EVENTS: dict[str, Callable[[RedisBus, dict[str, Any], bool], None]] = {
     "room": _room_event,
     "destroy": _destroy,
     "mail": _mail,
+    "census": _census,
 }
 
 

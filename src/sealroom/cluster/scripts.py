@@ -59,16 +59,17 @@ while i <= #ARGV do
     add(maxlen, 'k', 'say', 'id', id, 'room', room, 'from', from, 'text', text,
         'node', node, 'seq', seq, 'ser', ser)
     results[#results + 1] = id
+  elseif kind == 'id' then
+    results[#results + 1] = redis.call('INCR', P .. 'ids')
   elseif kind == 'dm' then
-    local to, from, text, stamp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    i = i + 4
-    local id = redis.call('INCR', P .. 'ids')
+    local to, from, text, stamp, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
     local online = tonumber(redis.call('HGET', P .. 'online', to) or '0')
     if online > 0 then
       add(maxlen, 'k', 'dm', 'id', id, 'to', to, 'from', from, 'text', text, 'stamp', stamp,
           'node', node, 'seq', seq)
     end
-    results[#results + 1] = {id, online}
+    results[#results + 1] = online
   elseif kind == 'join' or kind == 'part' then
     local room, name, ser, quiet = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     i = i + 4

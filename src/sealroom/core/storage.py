@@ -79,6 +79,10 @@ class Store(Protocol):
 
     # -- messages -----------------------------------------------------------------------------
     def reserve_ids(self, count: int) -> range: ...
+    def highest_id(self) -> int:
+        """The highest message id ever reserved or stored (a cluster's id floor)."""
+        ...
+
     def add_messages(
         self,
         messages: Sequence[StoredMessage],

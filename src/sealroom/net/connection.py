@@ -60,6 +60,7 @@ class OwnershipError(RuntimeError):
 class State(enum.Enum):
     NEW = "new"  # accepted, not yet adopted by the reactor
     PROXY = "proxy"  # from a trusted load balancer: reading its PROXY header, before TLS
+    ADMIT = "admit"  # in a cluster: asking the shared bucket about the client's address
     HANDSHAKE = "handshake"
     OPEN = "open"  # a session speaks the protocol (logged in or not)
     CLOSED = "closed"
@@ -79,6 +80,9 @@ class Shared:
     complete: Callable[[Connection, Effect[Any], Outcome], None] = field(
         default=lambda connection, effect, outcome: None
     )
+    # In a cluster: whether the address may open one more connection by the budget all
+    # nodes share (blocking: it runs on the bus's pool, never here).
+    cluster_admit: Callable[[str], bool] | None = None
 
 
 class Registry:
@@ -212,13 +216,14 @@ class Connection:
         if self.proxy_header is not None:
             self.state = State.PROXY
             return self._read_proxy_header()
-        self.state = State.HANDSHAKE
-        return self._handshake()
+        return self._admitted_here()
 
     def on_event(self, readable: bool) -> int:
         """The socket is ready (or may be): advance whatever the state allows."""
         if self.state is State.PROXY:
             return CLOSE if self.outbox.closing is not None else self._read_proxy_header()
+        if self.state is State.ADMIT:  # the TLS bytes wait in the kernel meanwhile
+            return CLOSE if self.outbox.closing is not None else IDLE
         if self.state is State.HANDSHAKE:
             return CLOSE if self.outbox.closing is not None else self._handshake()
         if self.state is State.OPEN:
@@ -253,6 +258,8 @@ class Connection:
 
     def on_complete(self, effect: Effect[Any], outcome: Outcome) -> int:
         """A worker finished an effect for this session: apply it, carry on."""
+        if self.state is State.ADMIT:
+            return self._admitted_by_cluster(outcome)
         if self.state is not State.OPEN or self.session is None:
             return CLOSE
         self.session.complete(effect, outcome)
@@ -266,6 +273,9 @@ class Connection:
             return None
         if self.state is State.PROXY:
             log.info("%s [-]: PROXY protocol header timed out", self.peer)
+            return CLOSE
+        if self.state is State.ADMIT:
+            log.info("%s [-]: the cluster's connection budget did not answer in time", self.peer)
             return CLOSE
         if self.state is State.HANDSHAKE:
             log.info("%s [-]: TLS handshake timed out", self.peer)
@@ -319,6 +329,27 @@ class Connection:
             return CLOSE
         self.admitted_as = self.peer = client
         log.debug("%s [-]: PROXY protocol v%d header from %s", client, header.version, proxy)
+        return self._admitted_here()
+
+    def _admitted_here(self) -> int:
+        """This node's limits let the client in; in a cluster the shared budget decides
+        next, on the bus's pool. Then the handshake."""
+        ask = self.shared.cluster_admit
+        if ask is None:
+            self.state = State.HANDSHAKE
+            return self._handshake()
+        self.state = State.ADMIT
+        peer = self.peer
+        if not self.shared.pools[Pool.BUS].submit(lambda: ask(peer), _HandBack(self, _ADMIT)):
+            return CLOSE
+        return IDLE
+
+    def _admitted_by_cluster(self, outcome: Outcome) -> int:
+        if outcome.error is None and outcome.value is False:
+            self.shared.admission.rejected["rate"] += 1
+            log.info("%s [-]: refused by the cluster's connection budget", self.peer)
+            return CLOSE
+        # An error (Redis away) lets the client in: this node's own limits still held.
         self.state = State.HANDSHAKE
         return self._handshake()
 
@@ -467,6 +498,13 @@ class _HandBack:
 
     def __call__(self, outcome: Outcome) -> None:
         self.connection.shared.complete(self.connection, self.effect, outcome)
+
+
+def _never() -> None:
+    """The admission check is not a session's effect: it has no work or step of its own."""
+
+
+_ADMIT: Effect[Any] = Effect(Pool.BUS, _never, lambda _: None)
 
 
 def _not_yet() -> None:

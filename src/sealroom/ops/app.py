@@ -28,7 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sealroom import __version__
-from sealroom.config import ConfigError, Settings, load_settings, parse_address
+from sealroom.config import ConfigError, Settings, load_settings, node_name, parse_address
 from sealroom.core.errors import ProtocolError, UserError
 from sealroom.core.model import iso_utc
 from sealroom.core.storage import Store
@@ -96,7 +96,7 @@ class App:
         context = build_server_context(
             settings.tls.cert, settings.tls.key, settings.tls.client_ca, settings.tls.profile
         )
-        self.store: Store = open_store(settings.storage.database)
+        self.store: Store = open_store(settings.storage.database, serving=True)
         self.bus: RedisBus | None = None  # in a cluster (cluster.redis): the real-time plane
         services = self._build_services(settings, clock)
         admission = Admission(
@@ -111,6 +111,8 @@ class App:
         self.shared = Shared(
             services, admission, Registry(), context, self.pools, complete=self.reactor.complete
         )
+        if self.bus is not None:
+            self.shared.cluster_admit = self._cluster_admit
         self.counters = services.counters
         self.certificate: Validity | None = _startup_certificate(settings)
         self.reloads = {"ok": 0, "failed": 0}
@@ -243,11 +245,17 @@ class App:
         _raise_fd_limit()
         _big_blocks_by_mmap()
         threading.stack_size(THREAD_STACK_BYTES)
+        if self.bus is not None:  # first: a node the cluster refuses starts nothing
+            self.bus.on_census = self.session_rows
+            try:  # before listening; a Redis that would lose acknowledged data is refused
+                self.bus.start()
+            except BaseException:
+                self._stopping.set()  # nothing to stop in order: no loop is turning yet
+                self.close()
+                raise
         self.writer.start()
         for pool in self.pools.values():
             pool.start()
-        if self.bus is not None:
-            self._join_cluster(self.bus)
         self.reactor.start()
         for server in self.listeners:
             thread = threading.Thread(
@@ -282,10 +290,17 @@ class App:
         self._last_status = self.status_line()
         self.notifier.ready(self._last_status)
 
-    def _join_cluster(self, bus: RedisBus) -> None:
-        """Join before listening; the bus refuses a Redis that would lose acknowledged data."""
-        floor = self.store.reserve_ids(0).start - 1  # ids stored before (db copy) stay unique
-        bus.start(floor)
+    def _cluster_admit(self, address: str) -> bool:
+        """Whether ``address`` may connect once more by the budget every node shares (on
+        the bus's pool). Redis away: yes; this node's own limits were checked before."""
+        bus = self.bus
+        if bus is None or not bus.up:
+            return True
+        bucket = self.settings.rate.connections_per_ip
+        try:
+            return bus.take("connections", address, bucket.rate, bucket.burst) == 0
+        except ProtocolError:
+            return True
 
     def _housekeeping(self) -> None:
         interval = HOUSEKEEPING_INTERVAL_S
@@ -423,6 +438,8 @@ class App:
         services.messages.private_quota = settings.history.private_per_user
         services.messages.private_per_sender = settings.history.private_per_sender
         services.messages.store_rooms = settings.history.rooms
+        if self.bus is not None:
+            self.bus.store_rooms = settings.history.rooms
         if settings.log.level != self.settings.log.level:
             set_level(settings.log.level)
         # A connection reads ``shared.services`` once, when it starts: sessions already
@@ -493,10 +510,49 @@ class App:
         )
 
     def metric_families(self) -> list[Family]:
-        return metric_families(self.snapshot())
+        families = metric_families(self.snapshot())
+        bus = self.bus
+        if bus is not None:  # labelled with this node's name, as its logs are
+            node = {"node": bus.node_name}
+            families += [
+                Family(
+                    "sealroom_cluster_up",
+                    "gauge",
+                    "1 while this node is in the cluster (not fenced).",
+                    [(node, 1 if bus.up else 0)],
+                ),
+                Family(
+                    "sealroom_cluster_fenced_total",
+                    "counter",
+                    "Times this node cut itself off (BYE node-unavailable).",
+                    [(node, bus.fenced)],
+                ),
+                Family(
+                    "sealroom_cluster_reaped_total",
+                    "counter",
+                    "Dead nodes whose sessions this node took back.",
+                    [(node, bus.reaped)],
+                ),
+            ]
+        return families
 
     def _control_status(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        return status_report(self.snapshot())
+        report = status_report(self.snapshot())
+        bus = self.bus
+        if bus is not None:
+            try:
+                nodes = bus.nodes()
+            except Exception as error:  # Redis away: say so, the rest of the report stands
+                log.warning("status: could not list the cluster's nodes: %s", error)
+                nodes = []
+            report["cluster"] = {
+                "node": bus.node_name,
+                "up": bus.up,
+                "fenced": bus.fenced,
+                "reaped": bus.reaped,
+                "nodes": nodes,
+            }
+        return report
 
     def _control_reload(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """``sealroom reload``: as SIGHUP does; refused with the reason if it failed."""
@@ -513,7 +569,21 @@ class App:
         }
 
     def _control_sessions(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """``sealroom sessions``: every logged-in session, oldest first."""
+        """``sealroom sessions``: every logged-in session, oldest first; in a cluster, every
+        node's (each answers a census on the bus)."""
+        if self.bus is not None:
+            try:
+                rows = self.bus.census()
+            except ProtocolError as error:
+                raise ControlError(error.text) from None
+        else:
+            rows = self.session_rows()
+        rows.sort(key=lambda row: (str(row.get("connected_since")), str(row.get("user"))))
+        return {"sessions": rows}
+
+    def session_rows(self) -> list[dict[str, Any]]:
+        """This process's logged-in sessions (in a cluster, each with its node's name)."""
+        node = self.bus.node_name if self.bus is not None else None
         rows = []
         for connection in self.shared.registry.snapshot():
             session = connection.session
@@ -528,10 +598,10 @@ class App:
                     "connected_since": iso_utc(
                         datetime.fromtimestamp(connection.connected_at, UTC)
                     ),
+                    **({"node": node} if node is not None else {}),
                 }
             )
-        rows.sort(key=lambda row: (row["connected_since"], row["user"]))
-        return {"sessions": rows}
+        return rows
 
     def kick(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """``sealroom kick NAME [--reason TEXT]``: close every session of NAME."""
@@ -645,7 +715,7 @@ def _cluster_bus(settings: Settings, hub: Hub, store: Store) -> RedisBus:
 
     cluster = settings.cluster
     assert cluster.redis is not None  # noqa: S101 -- the caller checked
-    name = cluster.node or f"{socket.gethostname()}:{os.getpid()}"
+    name = node_name(cluster) or "?"
     history = settings.history
     return RedisBus(
         cluster.redis,
@@ -655,6 +725,7 @@ def _cluster_bus(settings: Settings, hub: Hub, store: Store) -> RedisBus:
         store,
         keep_per_room=history.per_room,
         keep_per_recipient=history.private_per_user,
+        store_rooms=history.rooms,
     )
 
 

@@ -39,6 +39,10 @@ class _JournalFormatter(_TextFormatter):
 
 
 class _JsonFormatter(logging.Formatter):
+    def __init__(self, node: str | None = None) -> None:
+        super().__init__()
+        self.node = node
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
@@ -46,6 +50,8 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.node is not None:
+            entry["node"] = self.node
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=True)
@@ -79,20 +85,24 @@ def logs_to_journal(stream: TextIO) -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
-def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", fmt: str = "text", stream: TextIO | None = None, node: str | None = None
+) -> None:
     """Send the ``sealroom`` loggers to stderr.
 
     When stderr is systemd's journal stream journald stamps each line, so text lines carry no
-    time of their own there, and a ``<N>`` prefix gives each line its priority.
+    time of their own there, and a ``<N>`` prefix gives each line its priority. ``node``: a
+    cluster node's name, on every line, so that the logs of many nodes can be read together.
     """
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    where = "" if node is None else escape_for_log(node).replace("%", "%%") + " "
     if fmt == "json":
-        formatter: logging.Formatter = _JsonFormatter()
+        formatter: logging.Formatter = _JsonFormatter(node)
         formatter.converter = time.gmtime
     elif logs_to_journal(stream or sys.stderr):
-        formatter = _JournalFormatter("%(levelname)s %(name)s: %(message)s")
+        formatter = _JournalFormatter(f"%(levelname)s {where}%(name)s: %(message)s")
     else:
-        formatter = _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        formatter = _TextFormatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
     handler.setFormatter(formatter)
     root = logging.getLogger("sealroom")
     for old in list(root.handlers):

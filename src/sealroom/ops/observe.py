@@ -315,6 +315,18 @@ def status_text(report: Mapping[str, Any]) -> list[str]:
     expires = report["tls"]["certificate_expires"]
     if expires is not None:
         lines.append(f"TLS certificate expires {expires}")
+    cluster = report.get("cluster")
+    if cluster:
+        lines.append(
+            f"cluster node {cluster['node']}: fenced {cluster['fenced']} times, "
+            f"took back {cluster['reaped']} dead nodes"
+        )
+        for node in cluster.get("nodes", ()):
+            mark = " (this node)" if node.get("self") else ""
+            lines.append(
+                f"  node {node['name']}{mark}: {node['sessions']} sessions, "
+                f"last heartbeat {node['last_heartbeat_s']}s ago"
+            )
     web = report.get("web") or {}
     if web.get("listener"):
         lines.append(

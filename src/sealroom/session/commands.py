@@ -70,23 +70,25 @@ def _shared_login_token(session: Session) -> None:
 def _share_room(
     session: Session,
     record: RoomRecord,
+    reply: str,
     *,
     by: str = OPERATOR,
     reason: str = "",
     line: bytes | None = None,
     notify: str | None = None,
-) -> None:
-    """Tell the cluster's other nodes what this node just applied (they also poll the
-    store for room changes: this only makes it immediate). Never blocks."""
+) -> Step:
+    """``reply``, once the cluster's other nodes have the change this node just applied
+    in the bus's order: a join ordered after it is judged by it, on every node. (They
+    also poll the store for room changes, should the bus be away.)"""
     bus = session.services.bus
     if bus is None:
-        return
+        return reply
     payload: dict[str, object] = {"record": room_payload(record), "by": by, "reason": reason}
     if line is not None:
         payload["line"] = line.decode().rstrip("\n")
     if notify is not None:
         payload["notify"] = notify
-    bus.share("room", payload)
+    return Effect(Pool.BUS, lambda: bus.broadcast("room", payload), lambda _: reply)
 
 
 def _user_arg(raw: str) -> str:
@@ -253,7 +255,8 @@ def _cluster_login(session: Session, bus: Bus, member: Member) -> Step:
             if bus.login(member) > limit:
                 return ProtocolError(ErrorCode.FORBIDDEN, f"{name} has {limit} sessions already")
             if default is not None:
-                bus.join(member, default, encode_line("OK", "login", name, default))
+                reply = encode_line("OK", "login", name, default)
+                bus.join(member, default, reply, _admit(member))
         except ProtocolError as error:
             return error
         return None
@@ -345,7 +348,7 @@ def _cluster_join(session: Session, bus: Bus, member: Member, name: str) -> Step
             raise
     else:
         reply = _joined(name, hub.topic(name))
-        return Effect(Pool.BUS, lambda: bus.join(member, name, reply), entered)
+        return Effect(Pool.BUS, lambda: bus.join(member, name, reply, _admit(member)), entered)
     hub.may_create(member)
 
     def create() -> RoomRecord:
@@ -362,7 +365,7 @@ def _cluster_join(session: Session, bus: Bus, member: Member, name: str) -> Step
 
         def share_and_join() -> None:  # in this order: every node knows the room first
             bus.broadcast("room", {"record": room_payload(record), "by": OPERATOR})
-            bus.join(member, name, reply)
+            bus.join(member, name, reply, _admit(member))
 
         return Effect(Pool.BUS, share_and_join, entered)
 
@@ -618,12 +621,11 @@ def cmd_topic(session: Session, request: Request) -> Step:
         store.set_room(name, topic=text)
         return _stored(session, name)
 
-    def done(record: RoomRecord) -> Reply:
+    def done(record: RoomRecord) -> Step:
         hub.apply(record)
         line = encode_line("TOPIC", name, member.name, text)
         hub.announce(name, line)
-        _share_room(session, record, line=line)
-        return f"OK topic {name} {text}"
+        return _share_room(session, record, f"OK topic {name} {text}", line=line)
 
     return Effect(Pool.STORE, write, done)
 
@@ -646,12 +648,11 @@ def cmd_mode(session: Session, request: Request) -> Step:
         store.set_room(name, mode=mode.value)
         return _stored(session, name)
 
-    def done(record: RoomRecord) -> Reply:
+    def done(record: RoomRecord) -> Step:
         hub.apply(record)
         line = encode_line("MODE", name, member.name, mode.value)
         hub.announce(name, line)
-        _share_room(session, record, line=line)
-        return f"OK mode {name} {mode.value}"
+        return _share_room(session, record, f"OK mode {name} {mode.value}", line=line)
 
     return Effect(Pool.STORE, write, done)
 
@@ -667,13 +668,13 @@ def cmd_invite(session: Session, request: Request) -> Step:
         store.set_role(name, invited, "invited", True)
         return invited, _stored(session, name)
 
-    def done(result: tuple[str, RoomRecord]) -> Reply:
+    def done(result: tuple[str, RoomRecord]) -> Step:
         invited, record = result
         hub.apply(record)
         line = encode_line("INVITE", name, by)
         hub.notify(invited, line)
-        _share_room(session, record, line=line, notify=invited)
-        return f"OK invite {invited} {name}"
+        reply = f"OK invite {invited} {name}"
+        return _share_room(session, record, reply, line=line, notify=invited)
 
     return Effect(Pool.STORE, write, done)
 
@@ -692,12 +693,11 @@ def cmd_ban(session: Session, request: Request) -> Step:
         store.set_role(name, target.name, "banned", True)
         return target.name, _stored(session, name)
 
-    def done(result: tuple[str, RoomRecord]) -> Reply:
+    def done(result: tuple[str, RoomRecord]) -> Step:
         banned, record = result
         # At once, under the hub's lock: after this no message of theirs reaches the room.
         hub.apply(record, by=by, reason=reason)
-        _share_room(session, record, by=by, reason=reason)
-        return f"OK ban {banned} {name}"
+        return _share_room(session, record, f"OK ban {banned} {name}", by=by, reason=reason)
 
     return Effect(Pool.STORE, write, done)
 
@@ -721,11 +721,10 @@ def _role_change(session: Session, request: Request, role: str, held: bool, verb
         store.set_role(name, target, role, held)
         return target, _stored(session, name)
 
-    def done(result: tuple[str, RoomRecord]) -> Reply:
+    def done(result: tuple[str, RoomRecord]) -> Step:
         target, record = result
         hub.apply(record)
-        _share_room(session, record)
-        return f"OK {verb} {target} {name}"
+        return _share_room(session, record, f"OK {verb} {target} {name}")
 
     return Effect(Pool.STORE, write, done)
 
@@ -756,13 +755,17 @@ def cmd_destroy(session: Session, request: Request) -> Step:
         session.services.messages.writer.flush()
         return store.destroy_room(name)
 
-    def done(_: bool) -> Reply:
+    def done(_: bool) -> Step:
         hub.destroy(name, by)
-        if session.services.bus is not None:
-            session.services.bus.share("destroy", {"room": name, "by": by})
         if session.current_room == name:
             session.current_room = None
-        return f"OK destroy {name}"
+        bus = session.services.bus
+        if bus is None:
+            return f"OK destroy {name}"
+        payload = {"room": name, "by": by}  # every node empties it (and polls, as a backstop)
+        return Effect(
+            Pool.BUS, lambda: bus.broadcast("destroy", payload), lambda _: f"OK destroy {name}"
+        )
 
     return Effect(Pool.STORE, write, done)
 

@@ -19,7 +19,7 @@ from typing import Any
 from sealroom import PROTOCOL_VERSION
 from sealroom.config import Settings
 from sealroom.core.errors import ErrorCode, ProtocolError
-from sealroom.core.model import StoredMessage
+from sealroom.core.model import StoredMessage, StoreError
 from sealroom.core.protocol import (
     SAY_CURRENT,
     Framing,
@@ -336,6 +336,9 @@ class Session:
                 step = then(outcome.value)
             except Exception as raised:  # judged below, like an error from the work itself
                 error = raised
+        if isinstance(error, StoreError):  # the database is away or busy: not our bug
+            log.warning("%s: %s", self.describe(), error)
+            error = ProtocolError(ErrorCode.SERVER_BUSY, "the database is unreachable; retry in 2s")
         if isinstance(error, SessionEnded):
             log.info("%s: %s", self.describe(), error.reason)
             self.outbox.close(error.reason, wake=False)

@@ -18,18 +18,17 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from sealroom.core.model import RoomRecord
-from sealroom.state.hub import Member
+from sealroom.state.hub import Admit, Member
 
 
 class Bus(Protocol):
-    node: str  # this node's name, for status and `sealroom sessions`
-
     def login(self, member: Member) -> int:
         """Count ``member`` as online; returns its user's sessions across the cluster."""
         ...
 
-    def join(self, member: Member, room: str, reply: bytes) -> None:
-        """Enter ``room``; returns once the entry is applied here, ``reply`` queued first."""
+    def join(self, member: Member, room: str, reply: bytes, admit: Admit) -> None:
+        """Enter ``room``; returns once the entry is applied here, ``reply`` queued first.
+        ``admit`` judges the room as the bus's order has it then (raises to refuse)."""
         ...
 
     def part(self, member: Member, room: str) -> None:
@@ -55,10 +54,6 @@ class Bus(Protocol):
 
     def broadcast(self, kind: str, payload: Mapping[str, object]) -> None:
         """An event for every node (kick, wall, room, destroy): returns once it is ordered."""
-        ...
-
-    def share(self, kind: str, payload: Mapping[str, object]) -> None:
-        """As :meth:`broadcast`, but queued: never blocks (for the session's own thread)."""
         ...
 
     def take(self, bucket: str, key: str, rate: float, burst: float) -> float:

@@ -385,13 +385,21 @@ class Hub:
 
     # -- a replica: what the cluster's bus says, applied in its one order --------------------
 
-    def enter_replica(self, member: Member, room_name: str, reply: bytes) -> bool:
+    def enter_replica(
+        self, member: Member, room_name: str, reply: bytes, admit: Admit | None = None
+    ) -> bool:
         """A local session's join, as the bus ordered it: from here on it gets the room's
-        messages, and ``reply`` comes before any of them. False: the room is gone."""
+        messages, and ``reply`` comes before any of them. False: the room is gone.
+
+        ``admit`` judges the room as it is at this point of the bus's order (a ban or mode
+        change ordered before the join refuses it): it raises ProtocolError to refuse.
+        """
         with self._lock:
             room = self._rooms.get(room_name)
             if room is None or member.outbox.closing is not None:
                 return False
+            if admit is not None:
+                admit(room.view())
             room.members[member] = None
             member.rooms.add(room_name)
             member.outbox.push(reply)
@@ -433,7 +441,12 @@ class Hub:
                     if target.name != name:
                         target.outbox.push(line)
             elif before > 0 and total <= 0:
-                self._send_locked(room, encode_line("PART", room_name, name), None)
+                # Never to the user's own sessions still here: a node declared dead (it was
+                # paused) hears its users' PARTs before it closes their sessions.
+                line = encode_line("PART", room_name, name)
+                for target in room.members:
+                    if target.name != name:
+                        target.outbox.push(line)
 
     def load_presence(self, totals: dict[tuple[str, str], int]) -> None:
         """Who is where across the cluster, from a snapshot: replaces what was known."""
@@ -467,12 +480,15 @@ class Hub:
                 if target.on_mail is not None:
                     target.outbox.push(b"", on_sent=target.on_mail)
 
-    def direct_replica(self, recipient: str, line: bytes, stamp: int) -> int:
-        """A private message from the bus to this node's sessions of ``recipient``."""
+    def direct_replica(
+        self, recipient: str, line: bytes, stamp: int, on_sent: Callable[[], None]
+    ) -> int:
+        """A private message from the bus to this node's sessions of ``recipient``;
+        ``on_sent`` runs (on the session's thread) once a session has written it."""
         with self._lock:
             sessions = [s for s in self._sessions.get(recipient, ()) if s.stamp == stamp]
             for target in sessions:
-                target.outbox.push(line)
+                target.outbox.push(line, on_sent=on_sent)
             self._count_locked(len(sessions), line)
             return len(sessions)
 

@@ -19,19 +19,20 @@ if TYPE_CHECKING:
     from sealroom.store.postgres import PostgresStore
 
 
-def open_store(database: Path | str, *, create: bool = True) -> Store:
+def open_store(database: Path | str, *, create: bool = True, serving: bool = False) -> Store:
     """The store that ``database`` names, its schema brought up to date.
 
     Without ``create``, a database that does not exist yet (a missing SQLite file, a
     PostgreSQL database without the Sealroom schema) is a :class:`StoreError` instead of
-    being created.
+    being created. ``serving``: for a running server, whose requests must fail within a
+    second or two when the database is away, rather than wait for it.
     """
     if is_postgres_url(database):
-        return open_postgres(str(database), create=create)
+        return open_postgres(str(database), create=create, serving=serving)
     return SqliteStore(Path(database), create=create)  # MissingDatabase without ``create``
 
 
-def open_postgres(url: str, *, create: bool = True) -> PostgresStore:
+def open_postgres(url: str, *, create: bool = True, serving: bool = False) -> PostgresStore:
     """A :class:`PostgresStore`, or a :class:`StoreError` saying how to install its client."""
     try:
         from sealroom.store.postgres import PostgresStore  # noqa: PLC0415 -- cluster mode only
@@ -40,4 +41,11 @@ def open_postgres(url: str, *, create: bool = True) -> PostgresStore:
             f"a PostgreSQL database needs the cluster extra ({exc.name} is missing):"
             " pip install 'sealroom[cluster]'"
         ) from None
+    if serving:
+        return PostgresStore(url, create=create, pool_wait_s=SERVING_POOL_WAIT_S)
     return PostgresStore(url, create=create)
+
+
+# A server's request waits this long for a database connection, then is answered
+# server-busy (SPEC: within 2 s while the database cannot be reached).
+SERVING_POOL_WAIT_S = 1.5

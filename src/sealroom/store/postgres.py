@@ -342,6 +342,7 @@ class PostgresStore:
         clock: Clock = utc_now,
         create: bool = True,
         pool_size: int = POOL_SIZE,
+        pool_wait_s: float = POOL_WAIT_S,
     ) -> None:
         self._clock = clock
         self._secrets = _secrets_in(url)
@@ -365,7 +366,7 @@ class PostgresStore:
             min_size=1,
             max_size=pool_size,
             open=False,
-            timeout=POOL_WAIT_S,
+            timeout=pool_wait_s,
             name="sealroom",
         )
         try:
@@ -373,6 +374,21 @@ class PostgresStore:
         except psycopg.Error as exc:
             self._pool.close()
             raise self._error(exc, "cannot open database") from None
+
+    def unsafe_settings(self) -> list[str]:
+        """What in the server's settings could lose a commit it acknowledged; [] if none."""
+        with self._connection() as conn:
+            fsync = _scalar_text(conn.execute("SHOW fsync").fetchone())
+            commit = _scalar_text(conn.execute("SHOW synchronous_commit").fetchone())
+        problems = []
+        if fsync != "on":
+            problems.append("PostgreSQL runs with fsync off: a crash can corrupt it")
+        if commit == "off":
+            problems.append(
+                "PostgreSQL runs with synchronous_commit off: a crash can lose acknowledged"
+                " messages"
+            )
+        return problems
 
     @property
     def location(self) -> str:
@@ -700,6 +716,16 @@ class PostgresStore:
             ).fetchone()
         high = _scalar(row)
         return range(high - count + 1, high + 1)
+
+    def highest_id(self) -> int:
+        """The highest id reserved or stored: what a cluster's id counter must stay above
+        (a Redis that lost its data would otherwise give an id again)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT max(value) FROM (SELECT value FROM meta WHERE key = 'id_high_water'"
+                " UNION ALL SELECT coalesce(max(id), 0) FROM messages) AS highs"
+            ).fetchone()
+        return _scalar(row)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -1041,3 +1067,7 @@ def _prepare(conn: Connection, location: str, *, create: bool) -> None:
                 conn.execute(statement)
         if found < len(MIGRATIONS):
             conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
+
+
+def _scalar_text(row: tuple[Any, ...] | None) -> str:
+    return "" if row is None else str(row[0])

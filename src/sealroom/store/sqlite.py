@@ -673,6 +673,16 @@ class SqliteStore:
             )
         return range(int(high) + 1, int(high) + count + 1)
 
+    def highest_id(self) -> int:
+        """The highest id reserved or stored: what a cluster's id counter must stay above
+        (a Redis that lost its data would otherwise give an id again)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT max(value) FROM (SELECT value FROM meta WHERE key = 'id_high_water'"
+                " UNION ALL SELECT coalesce(max(id), 0) FROM messages) AS highs"
+            ).fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
     # -- messages ---------------------------------------------------------------------------
 
     def add_messages(

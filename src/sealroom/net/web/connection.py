@@ -42,7 +42,12 @@ log = logging.getLogger("sealroom.server")
 # HTTP requests one keep-alive connection may make (the page needs four).
 MAX_REQUESTS = 100
 # RFC 6455 close codes for the BYE reasons that have their own; any other BYE closes 1000.
-CLOSE_CODES = {"shutting-down": 1001, "binary-message": 1003, "internal-error": 1011}
+CLOSE_CODES = {
+    "shutting-down": 1001,
+    "binary-message": 1003,
+    "internal-error": 1011,
+    "node-unavailable": 1013,  # try again later: through the balancer, to a healthy node
+}
 # Refusals worth a line in the log at info level; the rest (404 and the like) at debug.
 _NOTEWORTHY = frozenset({400, 403, 413, 431})
 
@@ -257,7 +262,10 @@ class WebConnection(Connection):
         while True:
             if self.unsent is None:
                 data, self.receipts = self._next_chunk()
-                if not data:
+                if not data:  # receipts of empty pushes (a nudge) run at once
+                    for receipt in self.receipts:
+                        receipt()
+                    self.receipts = []
                     return True
                 self.unsent = data
             try:
