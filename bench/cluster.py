@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -141,6 +142,27 @@ class Rig:
         """Accounts with a session anywhere, as Redis counts them."""
         with self.redis.client() as client:
             return int(client.hlen("sealroom:online"))
+
+    def problems(self) -> dict[str, Any]:
+        """What the nodes logged at WARNING or above (the bench's log level): how many
+        lines, and the first few distinct ones with numbers and ids masked."""
+        lines = [line for node in self.nodes.values() for line in node.log if " WARNING " in line]
+        errors = [
+            line
+            for node in self.nodes.values()
+            for line in node.log
+            if " ERROR " in line or " CRITICAL " in line or "Traceback" in line
+        ]
+        distinct: list[str] = []
+        for line in errors + lines:
+            text = re.sub(r"\b[0-9a-f]{6,}\b|\d+(\.\d+)?", "N", line.split(" ", 2)[-1])
+            if text not in distinct:
+                distinct.append(text)
+        return {
+            "node_log_warnings": len(lines),
+            "node_log_errors": len(errors),
+            "node_log_said": " | ".join(distinct[:4]) or "nothing",
+        }
 
     def logs(self) -> str:
         return "\n".join(
@@ -278,6 +300,7 @@ def _cluster_fanout(
         for worker in workers:
             worker.join(30)
         durability = made.durability()
+        problems = made.problems()
     counts = [c for o in outcomes if "counts" in o for c in o["counts"]]
     latencies = [v for o in outcomes if "latencies_ns" in o for v in o["latencies_ns"]]
     senders = [o for o in outcomes if "sent" in o]
@@ -297,6 +320,7 @@ def _cluster_fanout(
     }
     out.update(_cpu_figures(_spent(cpu0, cpu1), deliveries, "delivery"))
     out["engines"] = durability
+    out.update(problems)
     return out
 
 
@@ -402,6 +426,7 @@ def _storm(sizes: Sizes, total: int) -> dict[str, Any]:
         release.set()
         for worker in workers:
             worker.join(60)
+        problems = made.problems()
     back = sum(o["back"] for o in outcomes)
     out: dict[str, Any] = {
         "accounts": total,
@@ -415,6 +440,7 @@ def _storm(sizes: Sizes, total: int) -> dict[str, Any]:
         "seconds_until_all_back": round(max(o["at"] for o in outcomes) - t0, 2),
     }
     out.update(_cpu_figures(_spent(cpu0, cpu1), back, "resume"))
+    out.update(problems)
     return out
 
 
@@ -482,6 +508,7 @@ def cluster_node_churn(sizes: Sizes) -> dict[str, Any]:
         release.set()
         for worker in workers:
             worker.join(60)
+        out.update(made.problems())
     firsts = [o["first_ns"] for o in outcomes if o["first_ns"]]
     lasts = [o["last_ns"] for o in outcomes if o["last_ns"]]
     out.update(
