@@ -133,6 +133,9 @@ class RedisBus:
         self._store = store
         self._keep = (keep_per_room, keep_per_recipient)
         self.store_rooms = store_rooms  # history.rooms: false keeps room messages unstored
+        # False while the store refuses what the archiver brings: room messages are then
+        # refused before they are published, rather than delivered and not acknowledged.
+        self.store_up = True
         self._now = now or (lambda: iso_utc(datetime.now(UTC)))
         self._redis = self.client = connect(url)
         self._reading = connect(url, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S)
@@ -259,6 +262,8 @@ class RedisBus:
         args = [room, member.name, text, str(member.serial)]
         if not self.store_rooms:  # no history kept: published is all there is to wait for
             return int(self._call("say", args))
+        if not self.store_up:
+            raise busy("the database is unreachable")
         message = StoredMessage(0, room, None, member.name, text, self._now())
         return int(self._call("say", args, archive=message))
 
@@ -450,6 +455,13 @@ class RedisBus:
             waiter = op.waiter
             if waiter is None:
                 continue
+            if waiter.apply is not None and result == -1:  # a part never counted: no entry
+                with self._waiting_lock:
+                    self._waiting.pop(op.seq, None)
+                with waiter.lock:
+                    waiter.apply(0)
+                    waiter.finish(True)
+                continue
             if op.archive is not None:
                 message = op.archive
                 op.archive = StoredMessage(int(result), *_rest(message))
@@ -481,6 +493,8 @@ class RedisBus:
         while not self._stopping.is_set() or self._archive:
             self._archive_wake.wait(0.5)
             self._archive_wake.clear()
+            if not self.store_up and not self._archive:
+                self._probe_store()
             while self._archive:
                 take = min(len(self._archive), ARCHIVE_BATCH)
                 batch = [self._archive.popleft() for _ in range(take)]
@@ -496,6 +510,16 @@ class RedisBus:
             self._store.mark_delivered(ids)
         except Exception as error:  # they stay waiting: the next login gets them again
             log.warning("could not mark %d private messages delivered: %s", len(ids), error)
+
+    def _probe_store(self) -> None:
+        """The store refused the last batch: ask it something cheap, so that messages are
+        taken again as soon as it answers (and not before: see :meth:`say`)."""
+        try:
+            self._store.highest_id()
+        except Exception:  # still away; the next look is half a second later
+            return
+        log.warning("the database answers again: room messages are taken again")
+        self.store_up = True
 
     def _store_batch(self, batch: list[_Op]) -> None:
         """One transaction for the batch; the senders are answered once it committed.
@@ -515,7 +539,8 @@ class RedisBus:
                 break
             except Exception as error:
                 waited = time.monotonic() - started
-                if waited < 0.1:
+                if self.store_up:
+                    self.store_up = False  # new messages are refused until it answers
                     log.warning("could not store %d messages: %s", len(messages), error)
                 for op in batch:
                     waiter = op.waiter
@@ -525,6 +550,7 @@ class RedisBus:
                     log.error("dropped %d messages the store refused", len(messages))  # noqa: TRY400
                     return
                 time.sleep(0.2)
+        self.store_up = True
         for op in batch:
             waiter = op.waiter
             if waiter is not None and not waiter.done.is_set():
