@@ -168,8 +168,14 @@ def workspace() -> Iterator[Workspace]:
 class ServerProcess:
     """A running `sealroom serve`; its port is read from its log, not guessed."""
 
-    def __init__(self, space: Workspace) -> None:
+    def __init__(
+        self, space: Workspace, *, config: Path | None = None, port: int | None = None
+    ) -> None:
+        """The workspace's server, or (a cluster node) one with its own ``config`` file
+        listening on ``port``."""
         env = space.env()
+        if config is not None:
+            env["SEALROOM_CONFIG"] = str(config)
         # BENCH_SERVER_SRC: serve from another checkout's src/ (an earlier commit), so that
         # before and after run under the same load generator in one sitting.
         other = os.environ.get("BENCH_SERVER_SRC")
@@ -182,7 +188,7 @@ class ServerProcess:
             text=True,
         )
         self.log: list[str] = []
-        self.port = space.port
+        self.port = space.port if port is None else port
         self._profiler = None
 
         def pump() -> None:
@@ -231,6 +237,12 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
+
+    def kill(self) -> None:
+        """``kill -9``, as a crash would; the process is reaped."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
 
     def rss_kib(self) -> int:
         return self._status_kib("VmRSS:")

@@ -296,28 +296,34 @@ def publisher(
     ready: Any,
     start: Any,
     results: Any,
+    timeout: float = 600.0,
 ) -> None:
-    """Send ``count`` messages to ``room``: as fast as allowed (``rate`` None), or paced."""
+    """Send ``count`` messages to ``room``: as fast as allowed (``rate`` None), or paced.
+
+    A message refused (``ERR``, e.g. ``server-busy`` from a cluster node) counts as answered
+    but not acknowledged; the loop ends once every message is answered, or after
+    ``timeout`` seconds, or when the server closes."""
     conn = Line(port, client_context(ca))
     conn.login(name, password)
     conn.request(f"/join {room}")
     ready.put(1)
     start.wait()
     sock = conn.sock
-    acked = sent = 0
+    acked = sent = refused = 0
     started = time.monotonic()
+    deadline = started + timeout
     buf = b""
-    while acked < count:
+    while acked + refused < count and time.monotonic() < deadline:
         if rate is None:
-            burst = min(window - (sent - acked), count - sent)
+            burst = min(window - (sent - acked - refused), count - sent)
         else:
             due = int((time.monotonic() - started) * rate) + 1
             burst = min(due - sent, count - sent)
         if burst > 0:
             sock.sendall(b"".join(payload(sent + i) + b"\n" for i in range(burst)))
             sent += burst
-        if sent - acked >= window or sent == count or rate is not None:
-            if rate is not None and sent - acked < window:
+        if sent - acked - refused >= window or sent == count or rate is not None:
+            if rate is not None and sent - acked - refused < window:
                 sock.settimeout(max(0.0005, (sent + 1) / rate - (time.monotonic() - started)))
             else:
                 sock.settimeout(60)
@@ -327,11 +333,91 @@ def publisher(
                 continue
             if not data:
                 break
+            # Only whole lines: a partial "OK say …" kept for the next read was counted
+            # twice before (once now, once with the rest of its line).
             buf += data
-            acked += buf.count(b"OK say ")
-            buf = buf[buf.rfind(b"\n") + 1 :]
-    results.put({"sent": sent, "acked": acked, "seconds": time.monotonic() - started})
+            end = buf.rfind(b"\n") + 1
+            whole, buf = buf[:end], buf[end:]
+            acked += whole.count(b"OK say ")
+            refused += whole.count(b"ERR ")
+    results.put(
+        {"sent": sent, "acked": acked, "refused": refused, "seconds": time.monotonic() - started}
+    )
     conn.close()
+
+
+def publisher_group(
+    port: int,
+    ca: Path,
+    names: list[str],
+    password: str,
+    room: str,
+    count: int,
+    window: int,
+    ready: Any,
+    start: Any,
+    results: Any,
+    timeout: float,
+) -> None:
+    """As :func:`publisher` at full speed, for several publishing sessions in one process:
+    each sends ``count`` messages, keeping up to ``window`` unanswered."""
+    ctx = client_context(ca)
+    conns = []
+    for name in names:
+        conn = Line(port, ctx)
+        conn.login(name, password)
+        conn.request(f"/join {room}")
+        conn.sock.settimeout(60)
+        conns.append(conn)
+    ready.put(1)
+    start.wait()
+    started = time.monotonic()
+    deadline = started + timeout
+    state = {conn: [0, 0, 0, b""] for conn in conns}  # sent, acked, refused, partial line
+    selector = selectors.DefaultSelector()
+
+    def top_up(conn: Line) -> None:
+        sent, acked, refused, _ = state[conn]
+        burst = min(window - (sent - acked - refused), count - sent)
+        if burst > 0:
+            conn.sock.sendall(b"".join(payload(sent + i) + b"\n" for i in range(burst)))
+            state[conn][0] += burst
+
+    for conn in conns:
+        top_up(conn)
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+    remaining = len(conns)
+    while remaining and time.monotonic() < deadline:
+        for key, _ in selector.select(1.0):
+            conn = key.data
+            data = conn.sock.recv(262144)
+            while conn.sock.pending():
+                data += conn.sock.recv(262144)
+            entry = state[conn]
+            if not data:
+                selector.unregister(conn.sock)
+                remaining -= 1
+                continue
+            buf = entry[3] + data
+            end = buf.rfind(b"\n") + 1
+            whole, entry[3] = buf[:end], buf[end:]
+            entry[1] += whole.count(b"OK say ")
+            entry[2] += whole.count(b"ERR ")
+            if entry[1] + entry[2] >= count:
+                selector.unregister(conn.sock)
+                remaining -= 1
+            else:
+                top_up(conn)
+    results.put(
+        {
+            "sent": sum(e[0] for e in state.values()),
+            "acked": sum(e[1] for e in state.values()),
+            "refused": sum(e[2] for e in state.values()),
+            "seconds": time.monotonic() - started,
+        }
+    )
+    for conn in conns:
+        conn.close()
 
 
 def idle_holder(
@@ -459,6 +545,140 @@ def resumer(
     release.wait()
     for conn in conns:
         conn.close()
+
+
+def log_in(
+    port: int, ctx: ssl.SSLContext, name: str, secret: str, *, resume: bool = False
+) -> tuple[Line, int]:
+    """A connection logged in as ``name`` (``/login`` with a password, or ``/resume`` with
+    a token), and how many refusals it took (``ERR server-busy`` from a cluster node under
+    load, a connection refused): up to 20 tries, 50 ms apart, then RuntimeError."""
+    command = "/resume" if resume else "/login"
+    refusals = 0
+    for _attempt in range(20):
+        try:
+            conn = Line(port, ctx)
+        except OSError:
+            refusals += 1
+            time.sleep(0.05)
+            continue
+        reply = conn.request(f"{command} {name} {secret}")
+        if reply.startswith("OK login"):
+            return conn, refusals
+        conn.close()
+        if not reply.startswith("ERR server-busy"):
+            raise RuntimeError(f"{command} {name}: {reply}")
+        refusals += 1
+        time.sleep(0.05)
+    raise RuntimeError(f"{command} {name}: refused 20 times")
+
+
+def token_holder(
+    port: int, ca: Path, names: list[str], password: str, ready: Any, release: Any
+) -> None:
+    """Log each name in with its password and ask for a resume token (``/token``), holding
+    every connection; report the tokens, then close them all at once on ``release``."""
+    raise_fd_limit()
+    ctx = client_context(ca)
+    started = time.monotonic()
+    conns, tokens, refusals = [], {}, 0
+    for name in names:
+        conn, refused = log_in(port, ctx, name, password)
+        refusals += refused
+        reply = conn.request("/token")
+        if not reply.startswith("OK token "):
+            raise RuntimeError(f"/token for {name}: {reply}")
+        tokens[name] = reply.split()[2]
+        conns.append(conn)
+    ready.put({"tokens": tokens, "refusals": refusals, "seconds": time.monotonic() - started})
+    release.wait()
+    for conn in conns:
+        conn.close()
+
+
+def member_holder(
+    port: int,
+    ca: Path,
+    members: list[tuple[str, str, int]],
+    password: str,
+    ready: Any,
+    start: Any,
+    results: Any,
+    release: Any,
+    timeout: float,
+) -> None:
+    """Log in each ``(name, room, parts)`` and join its room, then hold the connections.
+    After ``start``: count the ``PART`` lines of each one's room until each has seen
+    ``parts`` of them, or ``timeout`` seconds have passed; a connection the server closed
+    (its node died) is done. Report the counts and when the first and the last PART came
+    (``time.monotonic_ns``, the machine's clock), then close on ``release``."""
+    raise_fd_limit()
+    ctx = client_context(ca)
+    started = time.monotonic()
+    conns: list[tuple[Line, bytes, int]] = []
+    refusals = 0
+    for name, room, parts in members:
+        conn, refused = log_in(port, ctx, name, password)
+        refusals += refused
+        reply = conn.request(f"/join {room}")
+        if not reply.startswith("OK join"):
+            raise RuntimeError(f"/join {room} as {name}: {reply}")
+        conns.append((conn, f"PART {room} ".encode(), parts))
+    ready.put({"refusals": refusals, "seconds": time.monotonic() - started})
+    start.wait()
+    results.put(_count_parts(conns, timeout))
+    release.wait()
+    for conn, _, _ in conns:
+        conn.close()
+
+
+def _count_parts(conns: list[tuple[Line, bytes, int]], timeout: float) -> dict[str, int]:
+    """member_holder's counting: PART lines of each connection's room, until each saw its
+    number or was closed, or ``timeout`` seconds passed."""
+    selector = selectors.DefaultSelector()
+    counts: dict[Line, int] = {}
+    partial: dict[Line, bytes] = {}
+    for conn, prefix, parts in conns:
+        conn.sock.setblocking(False)
+        counts[conn] = 0
+        partial[conn] = conn.buf
+        selector.register(conn.sock, selectors.EVENT_READ, (conn, prefix, parts))
+    first = last = closed = 0
+    finished: set[Line] = set()
+    deadline = time.monotonic() + timeout
+    while len(finished) < len(conns) and time.monotonic() < deadline:
+        for key, _ in selector.select(0.5):
+            conn, prefix, parts = key.data
+            while True:
+                try:
+                    data = conn.sock.recv(262144)
+                except ssl.SSLWantReadError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    selector.unregister(conn.sock)
+                    closed += 1
+                    finished.add(conn)
+                    break
+                lines = (partial[conn] + data).split(b"\n")
+                partial[conn] = lines.pop()
+                seen = sum(1 for line in lines if line.startswith(prefix))
+                if seen:
+                    last = time.monotonic_ns()
+                    first = first or last
+                    counts[conn] += seen
+                    if counts[conn] >= parts:
+                        finished.add(conn)
+    return {
+        "sessions": len(conns),
+        "parts": sum(counts.values()),
+        "expected": sum(parts for _, _, parts in conns),
+        "complete": sum(1 for c, _, p in conns if counts[c] >= p),
+        "closed": closed,
+        "first_ns": first,
+        "last_ns": last,
+    }
 
 
 def login_flooder(

@@ -60,6 +60,13 @@ class Sizes:
     flood_seconds: float = 10.0
     argon2: Argon2Settings = ARGON2_8MIB  # the accounts of every other scenario that logs in
     default_argon2: Argon2Settings = DEFAULT_ARGON2  # the reconnect storm and the login flood
+    # The cluster scenarios (bench/cluster.py).
+    cluster_storm_accounts: tuple[int, ...] = (1000, 5000)  # one storm each, fresh engines
+    cluster_publishers_per_node: int = 16  # the wide saturated run (1: none)
+    churn_sessions: int = 5000
+    churn_room_size: int = 50
+    churn_window_s: float = 3.0  # the idle window, and the one a joining node is watched for
+    cluster_node_timeout_s: float = 5.0  # the built-in default of cluster.node_timeout_s
 
 
 QUICK = Sizes(
@@ -75,6 +82,12 @@ QUICK = Sizes(
     flood_seconds=1,
     argon2=CHEAP_ARGON2,
     default_argon2=ARGON2_8MIB,
+    cluster_storm_accounts=(40,),
+    cluster_publishers_per_node=1,
+    churn_sessions=40,
+    churn_room_size=10,
+    churn_window_s=0.5,
+    cluster_node_timeout_s=2.0,
 )
 
 

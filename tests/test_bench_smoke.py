@@ -2,6 +2,8 @@
 
 Speed is never asserted here (machines are shared and noisy); only that each scenario
 completes and its figures make sense: nothing lost, every client back, every figure there.
+Of the cluster scenarios (each starts PostgreSQL, Redis and two nodes) only the fan-out
+runs here, tiny: a few seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--skip", "cluster", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,3 +55,28 @@ def test_bench_quick(tmp_path: Path) -> None:
         assert web[f"{door}_deliveries"] > 0
         assert web[f"{door}_cpu_us_per_delivery"] >= 0
     assert isinstance(web["web_over_tls_cpu"], int | float | str)
+
+
+def test_bench_cluster_quick(tmp_path: Path) -> None:
+    """Two nodes over a PostgreSQL and a Redis of the bench's own: nothing lost."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--quick"),
+            *("--only", "cluster_fanout_saturated", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())["cluster_fanout_saturated"]
+    assert "skipped" not in figures, figures  # `make test` installs the engines and extra
+    assert figures["single_lost"] == 0, figures
+    assert figures["lost"] == 0, figures
+    assert figures["refused"] == 0, figures
+    assert figures["deliveries"] == figures["single_deliveries"] > 0
+    for part in ("node1", "node2", "redis", "postgres"):
+        assert figures[f"cpu_s_{part}"] >= 0, figures
