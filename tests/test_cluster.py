@@ -339,3 +339,16 @@ def test_a_redis_that_lost_its_data_never_gives_a_stored_id_again(
     assert texts == ["before", "after"], lines
     assert ids[0] == first
     assert ids[1] > first
+
+
+def test_a_room_full_on_one_node_is_full_on_every_node(cluster: Cluster) -> None:
+    cap = {"limits": {"max_room_members": 3}}
+    one, two = cluster.node("one", **cap), cluster.node("two", **cap)
+    names = ("u1", "u2", "u3", "u4")
+    for name in names:
+        cluster.add_user(name)
+    clients = [one.user("u1"), two.user("u2"), one.user("u3")]
+    for client in clients:
+        assert client.request("/join #small").startswith("OK join")
+    late = two.user("u4")
+    assert late.request("/join #small") == "ERR forbidden #small is full"

@@ -238,7 +238,9 @@ class Hub:
                 ErrorCode.FORBIDDEN,
                 f"a session may be in at most {limits.max_rooms_per_session} rooms",
             )
-        if len(room.members) >= limits.max_room_members:
+        # A replica counts every node's sessions in the room (as the bus last told it).
+        present = sum(room.sessions_per_name.values()) if self.replica else len(room.members)
+        if present >= limits.max_room_members:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{room.name} is full")
 
     def may_create(self, member: Member) -> None:
@@ -391,13 +393,14 @@ class Hub:
         """A local session's join, as the bus ordered it: from here on it gets the room's
         messages, and ``reply`` comes before any of them. False: the room is gone.
 
-        ``admit`` judges the room as it is at this point of the bus's order (a ban or mode
-        change ordered before the join refuses it): it raises ProtocolError to refuse.
+        The limits, and ``admit``, judge the room as it is at this point of the bus's order
+        (a ban, a mode change or other joins ordered before refuse it): ProtocolError.
         """
         with self._lock:
             room = self._rooms.get(room_name)
             if room is None or member.outbox.closing is not None:
                 return False
+            self._admit_locked(member, room)  # full by now, in the bus's order?
             if admit is not None:
                 admit(room.view())
             room.members[member] = None
