@@ -250,18 +250,26 @@ def _cluster_login(session: Session, bus: Bus, member: Member) -> Step:
     member.on_mail = session.check_mail
     session.member = member
 
-    def enter() -> ProtocolError | None:
+    def enter() -> tuple[ProtocolError | None, bool]:
+        """(why not logged in, whether in the default room)."""
         try:
             if bus.login(member) > limit:
-                return ProtocolError(ErrorCode.FORBIDDEN, f"{name} has {limit} sessions already")
-            if default is not None:
-                reply = encode_line("OK", "login", name, default)
-                bus.join(member, default, reply, _admit(member))
+                refused = ProtocolError(ErrorCode.FORBIDDEN, f"{name} has {limit} sessions already")
+                return refused, False
         except ProtocolError as error:
-            return error
-        return None
+            return error, False
+        if default is None:
+            return None, False
+        try:
+            bus.join(member, default, encode_line("OK", "login", name, default), _admit(member))
+        except ProtocolError as error:
+            if error.code is not ErrorCode.FORBIDDEN:  # full or banned by now: in, roomless
+                return error, False
+            return None, False
+        return None, True
 
-    def entered(error: ProtocolError | None) -> Step:
+    def entered(outcome: tuple[ProtocolError | None, bool]) -> Step:
+        error, joined = outcome
         if error is not None:  # not logged in after all: as if it never began
             session.member = None
             hub.detach(member)
@@ -269,7 +277,7 @@ def _cluster_login(session: Session, bus: Bus, member: Member) -> Step:
             raise error
         services.counters.logins_ok += 1
         log.info("%s: logged in", session.describe())
-        if default is not None:
+        if joined:
             session.current_room = default
         else:
             session.push_line(f"OK login {name}")
