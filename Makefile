@@ -75,9 +75,11 @@ soak: $(VENV)/.installed
 	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES)
 
 # The benchmark suite against servers it starts; figures in docs/benchmarks.md. Mosquitto is
-# the handshakes scenario's reference broker (optional: skipped with a note if missing).
-bench: $(VENV)/.installed
+# the handshakes scenario's reference broker (optional: skipped with a note if missing). The
+# cluster scenarios start their own PostgreSQL and Redis (the tests' packages and extra).
+bench: $(VENV)/.installed-test
 	@mkdir -p var
+	@sh scripts/ensure-test-deps.sh
 	-@sh scripts/ensure-mosquitto.sh
 	$(BIN)/python -m bench --json var/bench.json
 
