@@ -352,3 +352,13 @@ def test_a_room_full_on_one_node_is_full_on_every_node(cluster: Cluster) -> None
         assert client.request("/join #small").startswith("OK join")
     late = two.user("u4")
     assert late.request("/join #small") == "ERR forbidden #small is full"
+
+
+def test_sealroom_kick_on_one_node_closes_the_sessions_on_every_node(cluster: Cluster) -> None:
+    one, two = cluster.node("one"), cluster.node("two")
+    cluster.add_user("bob")
+    here, there = one.user("bob"), two.user("bob")
+    result = cluster.cli("kick", "bob", "--reason", "maintenance")
+    assert result.returncode == 0, result.stderr
+    for client in (here, there):
+        assert client.closed(timeout=3)[-1] == "BYE kicked by operator: maintenance"
