@@ -58,6 +58,7 @@ RETRY_IN_S = 2  # what server-busy tells the client
 SOCKET_TIMEOUT_S = 1.0  # every Redis command; the reader's blocking read gets more
 READ_BLOCK_MS = 500
 READ_COUNT = 512  # entries applied per read
+RELAY_BYTES = 32_768  # room messages' lines delivered in one chunk at most (see _Relay)
 MAX_BATCH = 256  # operations per script call
 MAX_STREAM = 100_000  # entries kept in the stream (about a minute at full speed)
 ARCHIVE_BATCH = 500
@@ -630,25 +631,36 @@ class RedisBus:
             with self._state_lock:
                 if generation != self._generation:
                     continue  # the node started anew meanwhile: read from its new place
+                relay = _Relay(self.hub)
                 for entry_id, fields in found[0][1]:
                     self._position = _str(entry_id)
                     try:
-                        self._apply(fields)
+                        if fields.get(b"k") == b"say":
+                            self._say(fields, relay)
+                        else:
+                            relay.flush()  # what follows comes after them for everyone
+                            self._apply(fields)
                     except Exception:
                         log.exception("could not apply bus entry %s", self._position)
+                relay.flush()
+
+    def _say(self, raw: Mapping[bytes, bytes], relay: _Relay) -> None:
+        """A room message: checked (bytes from Redis are hostile) and queued in ``relay``,
+        which delivers a run of them at once. Only the fields it uses are decoded."""
+        room, sender, text = _field(raw, b"room"), _field(raw, b"from"), _field(raw, b"text")
+        if not (_room(room) and _user(sender) and _text(text)):
+            return _ignored("say")
+        mine = _field(raw, b"node") == self.node
+        skip = _int(_field(raw, b"ser")) if mine else 0
+        relay.add(str(room), encode_line("MSG", str(room), str(sender), str(text)), skip)
+        return None
 
     def _apply(self, raw: Mapping[bytes, bytes]) -> None:
         fields = {_str(k): _str(v) for k, v in raw.items()}
         kind, node = fields.get("k"), fields.get("node", "")
         mine = node == self.node
         seq = _int(fields.get("seq"))
-        if kind == "say":
-            room, sender, text = fields.get("room"), fields.get("from"), fields.get("text")
-            if not (_room(room) and _user(sender) and _text(text)):
-                return _ignored(kind)
-            line = encode_line("MSG", str(room), str(sender), str(text))
-            self.hub.relay(str(room), line, _int(fields.get("ser")) if mine else 0)
-        elif kind in ("join", "part"):
+        if kind in ("join", "part"):
             room, name = fields.get("room"), fields.get("name")
             if not (_room(room) and _user(name)):
                 return _ignored(kind)
@@ -775,6 +787,32 @@ class RedisBus:
         self.hub.close_all("node-unavailable")
 
 
+class _Relay:
+    """Room messages read in one go, delivered together (:meth:`Hub.relay_many`): each
+    member's outbox takes one chunk and its owner one wake-up, not one per message. Flushed
+    before any other kind of entry is applied, so the order every member sees is the bus's;
+    and whenever ``RELAY_BYTES`` of lines wait, which bounds a chunk well under an outbox's
+    limit."""
+
+    __slots__ = ("_hub", "_messages", "_size")
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._messages: list[tuple[str, bytes, int]] = []
+        self._size = 0
+
+    def add(self, room: str, line: bytes, skip: int) -> None:
+        self._messages.append((room, line, skip))
+        self._size += len(line)
+        if self._size >= RELAY_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._messages:
+            messages, self._messages, self._size = self._messages, [], 0
+            self._hub.relay_many(messages)
+
+
 # -- events: what each kind of shared event does on every node ---------------------------------
 
 
@@ -854,6 +892,11 @@ _EVENTS: dict[str, Callable[[RedisBus, dict[str, Any], bool], None]] = {
 
 
 # -- every byte from the engine is checked before it is used -----------------------------------
+
+
+def _field(raw: Mapping[bytes, bytes], key: bytes) -> str | None:
+    value = raw.get(key)
+    return None if value is None else _str(value)
 
 
 def _str(value: object) -> str:
