@@ -69,6 +69,37 @@ CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answ
 CENSUS_KEEP_S = 10
 
 
+class _Done:
+    """A :class:`threading.Event` made only once a thread waits: most requests (every
+    pipelined ``/say``) are answered through a callback, and an Event -- a Condition and
+    its locks -- costs microseconds to make, on the reactor. Only one thread waits (the
+    session's, in :meth:`RedisBus._await`). ``set`` stores the flag before it looks for the
+    Event, ``wait`` stores the Event before it looks at the flag: one sees the other."""
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float) -> bool:
+        if self._flag:
+            return True
+        event = self._event
+        if event is None:
+            event = self._event = threading.Event()
+        return self._flag or event.wait(timeout)
+
+
 class _Waiter:
     """A session's request in flight: done when published, applied here or archived.
 
@@ -80,7 +111,7 @@ class _Waiter:
     __slots__ = ("apply", "callback", "cancelled", "deadline", "done", "error", "lock", "result")
 
     def __init__(self, apply: Callable[[int], bool] | None = None) -> None:
-        self.done = threading.Event()
+        self.done = _Done()
         self.lock = threading.Lock()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -431,7 +462,8 @@ class RedisBus:
             with self._waiting_lock:
                 self._waiting[op.seq] = waiter
         self._queue.append(op)
-        self._wake.set()
+        if not self._wake.is_set():  # the publisher drains the queue after clearing it
+            self._wake.set()
         return waiter
 
     def _await(self, waiter: _Waiter) -> Any:
@@ -446,7 +478,8 @@ class RedisBus:
 
     def _background(self, kind: str, args: list[str]) -> None:
         self._queue.append(_Op(kind, next(self._seq), args, None))
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _left(self, member: Member, room: str) -> None:
         """A ban or destroy put a local session out of ``room``: count it out, quietly."""
@@ -509,9 +542,10 @@ class RedisBus:
                 op.archive = StoredMessage(int(result), *_rest(message))
                 waiter.result = int(result)
                 self._archive.append(op)
-                self._archive_wake.set()
             elif waiter.apply is None:
                 waiter.finish(result)
+        if self._archive:
+            self._archive_wake.set()  # once a batch
         return True
 
     def _fail(self, batch: Sequence[_Op], error: BaseException) -> None:
