@@ -433,3 +433,62 @@ def test_disconnect_closes_every_session_of_an_account() -> None:
         ["kicked by root"],
         [],
     ]
+
+
+# -- a replica's room messages from the bus, delivered a read at a time -----------------------
+
+
+class CountingOutbox(Outbox):
+    """A real outbox that counts the pushes it takes."""
+
+    def __init__(self, limit: int, wake: Callable[[], None]) -> None:
+        super().__init__(limit, wake)
+        self.pushes = 0
+
+    def push(
+        self, data: bytes, *, wake: bool = True, on_sent: Callable[[], None] | None = None
+    ) -> bool:
+        self.pushes += 1
+        return super().push(data, wake=wake, on_sent=on_sent)
+
+
+def test_relay_many_keeps_the_order_and_sends_each_member_one_chunk() -> None:
+    """What the cluster's reader delivers at once: every member gets the lines of every room
+    it is in, in the bus's order, in one push; a sender's session does not get its own."""
+    hub = Hub(limits(), replica=True)
+    for room in ("#lobby", "#tea"):
+        hub.apply(RoomRecord(room, None, "open", "", "now"))
+
+    def member(session: str, rooms: list[str]) -> Member:
+        made = Member(session, CountingOutbox(1 << 20, lambda: None))
+        hub.attach(made)
+        for room in rooms:
+            assert hub.enter_replica(made, room, JOINED)
+        return made
+
+    amy = member("amy", ["#lobby", "#tea"])
+    bob = member("bob", ["#lobby"])
+    cat = member("cat", ["#tea"])
+    for each in (amy, bob, cat):
+        each.outbox.take()
+        cast(CountingOutbox, each.outbox).pushes = 0
+    line = {
+        n: f"MSG {r} {s} {n}\n".encode()
+        for n, (r, s) in enumerate(
+            [("#lobby", "bob"), ("#lobby", "amy"), ("#tea", "cat"), ("#lobby", "zed")]
+        )
+    }
+    hub.relay_many(
+        [
+            ("#lobby", line[0], bob.serial),
+            ("#lobby", line[1], amy.serial),
+            ("#tea", line[2], 0),
+            ("#lobby", line[3], 0),
+            ("#gone", b"MSG #gone zed x\n", 0),  # a room this node does not know: nobody
+        ]
+    )
+    assert amy.outbox.take()[0] == line[0] + line[2] + line[3]
+    assert bob.outbox.take()[0] == line[1] + line[3]
+    assert cat.outbox.take()[0] == line[2]
+    assert [cast(CountingOutbox, each.outbox).pushes for each in (amy, bob, cat)] == [1, 1, 1]
+    assert hub.deliveries == 6

@@ -58,6 +58,7 @@ RETRY_IN_S = 2  # what server-busy tells the client
 SOCKET_TIMEOUT_S = 1.0  # every Redis command; the reader's blocking read gets more
 READ_BLOCK_MS = 500
 READ_COUNT = 512  # entries applied per read
+RELAY_BYTES = 32_768  # room messages' lines delivered in one chunk at most (see _Relay)
 MAX_BATCH = 256  # operations per script call
 MAX_STREAM = 100_000  # entries kept in the stream (about a minute at full speed)
 ARCHIVE_BATCH = 500
@@ -66,6 +67,37 @@ MAX_PAYLOAD = 16_384  # bytes of an event's JSON; more is refused (and, read, ig
 MAX_TEXT = 65_536  # characters of a message read from the bus
 CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answer
 CENSUS_KEEP_S = 10
+
+
+class _Done:
+    """A :class:`threading.Event` made only once a thread waits: most requests (every
+    pipelined ``/say``) are answered through a callback, and an Event -- a Condition and
+    its locks -- costs microseconds to make, on the reactor. Only one thread waits (the
+    session's, in :meth:`RedisBus._await`). ``set`` stores the flag before it looks for the
+    Event, ``wait`` stores the Event before it looks at the flag: one sees the other."""
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float) -> bool:
+        if self._flag:
+            return True
+        event = self._event
+        if event is None:
+            event = self._event = threading.Event()
+        return self._flag or event.wait(timeout)
 
 
 class _Waiter:
@@ -79,7 +111,7 @@ class _Waiter:
     __slots__ = ("apply", "callback", "cancelled", "deadline", "done", "error", "lock", "result")
 
     def __init__(self, apply: Callable[[int], bool] | None = None) -> None:
-        self.done = threading.Event()
+        self.done = _Done()
         self.lock = threading.Lock()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -430,7 +462,8 @@ class RedisBus:
             with self._waiting_lock:
                 self._waiting[op.seq] = waiter
         self._queue.append(op)
-        self._wake.set()
+        if not self._wake.is_set():  # the publisher drains the queue after clearing it
+            self._wake.set()
         return waiter
 
     def _await(self, waiter: _Waiter) -> Any:
@@ -445,7 +478,8 @@ class RedisBus:
 
     def _background(self, kind: str, args: list[str]) -> None:
         self._queue.append(_Op(kind, next(self._seq), args, None))
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _left(self, member: Member, room: str) -> None:
         """A ban or destroy put a local session out of ``room``: count it out, quietly."""
@@ -508,9 +542,10 @@ class RedisBus:
                 op.archive = StoredMessage(int(result), *_rest(message))
                 waiter.result = int(result)
                 self._archive.append(op)
-                self._archive_wake.set()
             elif waiter.apply is None:
                 waiter.finish(result)
+        if self._archive:
+            self._archive_wake.set()  # once a batch
         return True
 
     def _fail(self, batch: Sequence[_Op], error: BaseException) -> None:
@@ -630,25 +665,36 @@ class RedisBus:
             with self._state_lock:
                 if generation != self._generation:
                     continue  # the node started anew meanwhile: read from its new place
+                relay = _Relay(self.hub)
                 for entry_id, fields in found[0][1]:
                     self._position = _str(entry_id)
                     try:
-                        self._apply(fields)
+                        if fields.get(b"k") == b"say":
+                            self._say(fields, relay)
+                        else:
+                            relay.flush()  # what follows comes after them for everyone
+                            self._apply(fields)
                     except Exception:
                         log.exception("could not apply bus entry %s", self._position)
+                relay.flush()
+
+    def _say(self, raw: Mapping[bytes, bytes], relay: _Relay) -> None:
+        """A room message: checked (bytes from Redis are hostile) and queued in ``relay``,
+        which delivers a run of them at once. Only the fields it uses are decoded."""
+        room, sender, text = _field(raw, b"room"), _field(raw, b"from"), _field(raw, b"text")
+        if not (_room(room) and _user(sender) and _text(text)):
+            return _ignored("say")
+        mine = _field(raw, b"node") == self.node
+        skip = _int(_field(raw, b"ser")) if mine else 0
+        relay.add(str(room), encode_line("MSG", str(room), str(sender), str(text)), skip)
+        return None
 
     def _apply(self, raw: Mapping[bytes, bytes]) -> None:
         fields = {_str(k): _str(v) for k, v in raw.items()}
         kind, node = fields.get("k"), fields.get("node", "")
         mine = node == self.node
         seq = _int(fields.get("seq"))
-        if kind == "say":
-            room, sender, text = fields.get("room"), fields.get("from"), fields.get("text")
-            if not (_room(room) and _user(sender) and _text(text)):
-                return _ignored(kind)
-            line = encode_line("MSG", str(room), str(sender), str(text))
-            self.hub.relay(str(room), line, _int(fields.get("ser")) if mine else 0)
-        elif kind in ("join", "part"):
+        if kind in ("join", "part"):
             room, name = fields.get("room"), fields.get("name")
             if not (_room(room) and _user(name)):
                 return _ignored(kind)
@@ -775,6 +821,32 @@ class RedisBus:
         self.hub.close_all("node-unavailable")
 
 
+class _Relay:
+    """Room messages read in one go, delivered together (:meth:`Hub.relay_many`): each
+    member's outbox takes one chunk and its owner one wake-up, not one per message. Flushed
+    before any other kind of entry is applied, so the order every member sees is the bus's;
+    and whenever ``RELAY_BYTES`` of lines wait, which bounds a chunk well under an outbox's
+    limit."""
+
+    __slots__ = ("_hub", "_messages", "_size")
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._messages: list[tuple[str, bytes, int]] = []
+        self._size = 0
+
+    def add(self, room: str, line: bytes, skip: int) -> None:
+        self._messages.append((room, line, skip))
+        self._size += len(line)
+        if self._size >= RELAY_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._messages:
+            messages, self._messages, self._size = self._messages, [], 0
+            self._hub.relay_many(messages)
+
+
 # -- events: what each kind of shared event does on every node ---------------------------------
 
 
@@ -854,6 +926,11 @@ _EVENTS: dict[str, Callable[[RedisBus, dict[str, Any], bool], None]] = {
 
 
 # -- every byte from the engine is checked before it is used -----------------------------------
+
+
+def _field(raw: Mapping[bytes, bytes], key: bytes) -> str | None:
+    value = raw.get(key)
+    return None if value is None else _str(value)
 
 
 def _str(value: object) -> str:

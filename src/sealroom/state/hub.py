@@ -461,19 +461,55 @@ class Hub:
                 if room is not None and total > 0:
                     room.sessions_per_name[name] = total
 
-    def relay(self, room_name: str, line: bytes, skip: int) -> None:
-        """A room message from the bus to this node's members, but the session ``skip``
-        (its sender, when it is ours)."""
+    def relay_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
+        """Room messages from the bus, in its order, as :meth:`relay` would deliver each:
+        but the lock is taken once, and each member gets its lines as one chunk, pushed
+        (and woken) once -- not once per line. The caller bounds the chunk's size."""
+        pending: dict[Member, list[bytes]] = {}
         with self._lock:
-            room = self._rooms.get(room_name)
-            if room is None:
-                return
-            count = 0
-            for target in room.members:
-                if target.serial != skip:
-                    target.outbox.push(line)
-                    count += 1
-            self._count_locked(count, line)
+            rooms = self._rooms
+            start, end = 0, len(messages)
+            while start < end:  # a run of messages to one room: its members looked up once
+                room_name = messages[start][0]
+                stop = start + 1
+                while stop < end and messages[stop][0] == room_name:
+                    stop += 1
+                room = rooms.get(room_name)
+                if room is not None:
+                    self._relay_run_locked(room, messages[start:stop], pending)
+                start = stop
+            for target, lines in pending.items():
+                target.outbox.push(lines[0] if len(lines) == 1 else b"".join(lines))
+
+    def _relay_run_locked(
+        self,
+        room: Room,
+        run: Sequence[tuple[str, bytes, int]],
+        pending: dict[Member, list[bytes]],
+    ) -> None:
+        """Queue in ``pending`` a run of messages to ``room``: one joined chunk, shared by
+        every member but the senders (each of which gets the others' lines only)."""
+        lines = [line for _, line, _ in run]
+        chunk = lines[0] if len(lines) == 1 else b"".join(lines)
+        skips = {skip for _, _, skip in run if skip}
+        count = 0
+        for target in room.members:
+            mine = chunk
+            if target.serial in skips:  # its own messages are not sent back to it
+                own = [line for _, line, skip in run if skip != target.serial]
+                count += len(own)
+                if not own:
+                    continue
+                mine = b"".join(own)
+            else:
+                count += len(lines)
+            self.delivered_bytes += len(mine)
+            queued = pending.get(target)
+            if queued is None:
+                pending[target] = [mine]
+            else:
+                queued.append(mine)
+        self.deliveries += count
 
     def mail(self, name: str) -> None:
         """Stored private messages may wait for ``name``: its sessions look (each on its own
