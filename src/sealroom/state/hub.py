@@ -462,9 +462,10 @@ class Hub:
                     room.sessions_per_name[name] = total
 
     def relay_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
-        """Room messages from the bus, in its order, as :meth:`relay` would deliver each:
-        but the lock is taken once, and each member gets its lines as one chunk, pushed
-        (and woken) once -- not once per line. The caller bounds the chunk's size."""
+        """Room messages from the bus, in its order: (room, line, the sender's serial when
+        the sender is ours, else 0), each to the room's members here but its sender. The
+        lock is taken once, and each member gets its lines as one chunk, pushed (and woken)
+        once -- not once per line. The caller bounds the chunk's size."""
         pending: dict[Member, list[bytes]] = {}
         with self._lock:
             rooms = self._rooms
