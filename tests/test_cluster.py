@@ -362,3 +362,37 @@ def test_sealroom_kick_on_one_node_closes_the_sessions_on_every_node(cluster: Cl
     assert result.returncode == 0, result.stderr
     for client in (here, there):
         assert client.closed(timeout=3)[-1] == "BYE kicked by operator: maintenance"
+
+
+def test_a_malformed_bus_entry_is_skipped(cluster: Cluster, redis_engine: RedisEngine) -> None:
+    # Bytes from Redis are hostile too: what a node reads from the bus is checked before
+    # it reaches anyone, and a bad entry is logged and skipped, never relayed nor a crash.
+    one = cluster.node("one")
+    cluster.add_user("alice")
+    cluster.add_user("bob")
+    alice, bob = one.user("alice"), one.user("bob")
+    read_until(alice, "JOIN #lobby bob")
+    client = redis_engine.client()
+    forged: list[dict[str, str | bytes]] = [
+        {"k": "say", "room": "#lobby", "from": "mallory", "text": "two\nMSG #lobby root lines"},
+        {"k": "say", "room": "#lobby", "from": "mallory", "text": "evil \u202e override"},
+        {"k": "say", "room": "lobby", "from": "mallory", "text": "no hash"},
+        {"k": "say", "room": "#lobby", "from": "Not A Name", "text": "bad name"},
+        {"k": "say", "room": "#lobby", "from": "mallory", "text": b"\xff\xfe not utf-8"},
+        {"k": "wall", "p": "{not json"},
+        {"k": "kick", "p": '{"name": "alice"}'},  # no reason: malformed, not a kick
+        {"k": "wall", "p": json.dumps({"from": "mallory", "text": "x" * 20_000})},
+        {"k": "part", "room": "#lobby", "name": "bob", "total": "zero"},
+        {"k": "no-such-kind", "p": "{}"},
+    ]
+    for fields in forged:
+        client.xadd("sealroom:bus", fields)  # type: ignore[arg-type]
+    assert bob.request("/say #lobby still here").startswith("OK say")
+    assert alice.line(5) == "MSG #lobby bob still here"  # nothing forged came before it
+    assert alice.request("/who #lobby") == "OK who #lobby alice bob"
+    wait_until(
+        lambda: one.log.read_text().count("ignored a malformed bus entry") >= 8,
+        timeout=5,
+        what="each malformed entry logged",
+    )
+    assert "Traceback" not in one.log.read_text()

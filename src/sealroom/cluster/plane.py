@@ -690,15 +690,18 @@ class RedisBus:
         return None
 
     def _apply(self, raw: Mapping[bytes, bytes]) -> None:
-        fields = {_str(k): _str(v) for k, v in raw.items()}
+        try:
+            fields = {k.decode("utf-8"): v.decode("utf-8") for k, v in raw.items()}
+        except (UnicodeDecodeError, AttributeError):
+            return _ignored("?")
         kind, node = fields.get("k"), fields.get("node", "")
         mine = node == self.node
         seq = _int(fields.get("seq"))
         if kind in ("join", "part"):
             room, name = fields.get("room"), fields.get("name")
-            if not (_room(room) and _user(name)):
+            total = _count(fields.get("total"))
+            if not (_room(room) and _user(name)) or total is None:
                 return _ignored(kind)
-            total = _int(fields.get("total"))
             waiter = self._waiting_for(seq) if mine else None
             if kind == "join" and waiter is not None:
                 self._complete(waiter, total, str(room), str(name), fields)
@@ -929,14 +932,28 @@ _EVENTS: dict[str, Callable[[RedisBus, dict[str, Any], bool], None]] = {
 
 
 def _field(raw: Mapping[bytes, bytes], key: bytes) -> str | None:
+    """A field of a bus entry as text; None if missing or not UTF-8 (never repaired: a
+    replacement character would be relayed as if someone had sent it)."""
     value = raw.get(key)
-    return None if value is None else _str(value)
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _str(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _count(value: str | None) -> int | None:
+    """A count from the bus: digits only (Redis writes them so), else None."""
+    if value is None or not value.isdigit() or not value.isascii() or len(value) > 18:
+        return None
+    return int(value)
 
 
 def _int(value: str | None) -> int:
