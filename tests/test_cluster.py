@@ -396,3 +396,19 @@ def test_a_malformed_bus_entry_is_skipped(cluster: Cluster, redis_engine: RedisE
         what="each malformed entry logged",
     )
     assert "Traceback" not in one.log.read_text()
+
+
+def test_room_history_is_trimmed_to_its_retention(cluster: Cluster) -> None:
+    # The archiver trims at most once a second (a room may briefly hold more): the trim
+    # after a second's pause leaves exactly history.per_room messages.
+    one = cluster.node("one", history={"per_room": 5})
+    cluster.add_user("alice")
+    alice = one.user("alice")
+    for n in range(12):
+        assert alice.request(f"/say #lobby m{n}").startswith("OK say")
+    time.sleep(1.2)
+    assert alice.request("/say #lobby last").startswith("OK say")
+    alice.send("/history #lobby 50")
+    lines = read_until(alice, "OK history")
+    texts = [line.split(" ", 5)[5] for line in lines if line.startswith("HIST")]
+    assert texts == ["m8", "m9", "m10", "m11", "last"]

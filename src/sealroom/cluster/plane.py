@@ -63,6 +63,7 @@ MAX_BATCH = 256  # operations per script call
 MAX_STREAM = 100_000  # entries kept in the stream (about a minute at full speed)
 ARCHIVE_BATCH = 500
 ARCHIVE_KEEP_S = 30.0  # how long the archiver retries a batch the store refused
+PRUNE_EVERY_S = 1.0  # how often the archiver trims history to its retention
 MAX_PAYLOAD = 16_384  # bytes of an event's JSON; more is refused (and, read, ignored)
 MAX_TEXT = 65_536  # characters of a message read from the bus
 CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answer
@@ -205,6 +206,7 @@ class RedisBus:
         self._written: collections.deque[int] = collections.deque()  # DMs written to a socket
         self._later: collections.deque[_Waiter] = collections.deque()  # no thread waits on
         self._archive_wake = threading.Event()
+        self._next_prune = 0.0  # monotonic time of the archiver's next trim
         self._position = "0-0"  # the last stream entry applied
         self._generation = 0  # renewed with the position when the node starts anew
         self._state_lock = threading.Lock()
@@ -619,11 +621,19 @@ class RedisBus:
         messages = [op.archive for op in batch if op.archive is not None]
         keep_room, keep_private = self._keep
         started = time.monotonic()
+        # Trimming history to its retention reads the newest N ids of each room touched:
+        # done at most once per PRUNE_EVERY_S, not per batch (a room may briefly hold a
+        # second's messages more than history.per_room).
+        prune = started >= self._next_prune
         while True:
             try:
                 self._store.add_messages(
-                    messages, keep_per_room=keep_room, keep_per_recipient=keep_private
+                    messages,
+                    keep_per_room=keep_room if prune else None,
+                    keep_per_recipient=keep_private if prune else None,
                 )
+                if prune:
+                    self._next_prune = started + PRUNE_EVERY_S
                 break
             except Exception as error:
                 waited = time.monotonic() - started
