@@ -43,11 +43,21 @@ from redis.retry import Retry
 
 from sealroom.cluster import scripts
 from sealroom.cluster.checks import redis_problems
+from sealroom.cluster.entries import (
+    EVENTS,
+    MAX_PAYLOAD,
+    count,
+    field_text,
+    ignored,
+    is_room,
+    is_text,
+    is_user,
+    number,
+)
 from sealroom.core.errors import ErrorCode, ProtocolError, UserError
-from sealroom.core.model import RoomRecord, StoredMessage, iso_utc
+from sealroom.core.model import StoredMessage, iso_utc
 from sealroom.core.protocol import encode_line
 from sealroom.core.storage import Store
-from sealroom.core.text import has_forbidden_chars, room_name, user_name
 from sealroom.session.effects import Outcome
 from sealroom.state.hub import Admit, Hub, Member
 
@@ -64,8 +74,6 @@ MAX_STREAM = 100_000  # entries kept in the stream (about a minute at full speed
 ARCHIVE_BATCH = 500
 ARCHIVE_KEEP_S = 30.0  # how long the archiver retries a batch the store refused
 PRUNE_EVERY_S = 1.0  # how often the archiver trims history to its retention
-MAX_PAYLOAD = 16_384  # bytes of an event's JSON; more is refused (and, read, ignored)
-MAX_TEXT = 65_536  # characters of a message read from the bus
 CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answer
 CENSUS_KEEP_S = 10
 
@@ -258,9 +266,9 @@ class RedisBus:
             raise RedisError(f"the database did not say its highest id: {error}") from None
         last, flat = self._register(args=[self.node, self.node_name, floor])
         totals: dict[tuple[str, str], int] = {}
-        for field, count in zip(flat[::2], flat[1::2], strict=True):
+        for field, sessions in zip(flat[::2], flat[1::2], strict=True):
             room, _, name = _str(field).partition("\t")
-            totals[(room, name)] = int(count)
+            totals[(room, name)] = int(sessions)
         with self._state_lock:
             self._generation += 1
             self._position = _str(last)
@@ -313,8 +321,8 @@ class RedisBus:
         self._background("logout", [member.name])
 
     def say_later(self, member: Member, room: str, text: str) -> _Waiter:
-        """As :meth:`say`, without blocking: the session's thread hands it over and goes
-        on reading; the waiter says when the message is durable (or busy, by its deadline).
+        """A room message, handed over without blocking: the session's thread goes on
+        reading; the waiter says when the message is durable (or busy, by its deadline).
         """
         args = [room, member.name, text, str(member.serial)]
         if not self.up or self._stopping.is_set():
@@ -328,15 +336,6 @@ class RedisBus:
             waiter = self._submit("say", args, None, archive=message)
         self._later.append(waiter)
         return waiter
-
-    def say(self, member: Member, room: str, text: str) -> int:
-        args = [room, member.name, text, str(member.serial)]
-        if not self.store_rooms:  # no history kept: published is all there is to wait for
-            return int(self._call("say", args))
-        if not self.store_up:
-            raise busy("the database is unreachable")
-        message = StoredMessage(0, room, None, member.name, text, self._now())
-        return int(self._call("say", args, archive=message))
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
         """Stored first (undelivered), then published: the recipient's node marks it
@@ -423,7 +422,7 @@ class RedisBus:
                 rows.extend(row for row in found if isinstance(row, dict))
         return rows
 
-    def _answer_census(self, ask: str) -> None:
+    def answer_census(self, ask: str) -> None:
         rows = json.dumps(self.on_census(), separators=(",", ":"))
         key = f"{scripts.PREFIX}census:{ask}:{self.node}"
         try:
@@ -691,11 +690,15 @@ class RedisBus:
     def _say(self, raw: Mapping[bytes, bytes], relay: _Relay) -> None:
         """A room message: checked (bytes from Redis are hostile) and queued in ``relay``,
         which delivers a run of them at once. Only the fields it uses are decoded."""
-        room, sender, text = _field(raw, b"room"), _field(raw, b"from"), _field(raw, b"text")
-        if not (_room(room) and _user(sender) and _text(text)):
-            return _ignored("say")
-        mine = _field(raw, b"node") == self.node
-        skip = _int(_field(raw, b"ser")) if mine else 0
+        room, sender, text = (
+            field_text(raw, b"room"),
+            field_text(raw, b"from"),
+            field_text(raw, b"text"),
+        )
+        if not (is_room(room) and is_user(sender) and is_text(text)):
+            return ignored("say")
+        mine = field_text(raw, b"node") == self.node
+        skip = number(field_text(raw, b"ser")) if mine else 0
         relay.add(str(room), encode_line("MSG", str(room), str(sender), str(text)), skip)
         return None
 
@@ -703,15 +706,15 @@ class RedisBus:
         try:
             fields = {k.decode("utf-8"): v.decode("utf-8") for k, v in raw.items()}
         except (UnicodeDecodeError, AttributeError):
-            return _ignored("?")
+            return ignored("?")
         kind, node = fields.get("k"), fields.get("node", "")
         mine = node == self.node
-        seq = _int(fields.get("seq"))
+        seq = number(fields.get("seq"))
         if kind in ("join", "part"):
             room, name = fields.get("room"), fields.get("name")
-            total = _count(fields.get("total"))
-            if not (_room(room) and _user(name)) or total is None:
-                return _ignored(kind)
+            total = count(fields.get("total"))
+            if not (is_room(room) and is_user(name)) or total is None:
+                return ignored(kind)
             waiter = self._waiting_for(seq) if mine else None
             if kind == "join" and waiter is not None:
                 self._complete(waiter, total, str(room), str(name), fields)
@@ -720,16 +723,16 @@ class RedisBus:
                 self._complete(waiter, total, str(room), str(name), fields)
         elif kind == "dm":
             to, sender, text = fields.get("to"), fields.get("from"), fields.get("text")
-            if not (_user(to) and _user(sender) and _text(text)):
-                return _ignored(kind)
+            if not (is_user(to) and is_user(sender) and is_text(text)):
+                return ignored(kind)
             line = encode_line("DM", str(sender), str(text))
-            message_id = _int(fields.get("id"))
+            message_id = number(fields.get("id"))
 
             def written() -> None:  # on the recipient's thread: never blocks
                 self._written.append(message_id)
                 self._archive_wake.set()
 
-            self.hub.direct_replica(str(to), line, _int(fields.get("stamp")), written)
+            self.hub.direct_replica(str(to), line, number(fields.get("stamp")), written)
         elif kind == "gone":
             if not mine:
                 log.info("node %s is gone; its sessions left their rooms", node)
@@ -743,14 +746,14 @@ class RedisBus:
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
-            return _ignored(kind)
-        apply = _EVENTS.get(kind or "")
+            return ignored(kind)
+        apply = EVENTS.get(kind or "")
         if apply is None:
-            return _ignored(kind)
+            return ignored(kind)
         try:
             apply(self, payload, mine)
         except (KeyError, TypeError, ValueError):
-            _ignored(kind)
+            ignored(kind)
         return None
 
     def _waiting_for(self, seq: int) -> _Waiter | None:
@@ -860,97 +863,7 @@ class _Relay:
             self._hub.relay_many(messages)
 
 
-# -- events: what each kind of shared event does on every node ---------------------------------
-
-
-def _kick(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
-    name, reason = payload["name"], payload["reason"]
-    if _user(name) and _text(reason):
-        closed = bus.hub.disconnect(name, reason)
-        if closed:
-            log.info("kicked %s (%d sessions here)", name, closed)
-
-
-def _wall(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
-    sender, text = payload["from"], payload["text"]
-    if _user(sender) and _text(text):
-        bus.hub.wall(sender, text)
-
-
-def _room_event(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
-    """A room's new settings, and what to say about them; the node that made the change
-    applied and said it already."""
-    if mine:
-        return
-    raw = payload["record"]
-    record = RoomRecord(
-        name=raw["name"],
-        owner=raw["owner"],
-        mode=raw["mode"],
-        topic=raw["topic"],
-        created_at=raw["created_at"],
-        operators=frozenset(raw["operators"]),
-        invited=frozenset(raw["invited"]),
-        banned=frozenset(raw["banned"]),
-        version=int(raw["version"]),
-    )
-    if not _room(record.name) or record.mode not in ("open", "private"):
-        raise ValueError(record.name)
-    names = [record.owner or "", *record.operators, *record.invited, *record.banned]
-    if not all(_user(n) for n in names if n) or not _text(record.topic):
-        raise ValueError(record.name)
-    bus.hub.apply(record, by=payload.get("by") or "*", reason=payload.get("reason") or "")
-    line = payload.get("line")
-    if isinstance(line, str) and line and _text(line):
-        data = (line + "\n").encode()
-        notify = payload.get("notify")
-        if isinstance(notify, str) and _user(notify):
-            bus.hub.notify(notify, data)
-        else:
-            bus.hub.announce(record.name, data)
-
-
-def _destroy(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
-    room, by = payload["room"], payload["by"]
-    if not mine and _room(room) and (by == "*" or _user(by)):
-        bus.hub.destroy(room, by)
-
-
-def _census(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
-    ask = payload["ask"]
-    if isinstance(ask, str) and ask.isalnum() and len(ask) <= 32:
-        bus._answer_census(ask)
-
-
-def _mail(bus: RedisBus, payload: dict[str, Any], mine: bool) -> None:
-    name = payload["name"]
-    if _user(name):
-        bus.hub.mail(name)
-
-
-_EVENTS: dict[str, Callable[[RedisBus, dict[str, Any], bool], None]] = {
-    "kick": _kick,
-    "wall": _wall,
-    "room": _room_event,
-    "destroy": _destroy,
-    "mail": _mail,
-    "census": _census,
-}
-
-
-# -- every byte from the engine is checked before it is used -----------------------------------
-
-
-def _field(raw: Mapping[bytes, bytes], key: bytes) -> str | None:
-    """A field of a bus entry as text; None if missing or not UTF-8 (never repaired: a
-    replacement character would be relayed as if someone had sent it)."""
-    value = raw.get(key)
-    if value is None:
-        return None
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+# -- ids and decoding of what this node wrote itself ----------------------------------------
 
 
 def _str(value: object) -> str:
@@ -959,41 +872,5 @@ def _str(value: object) -> str:
     return str(value)
 
 
-def _count(value: str | None) -> int | None:
-    """A count from the bus: digits only (Redis writes them so), else None."""
-    if value is None or not value.isdigit() or not value.isascii() or len(value) > 18:
-        return None
-    return int(value)
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
-
-
-def _room(value: object) -> bool:
-    return isinstance(value, str) and room_name(value) == value
-
-
-def _user(value: object) -> bool:
-    return isinstance(value, str) and user_name(value) == value
-
-
-def _text(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value) <= MAX_TEXT
-        and "\n" not in value
-        and "\r" not in value
-        and not has_forbidden_chars(value)
-    )
-
-
 def _rest(message: StoredMessage) -> tuple[Any, ...]:
     return (message.room, message.recipient, message.sender, message.body, message.created_at)
-
-
-def _ignored(kind: str | None) -> None:
-    log.warning("ignored a malformed bus entry (%s)", (kind or "?")[:20])

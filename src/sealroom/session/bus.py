@@ -6,10 +6,12 @@ kick and wall, is an entry in one ordered log that every node applies to its own
 the bus, and the bus's reader applies the change, on this node and every other, in the log's
 order. So every member on every node sees one order, and ``JOIN``/``PART`` are said once.
 
-Every method but :meth:`Bus.leave` blocks (a round trip to the engine, batched with other
-sessions' requests): sessions call them only inside an effect's ``work``, on
-:attr:`~sealroom.session.effects.Pool.BUS`. A bus that cannot reach its engine raises
-``ProtocolError(server-busy)`` within its deadline; it never hangs a session.
+Every method but :meth:`Bus.leave` and :meth:`Bus.say_later` blocks (a round trip to the
+engine, batched with other sessions' requests): sessions call them only inside an effect's
+``work``, on :attr:`~sealroom.session.effects.Pool.BUS`. Room messages, the one request a
+session sends many of, are handed over without blocking (``Pool.LATER``). A bus that
+cannot reach its engine answers ``ProtocolError(server-busy)`` within its deadline; it
+never hangs a session.
 """
 
 from __future__ import annotations
@@ -40,13 +42,10 @@ class Bus(Protocol):
         """The session is gone: out of ``rooms`` and offline. Never blocks (it is queued)."""
         ...
 
-    def say(self, member: Member, room: str, text: str) -> int:
-        """Post to ``room``; returns the message id once it is durable (stored)."""
-        ...
-
     def say_later(self, member: Member, room: str, text: str) -> Later:
-        """As :meth:`say`, but never blocks: the id (or server-busy) comes through the
-        returned :class:`~sealroom.session.effects.Later`."""
+        """Post to ``room`` without blocking: the message id, once it is durable (stored),
+        or server-busy, comes through the returned :class:`~sealroom.session.effects.Later`.
+        """
         ...
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
