@@ -20,8 +20,10 @@ from engines import PostgresEngine, free_port
 from helpers import ServerFactory, wait_until
 from sealroom.core.model import SchemaTooNew, StoredMessage, StoreError
 from sealroom.store import open_store
-from sealroom.store import postgres as postgres_module
-from sealroom.store.postgres import MIGRATIONS, PostgresStore
+from sealroom.store import postgres_schema as schema_module
+from sealroom.store import postgres_url as url_module
+from sealroom.store.postgres import PostgresStore
+from sealroom.store.postgres_schema import MIGRATIONS
 from sealroom.store.sqlite import SqliteStore
 
 NOW = "2026-01-01T00:00:00.000Z"
@@ -69,7 +71,7 @@ def test_later_migration_step_is_applied_on_open(
     with PostgresStore(postgres_url) as store:
         store.add_account("alice", "hash-a")
     step = ("CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL)",)
-    monkeypatch.setattr(postgres_module, "MIGRATIONS", (*MIGRATIONS, step))
+    monkeypatch.setattr(schema_module, "MIGRATIONS", (*MIGRATIONS, step))
     with PostgresStore(postgres_url) as store:
         assert store.get_account("alice") is not None
     assert schema_version(postgres_url) == len(MIGRATIONS) + 1
@@ -82,7 +84,7 @@ def test_failing_migration_leaves_the_database_untouched(
     PostgresStore(postgres_url).close()
     good = ("CREATE TABLE notes (id bigint PRIMARY KEY)",)
     bad = ("THIS IS NOT SQL",)
-    monkeypatch.setattr(postgres_module, "MIGRATIONS", (*MIGRATIONS, good, bad))
+    monkeypatch.setattr(schema_module, "MIGRATIONS", (*MIGRATIONS, good, bad))
     with pytest.raises(StoreError, match="cannot open database") as caught:
         PostgresStore(postgres_url)
     assert "\n" not in str(caught.value)
@@ -96,7 +98,7 @@ def test_a_database_from_before_leases_keeps_its_waiting_messages(
     """Schema 2, the last without leases, migrates on open: what waited still waits, and
     is claimable."""
     with monkeypatch.context() as before:
-        before.setattr(postgres_module, "MIGRATIONS", MIGRATIONS[:2])
+        before.setattr(schema_module, "MIGRATIONS", MIGRATIONS[:2])
         with PostgresStore(postgres_url) as old:
             assert old.reserve_ids(3) == range(1, 4)
             old.add_messages([StoredMessage(1, None, "bob", "alice", "read", NOW)])
@@ -247,9 +249,9 @@ def test_location_keeps_everything_but_secrets() -> None:
         "postgresql:///chat?host=/run/postgresql": "postgresql:///chat?host=/run/postgresql",
     }
     for url, location in cases.items():
-        params = postgres_module.conninfo_to_dict(url)
-        assert postgres_module._location(params) == location
-    assert postgres_module._secrets_in("postgresql://a:p%40ss@h/d") == ["p%40ss", "p@ss"]
+        params = url_module.conninfo_to_dict(url)
+        assert url_module.location(params) == location
+    assert url_module.secrets_in("postgresql://a:p%40ss@h/d") == ["p%40ss", "p@ss"]
 
 
 def test_a_dropped_connection_fails_one_call_then_reconnects(store: PostgresStore) -> None:
