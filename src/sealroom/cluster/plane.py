@@ -196,7 +196,8 @@ class RedisBus:
         # False while the store refuses what the archiver brings: room messages are then
         # refused before they are published, rather than delivered and not acknowledged.
         self.store_up = True
-        self._now = now or (lambda: iso_utc(datetime.now(UTC)))
+        # The wire's time text; the server passes MessageLog.now, made once a millisecond.
+        self.now = now or (lambda: iso_utc(datetime.now(UTC)))
         self._redis = self.client = connect(url)
         self._reading = connect(url, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S)
         self._publish = self._redis.register_script(scripts.PUBLISH)
@@ -332,7 +333,7 @@ class RedisBus:
         elif not self.store_up:
             raise busy("the database is unreachable")
         else:
-            message = StoredMessage(0, room, None, member.name, text, self._now())
+            message = StoredMessage(0, room, None, member.name, text, self.now())
             waiter = self._submit("say", args, None, archive=message)
         self._later.append(waiter)
         return waiter
@@ -342,7 +343,7 @@ class RedisBus:
         delivered once its line is written to a socket. A node that dies before that
         leaves it waiting in the store for the next login, as a single server does."""
         message_id = int(self._call("id", []))
-        message = StoredMessage(message_id, None, recipient, sender, text, self._now())
+        message = StoredMessage(message_id, None, recipient, sender, text, self.now())
         try:
             self._store.add_messages([message], delivered=False)
         except Exception as error:

@@ -190,6 +190,8 @@ class App:
             claimer=None if self.bus is None else f"{self.bus.node_name}/{self.bus.node}",
             background=lambda work: store_pool.submit(work, _ignore_outcome),
         )
+        if self.bus is not None:  # one time text per millisecond, as room messages use
+            self.bus.now = messages.now
         login_buckets = KeyedBuckets(
             rate.logins_per_ip.rate,
             rate.logins_per_ip.burst,

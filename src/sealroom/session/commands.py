@@ -426,8 +426,8 @@ def _say(session: Session, room: str, text: str, *, outside: bool = False) -> St
 def _cluster_say(session: Session, bus: Bus, room: str, text: str, *, outside: bool) -> Step:
     """Ordered by the bus: every node, this one too, relays it from there."""
     member = require_member(session)
-    view = session.services.hub.view(room)
-    if room not in member.rooms:
+    if room not in member.rooms:  # a member's room exists: no copy of its view per message
+        view = session.services.hub.view(room)  # no-such-room first, as on a single node
         if not outside:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room}")
         _admit(member)(view)  # an outsider may post where it may join, never elsewhere
