@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import urllib.request
@@ -412,3 +413,31 @@ def test_room_history_is_trimmed_to_its_retention(cluster: Cluster) -> None:
     lines = read_until(alice, "OK history")
     texts = [line.split(" ", 5)[5] for line in lines if line.startswith("HIST")]
     assert texts == ["m8", "m9", "m10", "m11", "last"]
+
+
+def test_a_flood_of_room_messages_goes_out_in_few_script_calls(
+    cluster: Cluster, redis_engine: RedisEngine
+) -> None:
+    # Never a round trip per message: the room messages one turn of the reactor reads go to
+    # Redis in one script call. (Woken per message, the publisher made one call for every
+    # few messages.)
+    one = cluster.node("one")
+    cluster.add_user("alice")
+    alice = one.user("alice")
+    client = redis_engine.client()
+
+    def script_calls() -> int:
+        stats = client.info("commandstats").get("cmdstat_evalsha", {})
+        return int(stats.get("calls", 0))
+
+    before, started = script_calls(), time.monotonic()
+    alice.sock.sendall(b"".join(f"/say #lobby m{n}\n".encode() for n in range(256)))
+    acknowledged = 0
+    while acknowledged < 256:
+        assert time.monotonic() < started + 10, acknowledged
+        acknowledged += alice.line(5).startswith("OK say #lobby ")
+    # 256 messages, at most 64 in flight per session: 4 calls at best, 8 allowed; the
+    # node's heartbeat and reaping come on top, two calls a beat (under 4 a second).
+    # Woken once per message, the publisher made 30 calls or more in one second.
+    allowed = 8 + 4 * math.ceil(time.monotonic() - started)
+    assert script_calls() - before <= allowed

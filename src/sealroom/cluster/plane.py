@@ -329,14 +329,20 @@ class RedisBus:
         if not self.up or self._stopping.is_set():
             raise busy()
         if not self.store_rooms:
-            waiter = self._submit("say", args, None)
+            waiter = self._submit("say", args, None, wake=False)
         elif not self.store_up:
             raise busy("the database is unreachable")
         else:
             message = StoredMessage(0, room, None, member.name, text, self.now())
-            waiter = self._submit("say", args, None, archive=message)
+            waiter = self._submit("say", args, None, archive=message, wake=False)
         self._later.append(waiter)
         return waiter
+
+    def kick(self) -> None:
+        """Wake the publisher for what :meth:`say_later` queued: the reactor calls this
+        after each of its turns, so that a turn's messages go out in one script call."""
+        if self._queue and not self._wake.is_set():
+            self._wake.set()
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
         """Stored first (undelivered), then published: the recipient's node marks it
@@ -451,6 +457,7 @@ class RedisBus:
         *,
         archive: StoredMessage | None = None,
         queue: bool = True,
+        wake: bool = True,
     ) -> _Waiter:
         if not self.up or self._stopping.is_set():
             raise busy()
@@ -464,7 +471,9 @@ class RedisBus:
             with self._waiting_lock:
                 self._waiting[op.seq] = waiter
         self._queue.append(op)
-        if not self._wake.is_set():  # the publisher drains the queue after clearing it
+        # The publisher drains the queue after clearing the event. Not woken (``wake``
+        # false): the reactor's turn will end with :meth:`kick`.
+        if wake and not self._wake.is_set():
             self._wake.set()
         return waiter
 

@@ -19,6 +19,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sealroom.core.blocking import forbid_blocking
@@ -51,6 +52,7 @@ class Reactor:
         self._again: deque[Connection] = deque()  # TLS may hold more input for these
         self._sleeping = False  # blocked in epoll: the next nudge must write the eventfd
         self._next_sweep = 0.0
+        self._after_turn: list[Callable[[], None]] = []
         self.heartbeat = time.monotonic()  # the loop's last turn, for the watchdog
         self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
 
@@ -77,6 +79,13 @@ class Reactor:
             if not self._thread.is_alive():
                 self._epoll.close()
                 self._wakeup.close()
+
+    def after_turn(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` on the reactor thread after every turn (before it starts). Work
+        that a turn hands to another thread can then be announced once per turn rather than
+        once per request: a cluster's bus publisher woken for every ``/say`` sent one Redis
+        call per message, and the wake-ups alone took a quarter of the reactor's time."""
+        self._after_turn.append(hook)
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -145,6 +154,8 @@ class Reactor:
         if now >= self._next_sweep:
             self._sweep(now)
         self._poll()
+        for hook in self._after_turn:
+            hook()
 
     def _poll(self) -> None:
         # Announce sleep before the last look at the queues: a push after that look nudges.

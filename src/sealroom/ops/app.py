@@ -113,6 +113,7 @@ class App:
         )
         if self.bus is not None:
             self.shared.cluster_admit = self._cluster_admit
+            self.reactor.after_turn(self.bus.kick)  # a turn's room messages: one script call
         self.counters = services.counters
         self.certificate: Validity | None = _startup_certificate(settings)
         self.reloads = {"ok": 0, "failed": 0}

@@ -45,6 +45,8 @@ class Bus(Protocol):
     def say_later(self, member: Member, room: str, text: str) -> Later:
         """Post to ``room`` without blocking: the message id, once it is durable (stored),
         or server-busy, comes through the returned :class:`~sealroom.session.effects.Later`.
+        Called on the reactor thread, which announces a turn's messages together (the
+        cluster's bus: ``kick`` after each turn) rather than one at a time.
         """
         ...
 
