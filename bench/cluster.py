@@ -138,6 +138,16 @@ class Rig:
             fsync = client.config_get("appendfsync")["appendfsync"]
         return f"postgres {pg}; redis appendonly={aof} appendfsync={fsync}"
 
+    def calls(self) -> dict[str, int]:
+        """How many script calls (every publish, heartbeat and bucket) and reads of the bus
+        Redis has served so far: with the messages, how large the batches were."""
+        with self.redis.client() as client:
+            stats = client.info("commandstats")
+        return {
+            what: int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+            for what, command in (("script_calls", "evalsha"), ("bus_reads", "xread"))
+        }
+
     def online(self) -> int:
         """Accounts with a session anywhere, as Redis counts them."""
         with self.redis.client() as client:
@@ -293,10 +303,10 @@ def _cluster_fanout(
                 for port, names in zip(pub_ports, pub_names, strict=True)
             ]
         _collect(ready, len(workers), timeout=300)
-        cpu0, t0 = made.cpu(), time.monotonic()
+        cpu0, calls0, t0 = made.cpu(), made.calls(), time.monotonic()
         start.set()
         outcomes = _collect(results, len(workers), timeout=300)
-        cpu1, t1 = made.cpu(), time.monotonic()
+        cpu1, calls1, t1 = made.cpu(), made.calls(), time.monotonic()
         for worker in workers:
             worker.join(30)
         durability = made.durability()
@@ -319,6 +329,8 @@ def _cluster_fanout(
         "p99_ms": round(_percentile(latencies, 0.99), 3),
     }
     out.update(_cpu_figures(_spent(cpu0, cpu1), deliveries, "delivery"))
+    for what, calls in calls1.items():  # per message, for both nodes
+        out[f"{what}_per_message"] = round((calls - calls0[what]) / messages, 3)
     out["engines"] = durability
     out.update(problems)
     return out

@@ -167,8 +167,6 @@ def test_shutdown_says_bye_to_parked_sessions(server: Server) -> None:
     assert len(server.app.shared.registry) == 0
 
 
-
-
 # -- the session's side: which requests need which effects -----------------------------------
 
 

@@ -56,5 +56,3 @@ def test_one_sender_cannot_fill_another_users_mailbox(make_server: ServerFactory
     assert all(r.startswith("ERR rate-limited") and "retry in" in r for r in replies[5:])
     bob = server.user("bob")
     assert bob.request("/msg alice a real message").startswith("OK msg")
-
-

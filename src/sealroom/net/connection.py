@@ -256,13 +256,15 @@ class Connection:
             self._run_effects(session)
         return READ
 
-    def on_complete(self, effect: Effect[Any], outcome: Outcome) -> int:
-        """A worker finished an effect for this session: apply it, carry on."""
-        if self.state is State.ADMIT:
-            return self._admitted_by_cluster(outcome)
+    def on_complete(self, done: list[tuple[Effect[Any], Outcome]]) -> int:
+        """Workers finished effects for this session, in this order: apply them, then
+        carry on with one turn (one write for all their replies)."""
+        if self.state is State.ADMIT:  # the only effect in flight before the handshake
+            return self._admitted_by_cluster(done[0][1])
         if self.state is not State.OPEN or self.session is None:
             return CLOSE
-        self.session.complete(effect, outcome)
+        for effect, outcome in done:
+            self.session.complete(effect, outcome)
         return self._turn(False)
 
     def on_tick(self, now: float) -> int | None:
