@@ -51,7 +51,7 @@ from bench.harness import (
     wait_for,
     workspace,
 )
-from bench.scenarios import CAPPED_LOBBY, Sizes, _collect, _fanout, _percentile
+from bench.scenarios import CAPPED_LOBBY, Sizes, _collect, _fanout, _per_message, _percentile
 from sealroom.config import Argon2Settings
 from sealroom.policy.auth import password_hasher
 
@@ -328,6 +328,8 @@ def _cluster_fanout(
         "p50_ms": round(_percentile(latencies, 0.50), 3),
         "p99_ms": round(_percentile(latencies, 0.99), 3),
     }
+    if rate is not None:  # steady: where the latency goes
+        out.update(_per_message(outcomes))
     out.update(_cpu_figures(_spent(cpu0, cpu1), deliveries, "delivery"))
     for what, calls in calls1.items():  # per message, for both nodes
         out[f"{what}_per_message"] = round((calls - calls0[what]) / messages, 3)

@@ -239,7 +239,7 @@ def subscriber(
     selector = selectors.DefaultSelector()
     counts = {}
     partial = {}
-    latencies: list[int] = []
+    timed: list[tuple[int, int]] = []  # (send time, latency): which message, how late
     for conn in conns:
         conn.sock.setblocking(False)
         selector.register(conn.sock, selectors.EVENT_READ, conn)
@@ -273,13 +273,19 @@ def subscriber(
                 for line in lines:
                     if line.startswith(prefix):
                         counts[conn] += 1
-                        if len(latencies) < 2_000_000:
+                        if len(timed) < 2_000_000:
                             sent_at = int(line.split(b" ", 4)[3])
                             arrived = ready_at if sent_at <= ready_at else now
-                            latencies.append(arrived - sent_at)
+                            timed.append((sent_at, arrived - sent_at))
                 if before < expected <= counts[conn]:
                     remaining -= 1
-    results.put({"counts": list(counts.values()), "latencies_ns": latencies})
+    results.put(
+        {
+            "counts": list(counts.values()),
+            "latencies_ns": [latency for _, latency in timed],
+            "sent_ns": [sent for sent, _ in timed],
+        }
+    )
     for conn in conns:
         conn.close()
 

@@ -98,6 +98,25 @@ def _percentile(values: list[int], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1e6  # ms
 
 
+def _per_message(outcomes: list[dict[str, Any]]) -> dict[str, float]:
+    """Each message's first recipient, and its spread (first to last recipient): what
+    the server adds before the fan-out starts, apart from how long the fan-out takes."""
+    received: dict[int, list[int]] = {}
+    for outcome in outcomes:
+        for sent, latency in zip(
+            outcome.get("sent_ns", ()), outcome.get("latencies_ns", ()), strict=True
+        ):
+            received.setdefault(sent, []).append(latency)
+    firsts = [min(latencies) for latencies in received.values()]
+    spreads = [max(latencies) - min(latencies) for latencies in received.values()]
+    return {
+        "first_recipient_p50_ms": round(_percentile(firsts, 0.50), 3),
+        "first_recipient_p99_ms": round(_percentile(firsts, 0.99), 3),
+        "spread_p50_ms": round(_percentile(spreads, 0.50), 3),
+        "spread_p99_ms": round(_percentile(spreads, 0.99), 3),
+    }
+
+
 def _collect(queue: Any, count: int, timeout: float = 600) -> list[Any]:
     return [queue.get(timeout=timeout) for _ in range(count)]
 
@@ -168,7 +187,7 @@ def _fanout(
     # Each message reaches every subscriber and the other publisher.
     deliveries = per_publisher * 2 * (sizes.subscribers + 1)
     received = sum(counts)
-    return {
+    out = {
         "deliveries": deliveries,
         "lost": per_publisher * 2 * sizes.subscribers - received,
         "seconds": round(t1 - t0, 3),
@@ -178,6 +197,9 @@ def _fanout(
         "p50_ms": round(_percentile(latencies, 0.50), 3),
         "p99_ms": round(_percentile(latencies, 0.99), 3),
     }
+    if rate is not None and not web:  # steady: where the latency goes
+        out.update(_per_message(outcomes))
+    return out
 
 
 def fanout_saturated(sizes: Sizes) -> dict[str, Any]:

@@ -31,6 +31,10 @@ def test_bench_quick(tmp_path: Path) -> None:
     for name in ("fanout_saturated", "fanout_saturated_no_history", "fanout_steady"):
         assert results[name]["lost"] == 0, results[name]
         assert results[name]["deliveries"] > 0
+    # Where a steady message's time goes: before its first recipient, and across them.
+    steady = results["fanout_steady"]
+    assert 0 < steady["first_recipient_p50_ms"] <= steady["p99_ms"], steady
+    assert steady["spread_p99_ms"] >= 0, steady
     idle = results["idle_connections"]
     assert idle["connections"] > 0
     # Each argon2 cost on its own server, the first logins of each at that cost.
