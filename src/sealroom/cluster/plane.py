@@ -340,7 +340,7 @@ class RedisBus:
 
     def kick(self) -> None:
         """Wake the publisher for what :meth:`say_later` queued: the reactor calls this
-        after each of its turns, so that a turn's messages go out in one script call."""
+        once a turn, before it waits, so that a turn's messages go out in one script call."""
         if self._queue and not self._wake.is_set():
             self._wake.set()
 
@@ -472,7 +472,7 @@ class RedisBus:
                 self._waiting[op.seq] = waiter
         self._queue.append(op)
         # The publisher drains the queue after clearing the event. Not woken (``wake``
-        # false): the reactor's turn will end with :meth:`kick`.
+        # false): the reactor calls :meth:`kick` before it next waits.
         if wake and not self._wake.is_set():
             self._wake.set()
         return waiter
