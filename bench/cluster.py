@@ -34,7 +34,7 @@ import multiprocessing as mp
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -55,6 +55,10 @@ from bench.scenarios import CAPPED_LOBBY, Sizes, _collect, _fanout, _per_message
 from sealroom.config import Argon2Settings
 from sealroom.policy.auth import password_hasher
 
+if TYPE_CHECKING:
+    from redis import Redis
+    from tests.engines import PostgresEngine, RedisEngine
+
 
 class Rig:
     """A workspace (certificates), the engines, and the nodes started so far."""
@@ -62,8 +66,8 @@ class Rig:
     def __init__(
         self,
         space: Workspace,
-        postgres: engines.Postgres,
-        redis: engines.Redis,
+        postgres: PostgresEngine,
+        redis: RedisEngine,
         *,
         argon2: Argon2Settings,
         timeout_s: float,
@@ -71,6 +75,7 @@ class Rig:
     ) -> None:
         self.space = space
         self.postgres = postgres
+        self.database = postgres.url(engines.DATABASE)
         self.redis = redis
         self.argon2 = argon2
         self.timeout_s = timeout_s
@@ -86,7 +91,7 @@ class Rig:
             {
                 "listen": [f"127.0.0.1:{port}"],
                 "auth": {"argon2": argon2_config(self.argon2)},
-                "storage": {"database": self.postgres.url},
+                "storage": {"database": self.database},
                 "control": {"socket": str(self.space.root / f"{name}.sock")},
                 "cluster": {
                     "redis": self.redis.url,
@@ -110,7 +115,7 @@ class Rig:
         password_hash = password_hasher(
             cost.time_cost, cost.memory_cost_kib, cost.parallelism
         ).hash(PASSWORD)
-        with PostgresStore(self.postgres.url) as store:  # creates the schema if need be
+        with PostgresStore(self.database) as store:  # creates the schema if need be
             store.add_accounts([(name, password_hash) for name in names])
 
     def cpu(self) -> dict[str, float]:
@@ -130,10 +135,15 @@ class Rig:
         self.dead[name] = node.cpu_seconds()
         node.kill()
 
+    def redis_client(self) -> Redis:
+        """The engine's client (no retries), with 10 s for a reply, not the tests' 5: the
+        load generator and the nodes keep the machine busy while it asks."""
+        return self.redis.client(timeout=10.0)
+
     def durability(self) -> str:
         """What the engines say of their durability, read back from them."""
         pg = " ".join(f"{k}={v}" for k, v in self.postgres.settings().items())
-        with self.redis.client() as client:
+        with self.redis_client() as client:
             aof = client.config_get("appendonly")["appendonly"]
             fsync = client.config_get("appendfsync")["appendfsync"]
         return f"postgres {pg}; redis appendonly={aof} appendfsync={fsync}"
@@ -141,7 +151,7 @@ class Rig:
     def calls(self) -> dict[str, int]:
         """How many script calls (every publish, heartbeat and bucket) and reads of the bus
         Redis has served so far: with the messages, how large the batches were."""
-        with self.redis.client() as client:
+        with self.redis_client() as client:
             stats = client.info("commandstats")
         return {
             what: int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
@@ -150,7 +160,7 @@ class Rig:
 
     def online(self) -> int:
         """Accounts with a session anywhere, as Redis counts them."""
-        with self.redis.client() as client:
+        with self.redis_client() as client:
             return int(client.hlen("sealroom:online"))
 
     def problems(self) -> dict[str, Any]:

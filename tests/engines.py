@@ -1,4 +1,4 @@
-"""Real database engines for the tests, started once per test session and stopped by PID.
+"""Real database engines for the tests and the bench, started when needed and stopped by PID.
 
 :class:`PostgresEngine` runs Debian's PostgreSQL from a temporary directory: ``initdb`` into
 it, ``postgres`` on a free 127.0.0.1 port with its socket in the same directory, each test
@@ -11,6 +11,15 @@ on a free 127.0.0.1 port, with its append-only file on by default so that the fa
 (kill, start again, pause) see what a deployment would. Redis is content to run as root.
 
 No engine is looked for on the network and none listens beyond the loopback address.
+
+The bench's cluster scenarios start these same engines (bench/engines.py), PostgreSQL with
+other settings: durable, as deployed, where the tests' runs with fsync off. The bench also
+reads their CPU time, :meth:`PostgresEngine.cpu_seconds` and :meth:`RedisEngine.cpu_seconds`:
+utime + stime of the engine's processes from ``/proc``, and of those that ended. For
+PostgreSQL that is the postmaster plus every live child (one backend per connection, the WAL
+writer, the checkpointer, ...) plus the postmaster's ``cutime`` and ``cstime``: the CPU of
+children it has already reaped (backends of closed connections). For Redis it is the server
+(all its threads) plus ``cutime``/``cstime`` (an AOF rewrite runs in a forked child).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
@@ -38,9 +47,12 @@ from psycopg import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-STARTUP_DEADLINE_S = 30.0  # initdb and the first start on a busy 2-core machine
-STOP_DEADLINE_S = 10.0
+# initdb and the first start on a busy 2-core machine (or one the bench keeps busy)
+STARTUP_DEADLINE_S = 60.0
+STOP_DEADLINE_S = 15.0
 SUPERUSER = "postgres"
+TEMPLATE = "template_sealroom"
+TICKS = os.sysconf("SC_CLK_TCK")
 
 # Throwaway data: durability off, so databases and commits cost no fsync. Never in production.
 TEST_SETTINGS = {
@@ -86,12 +98,37 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class PostgresEngine:
-    """A PostgreSQL server of our own, for one test session."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
-    def __init__(self, folder: Path, bindir: Path) -> None:
+
+def tree_cpu_seconds(pid: int, *, children: bool) -> float:
+    """utime + stime + cutime + cstime of ``pid``; with ``children``, plus those of every
+    live process whose parent it is. A process that is gone counts 0."""
+    try:
+        fields = _stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    if children:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                child = _stat_fields(int(entry))
+                if int(child[1]) == pid:
+                    ticks += sum(int(child[i]) for i in (11, 12, 13, 14))
+    return ticks / TICKS
+
+
+class PostgresEngine:
+    """A PostgreSQL server of our own, for one test session (or one bench scenario)."""
+
+    def __init__(self, folder: Path, bindir: Path, settings: Mapping[str, str]) -> None:
         self.folder = folder
         self.bindir = bindir
+        self.server_settings = dict(settings)
         self.data = folder / "data"
         self.password = secrets.token_urlsafe(16)
         self.port = 0
@@ -105,17 +142,24 @@ class PostgresEngine:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls) -> Iterator[Self]:
-        """Initialise, start, and on the way out stop the engine and remove its files."""
+    def running(
+        cls, *, settings: Mapping[str, str] = TEST_SETTINGS, template: bool = True
+    ) -> Iterator[Self]:
+        """Initialise, start, and on the way out stop the engine and remove its files.
+
+        ``settings`` are the server's (``--name=value``): the tests' throwaway ones unless
+        told. ``template`` creates the database :meth:`new_database` copies; the bench, with
+        one database of its own, does without (one database fewer for autovacuum to visit).
+        """
         bindir = postgres_bindir()
         # Not under pytest's basetemp: that is private to root, and the engine is not root.
         folder = Path(tempfile.mkdtemp(prefix="sealroom-pg-"))
-        engine = cls(folder, bindir)
+        engine = cls(folder, bindir, settings)
         try:
             if os.geteuid() == 0:
                 shutil.chown(folder, SUPERUSER, SUPERUSER)
             engine._initdb()
-            engine._start()
+            engine._start(template=template)
             yield engine
         finally:
             engine.stop()
@@ -141,7 +185,7 @@ class PostgresEngine:
             "--auth-host=scram-sha-256",  # over TCP, as a deployment would: a password
             "--encoding=UTF8",
             "--locale=C",
-            "--no-sync",
+            "--no-sync",  # initdb's own files only; the server then runs with its settings
             "--no-instructions",
         ]
         done = subprocess.run(
@@ -158,7 +202,7 @@ class PostgresEngine:
             raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()}")
         self.timings["initdb_s"] = time.monotonic() - started
 
-    def _start(self) -> None:
+    def _start(self, *, template: bool) -> None:
         started = time.monotonic()
         deadline = started + STARTUP_DEADLINE_S
         for _ in range(3):  # the free port may be taken between probing and binding
@@ -167,13 +211,13 @@ class PostgresEngine:
                 break
         else:
             raise RuntimeError(f"postgres did not start: {self._log_tail()}")
-        with self.admin() as conn:
-            conn.execute("CREATE DATABASE template_sealroom")
+        if template:
+            self.create_database(TEMPLATE)
         self.timings["start_s"] = time.monotonic() - started
 
     def _launch(self, deadline: float) -> bool:
         """Start postgres; True once it accepts connections, False if it exited."""
-        settings = [f"--{key}={value}" for key, value in TEST_SETTINGS.items()]
+        settings = [f"--{key}={value}" for key, value in self.server_settings.items()]
         log = open(self.folder / "postgres.log", "ab")  # noqa: SIM115 -- handed to the child
         with log:
             self.process = subprocess.Popen(
@@ -240,6 +284,27 @@ class PostgresEngine:
             return "(no log)"
         return " | ".join(text.strip().splitlines()[-5:])
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's."""
+        if self.process is None:
+            raise RuntimeError("postgres is not running")
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        """The postmaster, its live children, and the children it has reaped."""
+        return tree_cpu_seconds(self.pid, children=True)
+
+    def settings(self) -> dict[str, str]:
+        """What the running server says of its durability (read back, not assumed)."""
+        names = ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+        out = {}
+        with self.admin() as conn:
+            for name in names:
+                row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+                out[name] = "?" if row is None else str(row[0])
+        return out
+
     # -- databases ------------------------------------------------------------------------
 
     def url(self, database: str, *, user: str = SUPERUSER, password: str | None = None) -> str:
@@ -250,16 +315,19 @@ class PostgresEngine:
         """A superuser connection in autocommit mode (CREATE DATABASE needs it)."""
         return psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=5)
 
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        """An empty database called ``name`` (a copy of ``template`` if given, else of
+        PostgreSQL's own template1); its URL, with the password."""
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        with self.admin() as conn:
+            conn.execute(query)
+        return self.url(name)
+
     def new_database(self) -> str:
         """A fresh, empty database (no Sealroom schema yet); its URL, with the password."""
-        name = f"test_{next(self._names)}"
-        with self.admin() as conn:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE template_sealroom").format(
-                    sql.Identifier(name)
-                )
-            )
-        return self.url(name)
+        return self.create_database(f"test_{next(self._names)}", template=TEMPLATE)
 
 
 # Every redis-server still running, by PID: killed when the interpreter exits, so that a test
@@ -328,6 +396,11 @@ class RedisEngine:
         if self.process is None:
             raise RuntimeError("redis-server is not running")
         return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        """The server (all its threads) and the children it has reaped (an AOF rewrite runs
+        in a forked child; one still running is not counted)."""
+        return tree_cpu_seconds(self.pid, children=False)
 
     def client(self, *, timeout: float = 5.0) -> redis.Redis:
         """A client that fails at once instead of retrying: the tests want to see faults."""
