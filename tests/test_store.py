@@ -34,6 +34,7 @@ from sealroom.core.model import (
 )
 from sealroom.core.storage import Store
 from sealroom.store import sqlite as store_module
+from sealroom.store import sqlite_schema as schema_module
 from sealroom.store.postgres import PostgresStore
 from sealroom.store.sqlite import MIGRATIONS, SqliteStore
 
@@ -794,7 +795,7 @@ def test_later_migration_step_is_applied_on_open(
     with SqliteStore(db_path) as store:
         store.add_account("alice", "hash-a")
     step = ("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",)
-    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, step))
+    monkeypatch.setattr(schema_module, "MIGRATIONS", (*MIGRATIONS, step))
     with SqliteStore(db_path) as store:
         assert store.get_account("alice") is not None
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS) + 1,)]
@@ -808,7 +809,7 @@ def test_failing_migration_leaves_the_file_untouched(
         store.add_account("alice", "hash-a")
     good = ("CREATE TABLE notes (id INTEGER PRIMARY KEY)",)
     bad = ("THIS IS NOT SQL",)
-    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, good, bad))
+    monkeypatch.setattr(schema_module, "MIGRATIONS", (*MIGRATIONS, good, bad))
     with pytest.raises(StoreError, match="cannot open database"):
         SqliteStore(db_path)
     assert raw_query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
