@@ -51,7 +51,7 @@ from bench.harness import (
     wait_for,
     workspace,
 )
-from bench.scenarios import CAPPED_LOBBY, Sizes, _collect, _fanout, _per_message, _percentile
+from bench.scenarios import CAPPED_LOBBY, Sizes, _collect, _fanout, _latency_figures
 from sealroom.config import Argon2Settings
 from sealroom.policy.auth import password_hasher
 
@@ -322,7 +322,6 @@ def _cluster_fanout(
         durability = made.durability()
         problems = made.problems()
     counts = [c for o in outcomes if "counts" in o for c in o["counts"]]
-    latencies = [v for o in outcomes if "latencies_ns" in o for v in o["latencies_ns"]]
     senders = [o for o in outcomes if "sent" in o]
     messages = per_publisher * publishers
     deliveries = messages * (sizes.subscribers + publishers - 1)
@@ -335,11 +334,8 @@ def _cluster_fanout(
         "seconds": round(t1 - t0, 3),
         "deliveries_per_s": round(deliveries / (t1 - t0)),
         "messages_per_s": round(messages / max(o["seconds"] for o in senders)),
-        "p50_ms": round(_percentile(latencies, 0.50), 3),
-        "p99_ms": round(_percentile(latencies, 0.99), 3),
+        **_latency_figures(outcomes, per_message=rate is not None),  # steady: where it goes
     }
-    if rate is not None:  # steady: where the latency goes
-        out.update(_per_message(outcomes))
     out.update(_cpu_figures(_spent(cpu0, cpu1), deliveries, "delivery"))
     for what, calls in calls1.items():  # per message, for both nodes
         out[f"{what}_per_message"] = round((calls - calls0[what]) / messages, 3)

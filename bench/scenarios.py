@@ -98,6 +98,19 @@ def _percentile(values: list[int], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1e6  # ms
 
 
+def _latency_figures(outcomes: list[dict[str, Any]], *, per_message: bool) -> dict[str, float]:
+    """p50 and p99 of every delivery the subscribers timed; with ``per_message`` (a steady
+    fan-out), also where each message's time went (:func:`_per_message`)."""
+    latencies = [v for o in outcomes for v in o.get("latencies_ns", ())]
+    out = {
+        "p50_ms": round(_percentile(latencies, 0.50), 3),
+        "p99_ms": round(_percentile(latencies, 0.99), 3),
+    }
+    if per_message:
+        out.update(_per_message(outcomes))
+    return out
+
+
 def _per_message(outcomes: list[dict[str, Any]]) -> dict[str, float]:
     """Each message's first recipient, and its spread (first to last recipient): what
     the server adds before the fan-out starts, apart from how long the fan-out takes."""
@@ -183,23 +196,18 @@ def _fanout(
         for worker in workers:
             worker.join(30)
     counts = [c for o in outcomes if "counts" in o for c in o["counts"]]
-    latencies = [v for o in outcomes if "latencies_ns" in o for v in o["latencies_ns"]]
     # Each message reaches every subscriber and the other publisher.
     deliveries = per_publisher * 2 * (sizes.subscribers + 1)
-    received = sum(counts)
-    out = {
+    return {
         "deliveries": deliveries,
-        "lost": per_publisher * 2 * sizes.subscribers - received,
+        "lost": per_publisher * 2 * sizes.subscribers - sum(counts),
         "seconds": round(t1 - t0, 3),
         "deliveries_per_s": round(deliveries / (t1 - t0)),
         "server_cpu_s": round(cpu1 - cpu0, 3),
         "cpu_us_per_delivery": round((cpu1 - cpu0) / deliveries * 1e6, 3),
-        "p50_ms": round(_percentile(latencies, 0.50), 3),
-        "p99_ms": round(_percentile(latencies, 0.99), 3),
+        # steady, through the TLS port: where the latency goes
+        **_latency_figures(outcomes, per_message=rate is not None and not web),
     }
-    if rate is not None and not web:  # steady: where the latency goes
-        out.update(_per_message(outcomes))
-    return out
 
 
 def fanout_saturated(sizes: Sizes) -> dict[str, Any]:
