@@ -315,11 +315,21 @@ def asking(
     attempts: dict[str, list[Attempt]],
 ) -> Iterator[None]:
     """Each tape named in ``work`` keeps asking (:func:`keep_asking`) while the block runs."""
+    with in_threads(
+        [(keep_asking, (tapes[name], make, attempts[name])) for name, make in work.items()],
+        join_s=15,
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def in_threads(
+    work: list[tuple[Callable[..., None], tuple[object, ...]]], *, join_s: float
+) -> Iterator[None]:
+    """Each ``(target, args)`` runs in a thread of its own while the block runs, with a
+    stop event as its last argument; set on the way out, then each thread is joined."""
     stop = threading.Event()
-    threads = [
-        threading.Thread(target=keep_asking, args=(tapes[name], make, attempts[name], stop))
-        for name, make in work.items()
-    ]
+    threads = [threading.Thread(target=target, args=(*args, stop)) for target, args in work]
     for thread in threads:
         thread.start()
     try:
@@ -327,7 +337,7 @@ def asking(
     finally:
         stop.set()
         for thread in threads:
-            thread.join(timeout=15)
+            thread.join(timeout=join_s)
 
 
 def acked_ids(attempts: list[Attempt], reply: str) -> dict[str, int]:
@@ -612,19 +622,11 @@ def flooding(
     tapes: dict[str, Tape], sent: dict[str, list[str]], waits: dict[str, list[float]]
 ) -> Iterator[None]:
     """Each tape publishes (:func:`publish`, named by its key) while the block runs."""
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=publish, args=(tape, name, sent[name], waits[name], stop))
-        for name, tape in tapes.items()
-    ]
-    for thread in threads:
-        thread.start()
-    try:
+    with in_threads(
+        [(publish, (tape, name, sent[name], waits[name])) for name, tape in tapes.items()],
+        join_s=20,
+    ):
         yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=20)
 
 
 def acknowledged(tape: Tape, sent: list[str]) -> dict[str, int]:
