@@ -275,43 +275,30 @@ def _cluster_fanout(
             for port, group in zip(sub_ports, groups, strict=True)
             if group
         ]
-        if wide:
-            workers += [
+        for port, names in zip(pub_ports, pub_names, strict=True):
+            # Wide: one client process per node for all its publishing sessions, unpaced.
+            target, who, pace = (
+                (loadgen.publisher_group, (names,), ())
+                if wide
+                else (loadgen.publisher, (names[0],), (publish_rate,))
+            )
+            workers.append(
                 loadgen.spawn(
-                    loadgen.publisher_group,
+                    target,
                     port,
                     ca,
-                    names,
+                    *who,
                     PASSWORD,
                     room,
                     per_publisher,
+                    *pace,
                     200,
                     ready,
                     start,
                     results,
                     180.0,
                 )
-                for port, names in zip(pub_ports, pub_names, strict=True)
-            ]
-        else:
-            workers += [
-                loadgen.spawn(
-                    loadgen.publisher,
-                    port,
-                    ca,
-                    names[0],
-                    PASSWORD,
-                    room,
-                    per_publisher,
-                    publish_rate,
-                    200,
-                    ready,
-                    start,
-                    results,
-                    180.0,
-                )
-                for port, names in zip(pub_ports, pub_names, strict=True)
-            ]
+            )
         _collect(ready, len(workers), timeout=300)
         cpu0, calls0, t0 = made.cpu(), made.calls(), time.monotonic()
         start.set()
