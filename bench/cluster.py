@@ -51,7 +51,14 @@ from bench.harness import (
     wait_for,
     workspace,
 )
-from bench.scenarios import CAPPED_LOBBY, Sizes, _collect, _fanout, _latency_figures
+from bench.scenarios import (
+    CAPPED_LOBBY,
+    Sizes,
+    _collect,
+    _fanout,
+    _latency_figures,
+    _stagger,
+)
 from sealroom.config import Argon2Settings
 from sealroom.policy.auth import password_hasher
 
@@ -275,12 +282,17 @@ def _cluster_fanout(
             for port, group in zip(sub_ports, groups, strict=True)
             if group
         ]
-        for port, names in zip(pub_ports, pub_names, strict=True):
+        for turn, (port, names) in enumerate(zip(pub_ports, pub_names, strict=True)):
             # Wide: one client process per node for all its publishing sessions, unpaced.
-            target, who, pace = (
-                (loadgen.publisher_group, (names,), ())
+            target, who, pace, after = (
+                (loadgen.publisher_group, (names,), (), ())
                 if wide
-                else (loadgen.publisher, (names[0],), (publish_rate,))
+                else (
+                    loadgen.publisher,
+                    (names[0],),
+                    (publish_rate,),
+                    (_stagger(publish_rate, turn, 2),),
+                )
             )
             workers.append(
                 loadgen.spawn(
@@ -297,6 +309,7 @@ def _cluster_fanout(
                     start,
                     results,
                     180.0,
+                    *after,
                 )
             )
         _collect(ready, len(workers), timeout=300)

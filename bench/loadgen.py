@@ -4,11 +4,14 @@ not the bottleneck) and owns its sockets on one thread, with raw `ssl` sockets."
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing as mp
+import os
 import resource
 import selectors
 import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 PAYLOAD_BYTES = 100
+
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's number, where Python lacks it
+CMSG_SPACE = socket.CMSG_SPACE(16)  # one struct timespec
 
 
 def raise_fd_limit() -> None:
@@ -212,6 +219,52 @@ def payload(seq: int) -> bytes:
     return (head + "x" * (PAYLOAD_BYTES - len(head))).encode()
 
 
+class ArrivalStamps:
+    """When the kernel received a TLS socket's next unread bytes (``SO_TIMESTAMPNS``, read
+    with a one-byte peek at the plain socket beneath): a delivery's time is when the server's
+    bytes reached the subscriber, not when this process, sharing two cores with the server,
+    got round to reading them.
+
+    The kernel merges segments that queue up and keeps the newest one's time, so a stamp is
+    never earlier than the true arrival: it can only make a delivery look later."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._raw = socket.socket(fileno=os.dup(sock.fileno()))
+        self._raw.setblocking(False)
+        self._raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+    def next_arrival(self) -> int:
+        """The arrival of the bytes the next TLS read starts with, on the monotonic clock
+        of the payloads' send times; 0 when nothing waits (or the kernel said no time)."""
+        try:
+            _, ancillary, _, _ = self._raw.recvmsg(1, CMSG_SPACE, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack_from("qq", data)
+                # The stamp is on the wall clock: moved to the monotonic one as of now.
+                offset = time.time_ns() - time.monotonic_ns()
+                return seconds * 1_000_000_000 + nanoseconds - offset
+        return 0
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _members(
+    port: int, ctx: ssl.SSLContext, names: list[str], password: str, room: str
+) -> list[Line]:
+    conns = []
+    for name in names:
+        conn = Line(port, ctx)
+        conn.login(name, password)
+        if not conn.request(f"/join {room}").startswith("OK join"):
+            raise RuntimeError("join failed")
+        conns.append(conn)
+    return conns
+
+
 def subscriber(
     port: int,
     ca: Path,
@@ -226,25 +279,21 @@ def subscriber(
 ) -> None:
     """Hold logged-in members of ``room``; count (and time) the MSG lines they receive."""
     raise_fd_limit()
-    ctx = client_context(ca)
-    conns = []
-    for name in names:
-        conn = Line(port, ctx)
-        conn.login(name, password)
-        if not conn.request(f"/join {room}").startswith("OK join"):
-            raise RuntimeError("join failed")
-        conns.append(conn)
+    conns = _members(port, client_context(ca), names, password, room)
     ready.put(len(conns))
     start.wait()
     selector = selectors.DefaultSelector()
     counts = {}
     partial = {}
-    timed: list[tuple[int, int]] = []  # (send time, latency): which message, how late
+    stamped = {}
+    # (send time, latency as the kernel stamped it, latency as this process saw it)
+    timed: list[tuple[int, int, int]] = []
     for conn in conns:
         conn.sock.setblocking(False)
         selector.register(conn.sock, selectors.EVENT_READ, conn)
         counts[conn] = 0
         partial[conn] = b""
+        stamped[conn] = ArrivalStamps(conn.sock)
     prefix = f"MSG {room} ".encode()
     remaining = len(conns)
     deadline = time.monotonic() + timeout
@@ -258,6 +307,7 @@ def subscriber(
         for key, _ in events:
             conn = key.data
             while True:
+                stamp = stamped[conn].next_arrival()
                 try:
                     data = conn.sock.recv(262144)
                 except ssl.SSLWantReadError:
@@ -275,18 +325,22 @@ def subscriber(
                         counts[conn] += 1
                         if len(timed) < 2_000_000:
                             sent_at = int(line.split(b" ", 4)[3])
-                            arrived = ready_at if sent_at <= ready_at else now
-                            timed.append((sent_at, arrived - sent_at))
+                            seen = ready_at if sent_at <= ready_at else now
+                            arrived = stamp if sent_at <= stamp <= now else seen
+                            timed.append((sent_at, arrived - sent_at, seen - sent_at))
                 if before < expected <= counts[conn]:
                     remaining -= 1
     results.put(
         {
             "counts": list(counts.values()),
-            "latencies_ns": [latency for _, latency in timed],
-            "sent_ns": [sent for sent, _ in timed],
+            "latencies_ns": [latency for _, latency, _ in timed],
+            "seen_latencies_ns": [seen for _, _, seen in timed],
+            "stamped": sum(1 for _, latency, seen in timed if latency != seen),
+            "sent_ns": [sent for sent, _, _ in timed],
         }
     )
     for conn in conns:
+        stamped[conn].close()
         conn.close()
 
 
@@ -303,8 +357,11 @@ def publisher(
     start: Any,
     results: Any,
     timeout: float = 600.0,
+    phase: float = 0.0,
 ) -> None:
-    """Send ``count`` messages to ``room``: as fast as allowed (``rate`` None), or paced.
+    """Send ``count`` messages to ``room``: as fast as allowed (``rate`` None), or paced:
+    message k at ``phase + k / rate`` seconds after the start, so that publishers sharing a
+    steady rate take turns (``phase``) instead of sending at the same instant.
 
     A message refused (``ERR``, e.g. ``server-busy`` from a cluster node) counts as answered
     but not acknowledged; the loop ends once every message is answered, or after
@@ -323,14 +380,16 @@ def publisher(
         if rate is None:
             burst = min(window - (sent - acked - refused), count - sent)
         else:
-            due = int((time.monotonic() - started) * rate) + 1
+            due = math.floor((time.monotonic() - started - phase) * rate) + 1
             burst = min(due - sent, count - sent)
         if burst > 0:
             sock.sendall(b"".join(payload(sent + i) + b"\n" for i in range(burst)))
             sent += burst
         if sent - acked - refused >= window or sent == count or rate is not None:
             if rate is not None and sent - acked - refused < window:
-                sock.settimeout(max(0.0005, (sent + 1) / rate - (time.monotonic() - started)))
+                # Until the next message is due: waking a period later would send two.
+                next_due = phase + sent / rate
+                sock.settimeout(max(0.0005, next_due - (time.monotonic() - started)))
             else:
                 sock.settimeout(60)
             try:
