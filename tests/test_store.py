@@ -380,6 +380,35 @@ def test_tokens_are_revoked_with_the_record(store: Store, revoke: Callable[[Stor
     assert store.token_account(b"3" * 32) == ("bob", later(7))
 
 
+def test_a_token_logs_in_its_own_live_enabled_account_once_asked(database: Database) -> None:
+    clock = FakeWallClock(datetime(2026, 1, 1, 9, 0, tzinfo=UTC))
+    with open_at(database, clock=clock) as store:
+        store.add_account("alice", "hash-a")
+        store.add_account("bob", "hash-b")
+        assert store.add_token("alice", b"a" * 32, later(7), NOW)
+        assert store.add_token("bob", b"b" * 32, later(7), NOW)
+        # Another's token, an unknown one, one expired as of now: no login, none recorded.
+        assert store.token_login(b"a" * 32, "bob", NOW) is None
+        assert store.token_login(b"x" * 32, "alice", NOW) is None
+        assert store.token_login(b"a" * 32, "alice", later(7)) is None
+        assert store.get_account("alice").last_login is None  # type: ignore[union-attr]
+        clock.now += timedelta(minutes=5)
+        account = store.token_login(b"a" * 32, "alice", NOW)
+        assert account is not None
+        assert (account.name, account.password_hash, account.enabled) == ("alice", "hash-a", True)
+        assert account.stamp == store.get_account("alice").stamp  # type: ignore[union-attr]
+        assert store.get_account("alice").last_login == "2026-01-01T09:05:00.000Z"  # type: ignore[union-attr]
+        store.set_admin("bob", True)
+        assert store.token_login(b"b" * 32, "bob", NOW).is_admin  # type: ignore[union-attr]
+        # A disabled account logs in by no token (disabling revokes them too, but a token
+        # issued in a race must not do it either).
+        store.set_admin("alice", True)  # not the last admin: bob may be disabled
+        store.set_enabled("bob", False)
+        assert store.token_login(b"b" * 32, "bob", NOW) is None
+        assert store.add_token("bob", b"c" * 32, later(7), NOW)  # issued in a race
+        assert store.token_login(b"c" * 32, "bob", NOW) is None
+
+
 def test_enabling_keeps_tokens(store: Store) -> None:
     store.add_account("alice", "hash")
     assert store.add_token("alice", b"1" * 32, later(7), NOW)

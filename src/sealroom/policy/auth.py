@@ -271,22 +271,10 @@ class ResumeTokens:
 
     def verify(self, name: str, token: str) -> Account | None:
         """The account if ``token`` is a live token of ``name``, else None, whatever the reason."""
-        digest = _digest(token)
-        found = self._store.token_account(digest)
-        if found is None:
-            return None
-        account_name, expires = found
-        # The digest was the lookup key; the name must match too, compared in constant time.
-        if not hmac.compare_digest(account_name.encode(), name.encode()):
-            return None
-        if expires <= iso_utc(self._clock()):
-            return None
-        account = self._store.get_account(account_name)
-        if account is None or not account.enabled:
-            return None
-        try:
-            self._store.record_login(account_name)
-        except NoSuchAccount:
+        account = self._store.token_login(_digest(token), name, iso_utc(self._clock()))
+        # The digest (of a secret) was the lookup key; the store matched the name too, and
+        # here it is compared once more, in constant time.
+        if account is None or not hmac.compare_digest(account.name.encode(), name.encode()):
             return None
         return account
 

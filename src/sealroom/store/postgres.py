@@ -73,6 +73,7 @@ LOAD_BATCH: Final = 5000  # rows between progress reports while loading
 MAX_TOKENS_PER_ACCOUNT: Final = 20  # older tokens of the account are dropped beyond this
 
 _ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login, stamp"
+_TOKEN_LOGIN_COLUMNS: Final = ", ".join(f"a.{column}" for column in _ACCOUNT_COLUMNS.split(", "))
 _MESSAGE_COLUMNS: Final = "id, room, recipient, sender, body, created_at"
 
 # One statement per batch, whatever its size: the rows travel as one JSON array of arrays
@@ -485,6 +486,18 @@ class PostgresStore:
                 "SELECT account, expires_at FROM resume_tokens WHERE digest = %s", (digest,)
             ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
+
+    def token_login(self, digest: bytes, name: str, now: str) -> Account | None:
+        # One statement: the account row is locked for the update and its WHERE checked
+        # again on the newest version, so a disable committed meanwhile refuses the login.
+        with self._connection() as conn:
+            row = conn.execute(
+                f"UPDATE accounts AS a SET last_login = %s FROM resume_tokens AS t"  # noqa: S608 -- constant column list
+                " WHERE t.digest = %s AND t.account = a.name AND a.name = %s"
+                f" AND t.expires_at > %s AND a.enabled RETURNING {_TOKEN_LOGIN_COLUMNS}",
+                (iso_utc(self._clock()), digest, name, now),
+            ).fetchone()
+        return None if row is None else _account(row)
 
     # -- change detection -----------------------------------------------------------------
 

@@ -91,6 +91,7 @@ _PRUNE_PRIVATE: Final = (
 _MESSAGE_COLUMNS: Final = "id, room, recipient, sender, body, created_at"
 
 _ACCOUNT_COLUMNS: Final = "name, password_hash, is_admin, enabled, created_at, last_login, stamp"
+_TOKEN_LOGIN_COLUMNS: Final = ", ".join(f"a.{column}" for column in _ACCOUNT_COLUMNS.split(", "))
 
 
 def _account(row: tuple[str, str, int, int, str, str | None, int]) -> Account:
@@ -446,6 +447,21 @@ class SqliteStore:
                 "SELECT account, expires_at FROM resume_tokens WHERE digest = ?", (digest,)
             ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
+
+    def token_login(self, digest: bytes, name: str, now: str) -> Account | None:
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_TOKEN_LOGIN_COLUMNS} FROM resume_tokens AS t"  # noqa: S608 -- constant column list
+                " JOIN accounts AS a ON a.name = t.account"
+                " WHERE t.digest = ? AND a.name = ? AND t.expires_at > ? AND a.enabled",
+                (digest, name, now),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE accounts SET last_login = ? WHERE name = ?", (iso_utc(self._clock()), name)
+            )
+        return _account(row)
 
     # -- change detection -----------------------------------------------------------------
 
