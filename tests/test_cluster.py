@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cluster import Cluster, read_until
 from engines import RedisEngine, free_port
-from helpers import wait_until
+from helpers import PASSWORD, wait_until
 
 
 def ids_of(lines: list[str]) -> list[int]:
@@ -353,6 +353,35 @@ def test_a_room_full_on_one_node_is_full_on_every_node(cluster: Cluster) -> None
         assert client.request("/join #small").startswith("OK join")
     late = two.user("u4")
     assert late.request("/join #small") == "ERR forbidden #small is full"
+
+
+def test_an_account_has_one_session_bound_across_nodes(
+    cluster: Cluster, redis_engine: RedisEngine
+) -> None:
+    # A login and its default room are one step of the bus: a login refused for the bound is
+    # not counted (online, in a room, or said), and a freed slot is given back on any node.
+    bound = {"limits": {"max_sessions_per_user": 3}}
+    one, two = cluster.node("one", **bound), cluster.node("two", **bound)
+    cluster.add_user("alice")
+    cluster.add_user("mallory")
+    alice = one.user("alice")
+    mallory = [one.user("mallory"), two.user("mallory"), one.user("mallory")]
+    alice.expect("JOIN #lobby mallory")
+    extra = two.client()
+    assert extra.request(f"/login mallory {PASSWORD}").startswith("ERR forbidden")
+    assert extra.request(f"/login mallory {PASSWORD}").startswith("ERR forbidden")
+    online = redis_engine.client()
+    assert online.hget("sealroom:online", "mallory") == b"3"
+    assert alice.request("/who #lobby") == "OK who #lobby alice mallory"
+    mallory[0].close()
+    wait_until(lambda: online.hget("sealroom:online", "mallory") == b"2", what="counted out")
+    again = two.user("mallory")  # the freed slot, on the other node
+    for session in mallory[1:]:
+        session.close()
+    again.close()
+    alice.expect("PART #lobby mallory")  # once, when the last of them left
+    wait_until(lambda: online.hget("sealroom:online", "mallory") is None, what="counted out")
+    assert alice.request("/ping x") == "OK ping x"  # no JOIN or PART from the refused logins
 
 
 def test_sealroom_kick_on_one_node_closes_the_sessions_on_every_node(cluster: Cluster) -> None:

@@ -76,6 +76,7 @@ ARCHIVE_KEEP_S = 30.0  # how long the archiver retries a batch the store refused
 PRUNE_EVERY_S = 1.0  # how often the archiver trims history to its retention
 CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answer
 CENSUS_KEEP_S = 10
+OVER_LIMIT = -2  # what the script answers a login whose user has its sessions already
 
 
 class _Done:
@@ -299,8 +300,22 @@ class RedisBus:
 
     # -- the session's side (Bus) -----------------------------------------------------------
 
-    def login(self, member: Member) -> int:
-        return int(self._call("login", [member.name]))
+    def login(
+        self, member: Member, limit: int, room: str | None, reply: bytes, admit: Admit
+    ) -> bool | None:
+        name = member.name
+        if room is None:
+            return None if self._call("enter", [name, str(limit), "", "0"]) == OVER_LIMIT else False
+
+        def apply(total: int) -> bool:
+            return self.hub.enter_replica(member, room, reply, admit)
+
+        entered = self._call("enter", [name, str(limit), room, str(member.serial)], apply=apply)
+        if entered == OVER_LIMIT:
+            return None
+        if not entered:
+            raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{room} does not exist")
+        return True
 
     def join(self, member: Member, room: str, reply: bytes, admit: Admit) -> None:
         def apply(total: int) -> bool:
@@ -547,6 +562,11 @@ class RedisBus:
                 with waiter.lock:
                     waiter.apply(0)
                     waiter.finish(True)
+                continue
+            if waiter.apply is not None and result == OVER_LIMIT:  # a login refused: no entry
+                with self._waiting_lock:
+                    self._waiting.pop(op.seq, None)
+                waiter.finish(OVER_LIMIT)
                 continue
             if op.archive is not None:
                 message = op.archive

@@ -47,6 +47,20 @@ if not redis.call('ZSCORE', P .. 'nodes', node) then
   return redis.error_reply('FENCED this node was declared dead')
 end
 local mine_p, mine_o = P .. 'node:' .. node .. ':presence', P .. 'node:' .. node .. ':online'
+local function presence(kind, seq, room, name, ser, quiet)
+  local field = room .. '\\t' .. name
+  local delta = 1
+  if kind == 'part' then delta = -1 end
+  local before = tonumber(redis.call('HGET', mine_p, field) or '0')
+  if delta < 0 and before <= 0 then
+    return -1  -- never counted here (taken back already): nothing to say
+  end
+  count(mine_p, field, delta)
+  local total = count(P .. 'presence', field, delta)
+  add(maxlen, 'k', kind, 'room', room, 'name', name, 'total', total, 'quiet', quiet,
+      'node', node, 'seq', seq, 'ser', ser)
+  return total
+end
 local results = {}
 local i = 3
 while i <= #ARGV do
@@ -73,30 +87,32 @@ while i <= #ARGV do
   elseif kind == 'join' or kind == 'part' then
     local room, name, ser, quiet = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     i = i + 4
-    local field = room .. '\\t' .. name
-    local delta = 1
-    if kind == 'part' then delta = -1 end
-    local before = tonumber(redis.call('HGET', mine_p, field) or '0')
-    if delta < 0 and before <= 0 then
-      results[#results + 1] = -1  -- never counted here (taken back already): nothing to say
+    results[#results + 1] = presence(kind, seq, room, name, ser, quiet)
+  elseif kind == 'enter' then
+    -- A login and its default room in one step: counted online unless its user would have
+    -- more than LIMIT sessions (-2: not counted, nothing said); then joined to ROOM ('' for
+    -- none: 0), as a 'join' of this seq.
+    local name, limit, room, ser = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+    i = i + 4
+    if tonumber(redis.call('HGET', P .. 'online', name) or '0') >= limit then
+      results[#results + 1] = -2
     else
-      count(mine_p, field, delta)
-      local total = count(P .. 'presence', field, delta)
-      add(maxlen, 'k', kind, 'room', room, 'name', name, 'total', total, 'quiet', quiet,
-          'node', node, 'seq', seq, 'ser', ser)
-      results[#results + 1] = total
+      count(mine_o, name, 1)
+      count(P .. 'online', name, 1)
+      if room == '' then
+        results[#results + 1] = 0
+      else
+        results[#results + 1] = presence('join', seq, room, name, ser, '0')
+      end
     end
-  elseif kind == 'login' or kind == 'logout' then
+  elseif kind == 'logout' then
     local name = ARGV[i]
     i = i + 1
-    local delta = 1
-    if kind == 'logout' then delta = -1 end
-    local before = tonumber(redis.call('HGET', mine_o, name) or '0')
-    if delta < 0 and before <= 0 then
-      results[#results + 1] = -1
+    if tonumber(redis.call('HGET', mine_o, name) or '0') <= 0 then
+      results[#results + 1] = -1  -- never counted here (refused, or taken back already)
     else
-      count(mine_o, name, delta)
-      results[#results + 1] = count(P .. 'online', name, delta)
+      count(mine_o, name, -1)
+      results[#results + 1] = count(P .. 'online', name, -1)
     end
   else
     local payload = ARGV[i]

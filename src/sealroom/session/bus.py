@@ -25,8 +25,13 @@ from sealroom.state.hub import Admit, Member
 
 
 class Bus(Protocol):
-    def login(self, member: Member) -> int:
-        """Count ``member`` as online; returns its user's sessions across the cluster."""
+    def login(
+        self, member: Member, limit: int, room: str | None, reply: bytes, admit: Admit
+    ) -> bool | None:
+        """Count ``member`` online and enter ``room`` (None: no room) in one step of the
+        order, not two round trips. None when its user has ``limit`` sessions across the
+        cluster already: then it is not counted. Else whether it is in ``room``; a room
+        that refuses it raises as :meth:`join` does, and it stays counted online."""
         ...
 
     def join(self, member: Member, room: str, reply: bytes, admit: Admit) -> None:

@@ -250,30 +250,27 @@ def _cluster_login(session: Session, bus: Bus, member: Member) -> Step:
     member.on_mail = session.check_mail
     session.member = member
 
-    def enter() -> tuple[ProtocolError | None, bool]:
-        """(why not logged in, whether in the default room)."""
+    def enter() -> tuple[ProtocolError | None, bool, bool]:
+        """(why not logged in, whether in the default room, whether counted online)."""
+        reply = encode_line("OK", "login", name, default) if default else b""
         try:
-            if bus.login(member) > limit:
-                refused = ProtocolError(ErrorCode.FORBIDDEN, f"{name} has {limit} sessions already")
-                return refused, False
+            joined = bus.login(member, limit, default, reply, _admit(member))
         except ProtocolError as error:
-            return error, False
-        if default is None:
-            return None, False
-        try:
-            bus.join(member, default, encode_line("OK", "login", name, default), _admit(member))
-        except ProtocolError as error:
-            if error.code is not ErrorCode.FORBIDDEN:  # full or banned by now: in, roomless
-                return error, False
-            return None, False
-        return None, True
+            if error.code is ErrorCode.FORBIDDEN:  # full or banned by now: in, roomless
+                return None, False, True
+            return error, False, True  # counted, or may be: counted out again
+        if joined is None:
+            refused = ProtocolError(ErrorCode.FORBIDDEN, f"{name} has {limit} sessions already")
+            return refused, False, False
+        return None, joined, True
 
-    def entered(outcome: tuple[ProtocolError | None, bool]) -> Step:
-        error, joined = outcome
+    def entered(outcome: tuple[ProtocolError | None, bool, bool]) -> Step:
+        error, joined, counted = outcome
         if error is not None:  # not logged in after all: as if it never began
             session.member = None
             hub.detach(member)
-            bus.leave(member, [])
+            if counted:
+                bus.leave(member, [])
             raise error
         services.counters.logins_ok += 1
         log.info("%s: logged in", session.describe())
