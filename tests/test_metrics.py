@@ -103,10 +103,26 @@ def test_counters_move(make_server: ServerFactory) -> None:
     alice.close()
 
 
-def test_only_metrics_is_served(make_server: ServerFactory) -> None:
+def test_only_metrics_and_ready_are_served(make_server: ServerFactory) -> None:
     server = make_server(metrics={"listen": "127.0.0.1:0"})
     assert scrape(server, "/")[0] == 404
     assert scrape(server, "/metrics?x=1")[0] == 200
+    assert scrape(server, "/ready") == (200, "text/plain; charset=utf-8", "ready\n")
+
+
+def test_ready_says_why_not_with_a_503(make_server: ServerFactory) -> None:
+    # A load balancer's check: anything but 2xx takes the server out of its rotation. (The
+    # cluster's reasons, with a real HAProxy: test_cluster_haproxy.py.)
+    server = make_server(metrics={"listen": "127.0.0.1:0"})
+    metrics = server.app.metrics
+    assert metrics is not None
+    assert server.app.unready() is None
+    metrics.unready = lambda: "shutting down"
+    assert scrape(server, "/ready") == (
+        503,
+        "text/plain; charset=utf-8",
+        "not ready: shutting down\n",
+    )
 
 
 def test_a_busy_port_is_one_error(make_server: ServerFactory) -> None:

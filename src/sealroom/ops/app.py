@@ -150,7 +150,9 @@ class App:
                 )
             if settings.metrics.listen is not None:
                 self.metrics = MetricsServer(
-                    parse_address(settings.metrics.listen), self.metric_families
+                    parse_address(settings.metrics.listen),
+                    self.metric_families,
+                    unready=self.unready,
                 )
         except BaseException:
             self.close()
@@ -511,6 +513,19 @@ class App:
             web_sessions=web_sessions,
             web_answers=dict(web.door.answered) if web is not None else {},
         )
+
+    def unready(self) -> str | None:
+        """Why this server does not serve now (``GET /ready`` answers 503 with it), or None.
+        A node cut off from Redis accepts connections but answers server-busy: a balancer
+        asking this sends clients elsewhere meanwhile."""
+        if self._stopping.is_set():
+            return "shutting down"
+        bus = self.bus
+        if bus is not None and not bus.up:
+            return "not in the cluster: Redis cannot be reached, or this node was fenced"
+        if bus is not None and not bus.store_up:
+            return "the database refuses what this node stores"
+        return None
 
     def metric_families(self) -> list[Family]:
         families = metric_families(self.snapshot())

@@ -1,4 +1,8 @@
-"""An optional Prometheus endpoint: ``GET /metrics`` in the text exposition format.
+"""An optional Prometheus endpoint: ``GET /metrics`` in the text exposition format, and
+``GET /ready`` for a load balancer's health check: 200 while this server serves, 503 with
+the reason while it does not (shutting down; a cluster node cut off from Redis, which
+fences itself, or whose database refuses). A balancer that only connects to the chat port
+would keep sending clients to a fenced node, which accepts them and answers server-busy.
 
 Off unless ``metrics.listen`` is set. It has no authentication, so it belongs on loopback
 (or behind a proxy that adds it); binding any other address is logged as a warning. The
@@ -36,6 +40,7 @@ from sealroom.core.text import escape_for_log
 log = logging.getLogger("sealroom.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+READY_TYPE = "text/plain; charset=utf-8"
 MAX_CONCURRENT_SCRAPES: Final = 4  # connections served at once; one thread each
 REQUEST_DEADLINE_S: Final = 3.0  # from accept to the request's blank line, however it drips
 MAX_REQUEST_HEAD_BYTES: Final = 8192  # request line and headers; a GET has no body
@@ -103,12 +108,14 @@ class MetricsServer(ThreadingHTTPServer):
         address: tuple[str, int],
         collect: Callable[[], Sequence[Family]],
         *,
+        unready: Callable[[], str | None] = lambda: None,
         max_concurrent: int = MAX_CONCURRENT_SCRAPES,
         request_deadline_s: float = REQUEST_DEADLINE_S,
     ) -> None:
         if max_concurrent < 1 or request_deadline_s <= 0:
             raise ValueError("max_concurrent and request_deadline_s must be positive")
         self.collect = collect
+        self.unready = unready  # why this server does not serve now, or None
         self.max_concurrent = max_concurrent
         self.request_deadline_s = request_deadline_s
         self._slots = threading.BoundedSemaphore(max_concurrent)
@@ -201,12 +208,22 @@ class _MetricsHandler(BaseHTTPRequestHandler):
                 return bytes(head)
 
     def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] != "/metrics":
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._answer(HTTPStatus.OK, CONTENT_TYPE, render(self.server.collect()))
+        elif path == "/ready":
+            why = self.server.unready()
+            if why is None:
+                self._answer(HTTPStatus.OK, READY_TYPE, "ready\n")
+            else:
+                self._answer(HTTPStatus.SERVICE_UNAVAILABLE, READY_TYPE, f"not ready: {why}\n")
+        else:
             self.send_error(HTTPStatus.NOT_FOUND)
-            return
-        body = render(self.server.collect()).encode("utf-8")
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", CONTENT_TYPE)
+
+    def _answer(self, status: HTTPStatus, content_type: str, text: str) -> None:
+        body = text.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
