@@ -10,6 +10,7 @@ runs on the worker pools and comes back to the reactor. The test suite runs with
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -247,3 +248,79 @@ def test_a_message_waits_for_ids_then_goes_out(
     session.complete(effect, Outcome(None))
     session.process()
     assert outbox.take()[0].decode().splitlines()[-2:] == ["OK say #lobby 41", "OK ping after"]
+
+
+def test_a_watched_descriptor_is_read_on_the_reactor_thread_and_a_failure_stays_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The cluster's bus reader puts its Redis socket in the reactor's epoll: the reactor
+    # calls it there when readable, and a watcher or hook that raises is logged, while the
+    # reactor goes on (it owns every client's connection).
+    reactor = Reactor()
+    ours, theirs = socket.socketpair()
+    seen: list[tuple[str, bytes]] = []
+    turns: list[int] = []
+
+    def on_readable() -> None:
+        data = ours.recv(100)
+        seen.append((threading.current_thread().name, data))
+        if data == b"boom":
+            raise RuntimeError("a watcher's bug")
+
+    def hook() -> None:
+        turns.append(1)
+        if len(turns) == 1:
+            reactor.watch(ours.fileno(), on_readable)  # on the reactor thread, as the reader
+            raise RuntimeError("a hook's bug")
+
+    reactor.after_turn(hook)
+    reactor.start()
+    try:
+        reactor.wake()
+        assert wait_for(lambda: len(turns) >= 1)
+        theirs.sendall(b"boom")
+        assert wait_for(lambda: len(seen) == 1)
+        theirs.sendall(b"after")
+        assert wait_for(lambda: len(seen) == 2)
+        assert seen == [("reactor", b"boom"), ("reactor", b"after")]
+        assert "a watcher of descriptor" in caplog.text
+        assert "an after-turn hook failed" in caplog.text
+        assert reactor.thread.is_alive()
+    finally:
+        reactor.stop()
+        ours.close()
+        theirs.close()
+
+
+def test_an_unwatched_descriptor_is_no_longer_read() -> None:
+    reactor = Reactor()
+    ours, theirs = socket.socketpair()
+    seen: list[bytes] = []
+    watching = threading.Event()
+    done: list[bool] = []
+
+    def hook() -> None:
+        if not done:
+            reactor.watch(ours.fileno(), lambda: seen.append(ours.recv(100)))
+            done.append(True)
+            watching.set()
+        elif len(seen) == 1 and len(done) == 1:
+            reactor.unwatch(ours.fileno())
+            done.append(True)
+
+    reactor.after_turn(hook)
+    reactor.start()
+    try:
+        reactor.wake()
+        assert watching.wait(5)
+        theirs.sendall(b"one")
+        assert wait_for(lambda: len(done) == 2)
+        theirs.sendall(b"two")
+        reactor.wake()
+        time.sleep(0.3)  # turns pass; nothing reads "two"
+        assert seen == [b"one"]
+        assert ours.recv(100) == b"two"
+    finally:
+        reactor.stop()
+        ours.close()
+        theirs.close()

@@ -7,13 +7,13 @@ twice, and finds its place again after a reconnect or a Redis restart (with the 
 file, the stream survives it). Entries are appended by Lua scripts that also count presence
 and allocate message ids in the same atomic step, so ids increase in the stream's order.
 
-Four threads, none of them the reactor:
+The *reader* (:mod:`sealroom.cluster.reader`) runs on the reactor thread: it applies the
+stream to the hub -- room messages to this node's members, joins and parts (with the
+cluster's counts, so every node says the same JOIN and PART), private messages, kicks,
+walls and room changes -- in the turn that read it. Three threads do the rest:
 
 * the *publisher* takes what sessions asked for from a queue and sends it in one script
   call per batch -- never a round trip per message while others are waiting;
-* the *reader* applies the stream to the hub: room messages to this node's members, joins
-  and parts (with the cluster's counts, so every node says the same JOIN and PART), private
-  messages, kicks, walls and room changes;
 * the *archiver* stores room messages and live private messages in PostgreSQL, a batch per
   transaction, and only then answers ``OK say`` / ``OK msg``: an acknowledged message is
   durable in the store;
@@ -54,6 +54,7 @@ from sealroom.cluster.entries import (
     is_user,
     number,
 )
+from sealroom.cluster.reader import BusReader, Entry
 from sealroom.core.errors import ErrorCode, ProtocolError, UserError
 from sealroom.core.model import StoredMessage, iso_utc
 from sealroom.core.protocol import encode_line
@@ -159,8 +160,9 @@ def busy(what: str = "the cluster is unreachable") -> ProtocolError:
     return ProtocolError(ErrorCode.SERVER_BUSY, f"{what}; retry in {RETRY_IN_S}s")
 
 
-def connect(url: str, timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
-    """A client that fails fast: no hidden retries (they would stretch every deadline)."""
+def connect(url: str, timeout: float = SOCKET_TIMEOUT_S, *, protocol: int = 3) -> redis.Redis:
+    """A client that fails fast: no hidden retries (they would stretch every deadline).
+    (``protocol=2`` for the bus reader, which parses replies itself: no pushes, no maps.)"""
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -168,6 +170,7 @@ def connect(url: str, timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         retry_on_timeout=False,
         health_check_interval=0,
+        protocol=protocol,
     )
 
 
@@ -200,7 +203,16 @@ class RedisBus:
         # The wire's time text; the server passes MessageLog.now, made once a millisecond.
         self.now = now or (lambda: iso_utc(datetime.now(UTC)))
         self._redis = self.client = connect(url)
-        self._reading = connect(url, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S)
+        self.reader = BusReader(
+            connect(url, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S, protocol=2),
+            scripts.BUS,
+            count=READ_COUNT,
+            block_ms=READ_BLOCK_MS,
+            position=self._read_position,
+            deliver=self._read,
+            reading=lambda: self.up and not self._stopping.is_set(),
+        )
+        self._census = threading.BoundedSemaphore(2)  # census answers under way
         self._publish = self._redis.register_script(scripts.PUBLISH)
         self._reap = self._redis.register_script(scripts.REAP)
         self._heartbeat = self._redis.register_script(scripts.HEARTBEAT)
@@ -249,13 +261,13 @@ class RedisBus:
             raise UserError(f"cluster.redis: cannot join the cluster: {error}") from None
         for target, what in (
             (self._run_publisher, "bus publisher"),
-            (self._run_reader, "bus reader"),
             (self._run_archiver, "bus archiver"),
             (self._run_heartbeat, "heartbeat"),
         ):
             thread = threading.Thread(target=target, name=what, daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.reader.start()
         log.info("joined the cluster as node %s (%s)", self.node_name, self.node)
 
     def _join_cluster(self) -> None:
@@ -279,6 +291,7 @@ class RedisBus:
             self._last_ok = self._connected_since = now
             self.up = True
         self._wake.set()
+        self.reader.poke()  # read from the new place
 
     def stop(self) -> None:
         """Leave in order: our share is taken back now, not after the timeout."""
@@ -295,8 +308,8 @@ class RedisBus:
                 self._reap(args=[0, MAX_STREAM, self.node])
             except RedisError as error:
                 log.warning("could not leave the cluster in order (%s); others will reap", error)
+        self.reader.stop()
         self._redis.close()
-        self._reading.close()
 
     # -- the session's side (Bus) -----------------------------------------------------------
 
@@ -445,12 +458,25 @@ class RedisBus:
         return rows
 
     def answer_census(self, ask: str) -> None:
-        rows = json.dumps(self.on_census(), separators=(",", ":"))
-        key = f"{scripts.PREFIX}census:{ask}:{self.node}"
+        """Read from the bus on the reactor thread, which must not wait for Redis: the
+        answer is written by a short-lived thread, two at most (a census is an operator's
+        `sealroom sessions`; one beyond that waits for the next ask)."""
+        if not self._census.acquire(blocking=False):
+            log.warning("a census was not answered: two answers are still under way")
+            return
+        threading.Thread(
+            target=self._answer_census, args=(ask,), name="census", daemon=True
+        ).start()
+
+    def _answer_census(self, ask: str) -> None:
         try:
+            rows = json.dumps(self.on_census(), separators=(",", ":"))
+            key = f"{scripts.PREFIX}census:{ask}:{self.node}"
             self._redis.set(key, rows, ex=CENSUS_KEEP_S)
         except RedisError as error:
             log.warning("could not answer a census: %s", error)
+        finally:
+            self._census.release()
 
     # -- requests in flight -----------------------------------------------------------------
 
@@ -685,37 +711,29 @@ class RedisBus:
 
     # -- the reader -------------------------------------------------------------------------
 
-    def _run_reader(self) -> None:
-        while not self._stopping.is_set():
-            if not self.up:
-                time.sleep(0.05)
-                continue
-            with self._state_lock:
-                generation, position = self._generation, self._position
-            try:
-                found: Any = self._reading.xread(
-                    {scripts.BUS: position}, count=READ_COUNT, block=READ_BLOCK_MS
-                )
-            except RedisError:
-                time.sleep(0.1)  # the heartbeat judges; reading resumes where it was
-                continue
-            if not found:
-                continue
-            with self._state_lock:
-                if generation != self._generation:
-                    continue  # the node started anew meanwhile: read from its new place
-                relay = _Relay(self.hub)
-                for entry_id, fields in found[0][1]:
-                    self._position = _str(entry_id)
-                    try:
-                        if fields.get(b"k") == b"say":
-                            self._say(fields, relay)
-                        else:
-                            relay.flush()  # what follows comes after them for everyone
-                            self._apply(fields)
-                    except Exception:
-                        log.exception("could not apply bus entry %s", self._position)
-                relay.flush()
+    def _read_position(self) -> tuple[int, str]:
+        with self._state_lock:
+            return self._generation, self._position
+
+    def _read(self, generation: int, entries: list[Entry]) -> None:
+        """Apply what one read of the stream brought (on the reactor thread: nothing here
+        blocks), unless the node started anew since it asked: then the next read asks
+        from the new place."""
+        with self._state_lock:
+            if generation != self._generation or not self.up:
+                return
+            relay = _Relay(self.hub)
+            for entry_id, fields in entries:
+                self._position = entry_id
+                try:
+                    if fields.get(b"k") == b"say":
+                        self._say(fields, relay)
+                    else:
+                        relay.flush()  # what follows comes after them for everyone
+                        self._apply(fields)
+                except Exception:
+                    log.exception("could not apply bus entry %s", self._position)
+            relay.flush()
 
     def _say(self, raw: Mapping[bytes, bytes], relay: _Relay) -> None:
         """A room message: checked (bytes from Redis are hostile) and queued in ``relay``,

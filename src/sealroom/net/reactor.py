@@ -53,6 +53,7 @@ class Reactor:
         self._sleeping = False  # blocked in epoll: the next nudge must write the eventfd
         self._next_sweep = 0.0
         self._after_turn: list[Callable[[], None]] = []
+        self._watched: dict[int, Callable[[], None]] = {}  # other descriptors it reads for
         self.heartbeat = time.monotonic()  # the loop's last turn, for the watchdog
         self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
 
@@ -87,7 +88,26 @@ class Reactor:
         bus publisher woken for every ``/say`` made a Redis call for every few messages."""
         self._after_turn.append(hook)
 
+    def watch(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """On the reactor thread: call ``on_readable`` there when ``fd`` is readable (a
+        cluster's bus reader: its Redis socket). Unwatch it before closing it."""
+        self._epoll.register(fd, select.EPOLLIN)
+        self._watched[fd] = on_readable
+
+    def unwatch(self, fd: int) -> None:
+        """On the reactor thread, before ``fd`` is closed (its number may be reused)."""
+        if self._watched.pop(fd, None) is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
+
     # -- any thread ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Turn soon (the after-turn hooks with it), if asleep: something changed for a
+        hook, such as a connection handed to a watcher."""
+        with self._lock:
+            if not self._stopping:
+                self._nudge()
 
     def adopt(self, connection: Connection) -> bool:
         """Take a new connection from a listener; False if the reactor is stopping."""
@@ -149,9 +169,15 @@ class Reactor:
                 self._serve(connection, _EVENT, readable=True)
         if now >= self._next_sweep:
             self._sweep(now)
-        for hook in self._after_turn:  # before the poll, which may sleep
-            hook()
+        self._after_hooks()  # before the poll, which may sleep
         self._poll()
+
+    def _after_hooks(self) -> None:
+        for hook in self._after_turn:
+            try:
+                hook()
+            except Exception:  # a hook's failure is its own, never the reactor's
+                log.exception("an after-turn hook failed")
 
     def _complete_done(self) -> None:
         """Hand finished work back, all of a connection's at once: a cluster's archiver
@@ -180,13 +206,17 @@ class Reactor:
             self._sleeping = False
         for fd, mask in events:
             owned = self._owned.get(fd)
-            if owned is None:
-                self._wakeup.clear()
-            else:
+            if owned is not None:
                 self._serve(owned, _EVENT, readable=bool(mask & ~select.EPOLLOUT))
+            elif (watcher := self._watched.get(fd)) is not None:
+                try:
+                    watcher()
+                except Exception:  # its own to mend (the bus reader connects again)
+                    log.exception("a watcher of descriptor %d failed", fd)
+            else:
+                self._wakeup.clear()
         if events:  # what they asked for goes out now, not after the rest of the turn
-            for hook in self._after_turn:
-                hook()
+            self._after_hooks()
 
     def _owns(self, connection: Connection) -> bool:
         return self._owned.get(connection.fd) is connection

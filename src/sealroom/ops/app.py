@@ -113,7 +113,7 @@ class App:
         )
         if self.bus is not None:
             self.shared.cluster_admit = self._cluster_admit
-            self.reactor.after_turn(self.bus.kick)  # a turn's room messages: one script call
+            _drive_bus(self.reactor, self.bus)
         self.counters = services.counters
         self.certificate: Validity | None = _startup_certificate(settings)
         self.reloads = {"ok": 0, "failed": 0}
@@ -725,6 +725,15 @@ class App:
         self.writer.stop()  # commits what is queued
         self.store.close()
         self.notifier.close()
+
+
+def _drive_bus(reactor: Reactor, bus: RedisBus) -> None:
+    """The reactor's part in a cluster's bus: once a turn it wakes the publisher for what
+    the turn queued (one script call for a turn's room messages), and it reads the bus's
+    socket in its own epoll (cluster/reader.py), applying what comes in the same turn."""
+    reactor.after_turn(bus.kick)
+    bus.reader.attach(reactor.watch, reactor.unwatch, reactor.wake)
+    reactor.after_turn(bus.reader.on_turn)
 
 
 def _cluster_bus(settings: Settings, hub: Hub, store: Store) -> RedisBus:
