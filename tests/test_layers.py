@@ -72,7 +72,8 @@ def test_lint_imports_passes(report: tuple[int, str]) -> None:
 
 
 # A package shaped like sealroom that keeps every contract: each layer imports the one
-# below it, and each owner of sqlite3, psycopg, redis, argon2 and the sockets imports them.
+# below it, and each owner of sqlite3, psycopg, redis (hiredis), argon2 and the sockets
+# imports them.
 SKELETON = {
     "__init__.py": "",
     "__main__.py": "import sealroom.cli\n",
@@ -82,7 +83,7 @@ SKELETON = {
         "import sealroom.store.sqlite\n"
     ),
     "cluster/__init__.py": "import sealroom.cluster.plane\n",
-    "cluster/plane.py": "import redis\nimport sealroom.session\n",
+    "cluster/plane.py": "import hiredis\nimport redis\nimport sealroom.session\n",
     "net/__init__.py": "import selectors\nimport ssl\nimport sealroom.session\n",
     "session/__init__.py": "import sealroom.policy.auth\nimport sealroom.state\n",
     "state/__init__.py": "import sealroom.config\n",
@@ -115,6 +116,7 @@ BREACHES = [
     ("net/__init__.py", "import sealroom.store", {"store"}, "sealroom.net -> sealroom.store"),
     ("client/__init__.py", "import sealroom.net", {"client"}, "client -> sealroom.net"),
     ("ops/__init__.py", "import redis", {"redis"}, "sealroom.ops -> redis"),
+    ("net/__init__.py", "import hiredis", {"redis"}, "sealroom.net -> hiredis"),
     ("cluster/__init__.py", "import sealroom.net", {"layers"}, "cluster -> sealroom.net"),
     ("cluster/__init__.py", "import sealroom.store", {"store"}, "cluster -> sealroom.store"),
 ]
