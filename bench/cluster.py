@@ -278,6 +278,7 @@ def _cluster_fanout(
                 start,
                 results,
                 120.0 if rate is not None else 240.0,
+                rate is not None,  # steady: kernel receive stamps
             )
             for port, group in zip(sub_ports, groups, strict=True)
             if group

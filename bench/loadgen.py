@@ -276,8 +276,14 @@ def subscriber(
     start: Any,
     results: Any,
     timeout: float,
+    stamps: bool = False,
 ) -> None:
-    """Hold logged-in members of ``room``; count (and time) the MSG lines they receive."""
+    """Hold logged-in members of ``room``; count (and time) the MSG lines they receive.
+
+    With ``stamps`` (the steady runs) a delivery is timed by the kernel's receive stamp
+    (:class:`ArrivalStamps`), at one more system call per read. The saturated runs measure
+    CPU and keep the lighter load generator they were first measured with: how fast the
+    subscribers read changes how the servers batch their writes."""
     raise_fd_limit()
     conns = _members(port, client_context(ca), names, password, room)
     ready.put(len(conns))
@@ -293,7 +299,7 @@ def subscriber(
         selector.register(conn.sock, selectors.EVENT_READ, conn)
         counts[conn] = 0
         partial[conn] = b""
-        stamped[conn] = ArrivalStamps(conn.sock)
+        stamped[conn] = ArrivalStamps(conn.sock) if stamps else None
     prefix = f"MSG {room} ".encode()
     remaining = len(conns)
     deadline = time.monotonic() + timeout
@@ -307,7 +313,7 @@ def subscriber(
         for key, _ in events:
             conn = key.data
             while True:
-                stamp = stamped[conn].next_arrival()
+                stamp = arrival.next_arrival() if (arrival := stamped[conn]) else 0
                 try:
                     data = conn.sock.recv(262144)
                 except ssl.SSLWantReadError:
@@ -340,7 +346,8 @@ def subscriber(
         }
     )
     for conn in conns:
-        stamped[conn].close()
+        if (arrival := stamped[conn]) is not None:
+            arrival.close()
         conn.close()
 
 

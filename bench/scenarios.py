@@ -184,6 +184,7 @@ def _fanout(
                 start,
                 results,
                 120.0,
+                *(() if web else (rate is not None,)),  # steady: kernel receive stamps
             )
             for group in groups
             if group
