@@ -15,8 +15,10 @@ before the cluster.
   counted, not assumed. Beside it, ``fanout_saturated`` on one node, and the ratio.
 * ``cluster_steady`` -- 10,000 deliveries/s with both publishers on node 1 and all 100
   subscribers on node 2: every delivery crosses the bus. p50/p99 from the publisher's send
-  time (in the payload) to the subscriber's receive time, one machine's monotonic clock.
-  Beside it, ``fanout_steady`` on one node.
+  time (in the payload) to the kernel's receive stamp on the subscriber's socket, one
+  machine's clocks. Beside it, ``fanout_steady`` on one node.
+* ``cluster_idle_latency`` -- one message at a time, 20 ms apart, from node 1 to a member
+  on node 1 and one on node 2: the bus's cost when nothing queues. Beside it, one node.
 * ``cluster_reconnect_storm`` -- N accounts (inserted straight into PostgreSQL, one cheap
   argon2 hash for all) log in, each gets a resume token with ``/token``, all disconnect at
   once; then all come back with ``/resume``, half through each node. Once per entry of
@@ -34,6 +36,7 @@ import multiprocessing as mp
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -48,6 +51,7 @@ from bench.harness import (
     _free_port,
     argon2_config,
     merge,
+    server,
     wait_for,
     workspace,
 )
@@ -57,6 +61,7 @@ from bench.scenarios import (
     _collect,
     _fanout,
     _latency_figures,
+    _percentile,
     _stagger,
 )
 from sealroom.config import Argon2Settings
@@ -571,9 +576,92 @@ def _join(made: Rig, window: float) -> dict[str, Any]:
     return out
 
 
+# -- one message at a time ----------------------------------------------------------------------
+
+
+def cluster_idle_latency(sizes: Sizes) -> dict[str, Any]:
+    """One room message at a time, ``PROBE_GAP_S`` apart, from a publisher on node 1 to a
+    member on node 1 and one on node 2: what the bus costs a message when nothing queues
+    (every hand-off a wake-up). Beside it the same on a single node (``single_*``)."""
+    if skipped := _skipped():
+        return skipped
+    names = ["probe_pub", "probe_here", "probe_there"]
+    with workspace() as space:
+        space.configure({}, argon2=CHEAP_ARGON2)
+        space.add_accounts(names)
+        with server(space) as proc:
+            single = _probe(space.ca, proc.port, [proc.port], sizes.probe_messages)
+    with rig(timeout_s=sizes.cluster_node_timeout_s) as made:
+        made.add_accounts(names)
+        one, two = made.start("node1"), made.start("node2")
+        cluster = _probe(made.space.ca, one.port, [one.port, two.port], sizes.probe_messages)
+        problems = made.problems()
+    out = {f"single_{key}": value for key, value in single.items() if key.startswith("here")}
+    out.update(cluster)
+    out.update(problems)
+    return out
+
+
+PROBE_GAP_S = 0.02
+
+
+def _probe(ca: Path, port: int, ports: list[int], count: int) -> dict[str, float]:
+    """``count`` messages from a publisher on ``port`` to one member on each of ``ports``
+    (``here``, then ``there``), each sent once the last reached everyone; p50/p90/p99 per
+    member, from the send to the kernel's receive stamp."""
+    ctx = loadgen.client_context(ca)
+    publisher = loadgen.Line(port, ctx)
+    publisher.login("probe_pub", PASSWORD)
+    members = []
+    for name, where in zip(("probe_here", "probe_there"), ports, strict=False):
+        member = loadgen.Line(where, ctx)
+        member.login(name, PASSWORD)
+        members.append((name.removeprefix("probe_"), member, loadgen.ArrivalStamps(member.sock)))
+    try:
+        time.sleep(0.5)  # the logins' JOINs said and read
+        latencies: dict[str, list[int]] = {where: [] for where, _, _ in members}
+        for _ in range(count):
+            sent = time.monotonic_ns()
+            publisher.sock.sendall(f"/say #lobby {sent} probe\n".encode())
+            for where, member, stamps in members:
+                latencies[where].append(_arrival(member, stamps, str(sent)) - sent)
+            while not publisher.line().startswith("OK say"):
+                pass
+            time.sleep(PROBE_GAP_S)
+    finally:
+        for _, member, stamps in members:
+            stamps.close()
+            member.close()
+        publisher.close()
+    out: dict[str, float] = {}
+    for where, values in latencies.items():
+        for label, fraction in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99)):
+            out[f"{where}_{label}_ms"] = round(_percentile(values, fraction), 3)
+    return out
+
+
+def _arrival(member: loadgen.Line, stamps: loadgen.ArrivalStamps, key: str) -> int:
+    """When the line carrying ``key`` reached ``member``'s socket (the kernel's stamp of
+    the bytes a read starts with; the read's time if there was none)."""
+    arrived = 0  # of the last read; a message is sent once the one before it arrived
+    while True:
+        if b"\n" in member.buf:
+            line, _, member.buf = member.buf.partition(b"\n")
+            if line.startswith(b"MSG ") and key.encode() in line:
+                return arrived or time.monotonic_ns()
+            continue
+        stamp = stamps.next_arrival()
+        chunk = member.sock.recv(65536)
+        if not chunk:
+            raise EOFError("closed")
+        arrived = stamp or time.monotonic_ns()
+        member.buf += chunk
+
+
 SCENARIOS = {
     "cluster_fanout_saturated": cluster_fanout_saturated,
     "cluster_steady": cluster_steady,
+    "cluster_idle_latency": cluster_idle_latency,
     "cluster_reconnect_storm": cluster_reconnect_storm,
     "cluster_node_churn": cluster_node_churn,
 }

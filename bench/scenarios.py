@@ -64,6 +64,7 @@ class Sizes:
     # The cluster scenarios (bench/cluster.py).
     cluster_storm_accounts: tuple[int, ...] = (1000, 5000)  # one storm each, fresh engines
     cluster_publishers_per_node: int = 16  # the wide saturated run (1: none)
+    probe_messages: int = 300  # cluster_idle_latency: one at a time, 20 ms apart
     churn_sessions: int = 5000
     churn_room_size: int = 50
     churn_window_s: float = 3.0  # the idle window, and the one a joining node is watched for
@@ -85,6 +86,7 @@ QUICK = Sizes(
     default_argon2=ARGON2_8MIB,
     cluster_storm_accounts=(40,),
     cluster_publishers_per_node=1,
+    probe_messages=20,
     churn_sessions=40,
     churn_room_size=10,
     churn_window_s=0.5,
