@@ -27,7 +27,7 @@ from sealroom.core.model import Account, Mode, RoomRecord, RoomView
 from sealroom.core.storage import Store
 from sealroom.core.text import escape_for_log, has_forbidden_chars, room_name, user_name
 from sealroom.policy import rooms
-from sealroom.session.commands import TOPIC_MAX
+from sealroom.session.room_settings import TOPIC_MAX
 
 __all__ = ["Opener", "add_room_commands"]
 

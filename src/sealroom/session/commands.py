@@ -1,4 +1,6 @@
 """The requests of protocol version 1: one handler per verb, and the table that routes them.
+The verbs that change a room's settings are in :mod:`sealroom.session.room_settings`, and
+what every handler shares in :mod:`sealroom.session.verbs`.
 
 A handler decides from memory. What needs the database or argon2 it returns as an
 :class:`~sealroom.session.effects.Effect` whose ``work`` runs on a worker and whose ``then``
@@ -12,121 +14,41 @@ import logging
 from collections.abc import Callable
 
 from sealroom.core.errors import ErrorCode, ProtocolError
-from sealroom.core.model import Account, Mode, RoomRecord, RoomView, StoredMessage
+from sealroom.core.model import Account, RoomRecord, RoomView, StoredMessage
 from sealroom.core.protocol import SAY_CURRENT, Request, Rest, Syntax, encode_line
-from sealroom.core.text import password_problem, room_name, user_name
+from sealroom.core.text import password_problem, user_name
 from sealroom.policy import rooms
-from sealroom.policy.ratelimit import retry_after_text
 from sealroom.session.bus import Bus, room_payload
 from sealroom.session.effects import Effect, Pool, Reply, Step
 from sealroom.session.machine import Command, Session, SessionEnded, hist_line
+from sealroom.session.room_settings import (
+    cmd_ban,
+    cmd_deop,
+    cmd_destroy,
+    cmd_invite,
+    cmd_list,
+    cmd_mode,
+    cmd_op,
+    cmd_topic,
+    cmd_unban,
+)
+from sealroom.session.verbs import (
+    account_exists,
+    current_account,
+    loggable_name,
+    require_member,
+    role_in,
+    room_arg,
+    shared_login_token,
+    take_login_token,
+    user_arg,
+)
 from sealroom.state.hub import OPERATOR, Member
 from sealroom.state.messages import IdsExhausted
 
 log = logging.getLogger("sealroom.session")
 
 DEFAULT_HISTORY = 20
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def room_arg(session: Session, request: Request, index: int = 0) -> str:
-    """The room named in the request, else the current room."""
-    if len(request.args) > index:
-        name = room_name(request.args[index])
-        if name is None:
-            raise ProtocolError(ErrorCode.BAD_ARGUMENT, "a room is # then [a-z0-9_-]")
-        return name
-    if session.current_room is None:
-        raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room; /join #ROOM")
-    return session.current_room
-
-
-def require_member(session: Session) -> Member:
-    assert session.member is not None  # the dispatch table guarantees it  # noqa: S101
-    return session.member
-
-
-def take_login_token(session: Session) -> None:
-    """Every credential check draws on the client address's bucket, before any hashing."""
-    _login_limited(session.services.login_buckets.take(session.peer))
-
-
-def _login_limited(wait: float) -> None:
-    if wait:
-        text = f"too many login attempts; {retry_after_text(wait)}"
-        raise ProtocolError(ErrorCode.RATE_LIMITED, text)
-
-
-def _shared_login_token(session: Session) -> None:
-    """Blocking: in a cluster an address has one login budget, not one per node."""
-    bus = session.services.bus
-    if bus is not None:
-        rate = session.services.settings.rate.logins_per_ip
-        _login_limited(bus.take("logins", session.peer, rate.rate, rate.burst))
-
-
-def _share_room(
-    session: Session,
-    record: RoomRecord,
-    reply: str,
-    *,
-    by: str = OPERATOR,
-    reason: str = "",
-    line: bytes | None = None,
-    notify: str | None = None,
-) -> Step:
-    """``reply``, once the cluster's other nodes have the change this node just applied
-    in the bus's order: a join ordered after it is judged by it, on every node. (They
-    also poll the store for room changes, should the bus be away.)"""
-    bus = session.services.bus
-    if bus is None:
-        return reply
-    payload: dict[str, object] = {"record": room_payload(record), "by": by, "reason": reason}
-    if line is not None:
-        payload["line"] = line.decode().rstrip("\n")
-    if notify is not None:
-        payload["notify"] = notify
-    return Effect(Pool.BUS, lambda: bus.broadcast("room", payload), lambda _: reply)
-
-
-def _user_arg(raw: str) -> str:
-    name = user_name(raw)
-    if name is None:
-        raise ProtocolError(ErrorCode.BAD_ARGUMENT, "a user name is [a-z0-9][a-z0-9_.-]")
-    return name
-
-
-def _account_exists(session: Session, name: str) -> bool:
-    """Blocking: for an effect's work."""
-    services = session.services
-    if services.bus is None and services.hub.is_online(name):
-        return True
-    return services.store.get_account(name) is not None
-
-
-def _current(session: Session) -> Account:
-    """The account record this session logged in as, read now; blocking, for an effect's
-    work. Every decision on the account's authority (mint a token, send or read as it,
-    moderate) goes through this: a record that was removed, disabled or changed since the
-    login ends the session instead."""
-    member = require_member(session)
-    account = session.services.store.get_account(member.name)
-    if account is None:
-        raise SessionEnded("account-removed")
-    if not account.enabled:
-        raise SessionEnded("account-disabled")
-    if account.stamp != member.stamp:
-        raise SessionEnded("account-changed")
-    return account
-
-
-def loggable_name(raw: str) -> str:
-    """What the log may show of a name a client typed: the name if it is a valid one, else
-    nothing of it (a password typed in the name field must never reach the log)."""
-    name = user_name(raw)
-    return name if name is not None else "(not a valid name)"
 
 
 # -- logging in -------------------------------------------------------------------------------
@@ -146,7 +68,7 @@ def cmd_login(session: Session, request: Request) -> Step:
         name = ""
 
     def verify() -> Account | None:
-        _shared_login_token(session)
+        shared_login_token(session)
         return auth.verify_login(name, password)  # ServerBusy is an ERR server-busy
 
     return Effect(Pool.ARGON2, verify, lambda account: _complete_login(session, account, raw_name))
@@ -161,7 +83,7 @@ def cmd_resume(session: Session, request: Request) -> Step:
     name = user_name(raw_name) or ""
 
     def verify() -> Account | None:
-        _shared_login_token(session)
+        shared_login_token(session)
         return tokens.verify(name, token)
 
     return Effect(Pool.STORE, verify, lambda account: _complete_login(session, account, raw_name))
@@ -171,7 +93,7 @@ def cmd_token(session: Session, request: Request) -> Step:
     tokens, member = session.services.tokens, require_member(session)
 
     def mint() -> tuple[str, str]:
-        _current(session)
+        current_account(session)
         issued = tokens.issue(member.name, member.stamp)
         if issued is None:  # changed between the check and the write
             raise SessionEnded("account-changed")
@@ -318,7 +240,7 @@ def cmd_join(session: Session, request: Request) -> Step:
     hub.may_create(member)
 
     def create() -> RoomRecord:
-        _current(session)
+        current_account(session)
         store.create_room(name, member.name)
         record = store.get_room(name)
         if record is None:  # destroyed as soon as made: let the join say so
@@ -357,7 +279,7 @@ def _cluster_join(session: Session, bus: Bus, member: Member, name: str) -> Step
     hub.may_create(member)
 
     def create() -> RoomRecord:
-        _current(session)
+        current_account(session)
         store.create_room(name, member.name)
         record = store.get_room(name)
         if record is None:  # destroyed as soon as made: let the join say so
@@ -448,16 +370,11 @@ def cmd_say_current(session: Session, request: Request) -> Step:
     return _say(session, session.current_room, request.text or "")
 
 
-def _role(session: Session, view: RoomView) -> rooms.Role:
-    member = require_member(session)
-    return rooms.role_of(view, member.name, is_admin=member.is_admin)
-
-
 def cmd_who(session: Session, request: Request) -> Step:
     name = room_arg(session, request)
     hub = session.services.hub
     view = hub.view(name)
-    if not rooms.may_see(view, require_member(session).name, _role(session, view)):
+    if not rooms.may_see(view, require_member(session).name, role_in(session, view)):
         raise ProtocolError(ErrorCode.FORBIDDEN, f"{name} is private")
     return " ".join(["OK", "who", name, *hub.who(name)])
 
@@ -470,7 +387,7 @@ def cmd_rooms(session: Session, request: Request) -> Step:
 
 
 def cmd_msg(session: Session, request: Request) -> Step:
-    recipient = _user_arg(request.args[0])
+    recipient = user_arg(request.args[0])
     text = request.text or ""
     if not text.strip():
         raise ProtocolError(ErrorCode.BAD_ARGUMENT, "empty message")
@@ -478,7 +395,7 @@ def cmd_msg(session: Session, request: Request) -> Step:
     services = session.services
 
     def send() -> int:
-        _current(session)
+        current_account(session)
         account = services.store.get_account(recipient)
         if account is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {recipient}")
@@ -512,7 +429,7 @@ def cmd_history(session: Session, request: Request) -> Step:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{room}'s history is for its members")
 
         def read_room() -> list[StoredMessage]:
-            _current(session)
+            current_account(session)
             return messages.room_history(room, limit)
 
         return Effect(Pool.STORE, read_room, lambda found: _history_reply(room, found))
@@ -521,8 +438,8 @@ def cmd_history(session: Session, request: Request) -> Step:
         raise ProtocolError(ErrorCode.BAD_ARGUMENT, "usage: /history #ROOM|NAME [N]")
 
     def read() -> list[StoredMessage]:
-        _current(session)
-        if not _account_exists(session, other):
+        current_account(session)
+        if not account_exists(session, other):
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {other}")
         return messages.conversation(member.name, other, limit)
 
@@ -555,7 +472,7 @@ def cmd_passwd(session: Session, request: Request) -> Step:
     auth, store = services.auth, services.store
 
     def change() -> int:
-        account = _current(session)
+        account = current_account(session)
         if not auth.verify_password(member.name, old):
             raise ProtocolError(ErrorCode.AUTH_FAILED, "wrong password")
         renewed = store.change_password(
@@ -573,228 +490,6 @@ def cmd_passwd(session: Session, request: Request) -> Step:
         return "OK passwd"
 
     return Effect(Pool.ARGON2, change, changed)
-
-
-# -- room settings ------------------------------------------------------------------------------
-
-TOPIC_MAX = 300
-
-
-def _moderated(session: Session, name: str, *, manage: bool = False) -> RoomView:
-    """The room's view, if this session may moderate it (or manage it: op, deop, destroy)."""
-    view = session.services.hub.view(name)
-    role = _role(session, view)
-    allowed = rooms.may_manage(role) if manage else rooms.may_moderate(role)
-    if not allowed:
-        who = "the owner" if manage else "operators"
-        raise ProtocolError(ErrorCode.FORBIDDEN, f"only {who} of {name} may do that")
-    return view
-
-
-def _target_account(session: Session, raw: str) -> Account:
-    """Blocking: the account a room request names (it must exist)."""
-    name = _user_arg(raw)
-    account = session.services.store.get_account(name)
-    if account is None:
-        raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no account {name}")
-    return account
-
-
-def _stored(session: Session, name: str) -> RoomRecord:
-    """Blocking: the room as stored now, after a change."""
-    record = session.services.store.get_room(name)
-    if record is None:
-        raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"{name} does not exist")
-    return record
-
-
-def cmd_topic(session: Session, request: Request) -> Step:
-    name = room_arg(session, request)
-    hub, member = session.services.hub, require_member(session)
-    text = request.text
-    if text is None or not text.strip():
-        view = hub.view(name)
-        if not rooms.may_see(view, member.name, _role(session, view)):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{name} is private")
-        topic = hub.topic(name)
-        return f"OK topic {name} {topic}" if topic else f"OK topic {name}"
-    if len(text) > TOPIC_MAX:
-        raise ProtocolError(ErrorCode.BAD_ARGUMENT, f"a topic is at most {TOPIC_MAX} characters")
-    _moderated(session, name)
-    store = session.services.store
-
-    def write() -> RoomRecord:
-        _current(session)
-        store.set_room(name, topic=text)
-        return _stored(session, name)
-
-    def done(record: RoomRecord) -> Step:
-        hub.apply(record)
-        line = encode_line("TOPIC", name, member.name, text)
-        hub.announce(name, line)
-        return _share_room(session, record, f"OK topic {name} {text}", line=line)
-
-    return Effect(Pool.STORE, write, done)
-
-
-def cmd_mode(session: Session, request: Request) -> Step:
-    name = room_arg(session, request)
-    try:
-        mode = Mode(request.args[1])
-    except ValueError:
-        raise ProtocolError(ErrorCode.BAD_ARGUMENT, "a mode is open or private") from None
-    view = _moderated(session, name)
-    hub, store, member = session.services.hub, session.services.store, require_member(session)
-
-    def write() -> RoomRecord:
-        _current(session)
-        if mode is Mode.PRIVATE:  # the members it has count as invited
-            for present in hub.view(name).members:
-                if present not in view.invited:
-                    store.set_role(name, present, "invited", True)
-        store.set_room(name, mode=mode.value)
-        return _stored(session, name)
-
-    def done(record: RoomRecord) -> Step:
-        hub.apply(record)
-        line = encode_line("MODE", name, member.name, mode.value)
-        hub.announce(name, line)
-        return _share_room(session, record, f"OK mode {name} {mode.value}", line=line)
-
-    return Effect(Pool.STORE, write, done)
-
-
-def cmd_invite(session: Session, request: Request) -> Step:
-    name = room_arg(session, request, 1)
-    _moderated(session, name)
-    hub, store, by = session.services.hub, session.services.store, require_member(session).name
-
-    def write() -> tuple[str, RoomRecord]:
-        _current(session)
-        invited = _target_account(session, request.args[0]).name
-        store.set_role(name, invited, "invited", True)
-        return invited, _stored(session, name)
-
-    def done(result: tuple[str, RoomRecord]) -> Step:
-        invited, record = result
-        hub.apply(record)
-        line = encode_line("INVITE", name, by)
-        hub.notify(invited, line)
-        reply = f"OK invite {invited} {name}"
-        return _share_room(session, record, reply, line=line, notify=invited)
-
-    return Effect(Pool.STORE, write, done)
-
-
-def cmd_ban(session: Session, request: Request) -> Step:
-    name = room_arg(session, request, 1)
-    view = _moderated(session, name)
-    reason = (request.text or "").strip()
-    hub, store, by = session.services.hub, session.services.store, require_member(session).name
-
-    def write() -> tuple[str, RoomRecord]:
-        _current(session)
-        target = _target_account(session, request.args[0])
-        if not rooms.may_be_banned(view, target.name, is_admin=target.is_admin):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "the owner and admins cannot be banned")
-        store.set_role(name, target.name, "banned", True)
-        return target.name, _stored(session, name)
-
-    def done(result: tuple[str, RoomRecord]) -> Step:
-        banned, record = result
-        # At once, under the hub's lock: after this no message of theirs reaches the room.
-        hub.apply(record, by=by, reason=reason)
-        return _share_room(session, record, f"OK ban {banned} {name}", by=by, reason=reason)
-
-    return Effect(Pool.STORE, write, done)
-
-
-def _role_change(session: Session, request: Request, role: str, held: bool, verb: str) -> Step:
-    name = room_arg(session, request, 1)
-    view = _moderated(session, name, manage=role == "operator")
-    hub, store = session.services.hub, session.services.store
-
-    def write() -> tuple[str, RoomRecord]:
-        _current(session)
-        target = _target_account(session, request.args[0]).name
-        if role == "operator" and not held:
-            if target == view.owner:
-                raise ProtocolError(ErrorCode.FORBIDDEN, "the owner is always an operator")
-            # As when a room goes private: an operator in a private room keeps its place
-            # as an invited member, so no one is left in a room they may not join.
-            now = hub.view(name)
-            if now.mode is Mode.PRIVATE and target in now.members and target not in now.invited:
-                store.set_role(name, target, "invited", True)
-        store.set_role(name, target, role, held)
-        return target, _stored(session, name)
-
-    def done(result: tuple[str, RoomRecord]) -> Step:
-        target, record = result
-        hub.apply(record)
-        return _share_room(session, record, f"OK {verb} {target} {name}")
-
-    return Effect(Pool.STORE, write, done)
-
-
-def cmd_unban(session: Session, request: Request) -> Step:
-    return _role_change(session, request, "banned", False, "unban")
-
-
-def cmd_op(session: Session, request: Request) -> Step:
-    return _role_change(session, request, "operator", True, "op")
-
-
-def cmd_deop(session: Session, request: Request) -> Step:
-    return _role_change(session, request, "operator", False, "deop")
-
-
-def cmd_destroy(session: Session, request: Request) -> Step:
-    name = room_arg(session, request)
-    if name == session.services.settings.rooms.default:
-        raise ProtocolError(ErrorCode.FORBIDDEN, "the default room cannot be destroyed")
-    _moderated(session, name, manage=True)
-    hub, store, by = session.services.hub, session.services.store, require_member(session).name
-
-    def write() -> bool:
-        _current(session)
-        # Messages accepted before now may still wait for the history writer: committed
-        # after the delete, they would become the history of the next room of this name.
-        session.services.messages.writer.flush()
-        return store.destroy_room(name)
-
-    def done(_: bool) -> Step:
-        hub.destroy(name, by)
-        if session.current_room == name:
-            session.current_room = None
-        bus = session.services.bus
-        if bus is None:
-            return f"OK destroy {name}"
-        payload = {"room": name, "by": by}  # every node empties it (and polls, as a backstop)
-        return Effect(
-            Pool.BUS, lambda: bus.broadcast("destroy", payload), lambda _: f"OK destroy {name}"
-        )
-
-    return Effect(Pool.STORE, write, done)
-
-
-def cmd_list(session: Session, request: Request) -> Step:
-    member = require_member(session)
-    limit = session.services.settings.rooms.list_max
-    lines: list[str] = []
-    shown = 0
-    for name, view, topic in session.services.hub.rooms():
-        role = rooms.role_of(view, member.name, is_admin=member.is_admin)
-        if view.mode is Mode.PRIVATE and not rooms.may_join(view, role):
-            continue
-        if view.mode is Mode.OPEN and role is rooms.Role.BANNED:
-            continue
-        if shown == limit:
-            lines.append(f"INFO more rooms than the {limit} shown")
-            break
-        fields = ["ROOM", name, str(len(view.members)), view.mode.value]
-        lines.append(" ".join([*fields, topic]) if topic else " ".join(fields))
-        shown += 1
-    return [*lines, f"OK list {shown}"]
 
 
 # -- the rest -----------------------------------------------------------------------------------
@@ -817,12 +512,12 @@ def cmd_quit(session: Session, request: Request) -> Step:
 
 def _require_admin(session: Session) -> None:
     """Blocking: the record, read now, is still an enabled admin's."""
-    if not _current(session).is_admin:
+    if not current_account(session).is_admin:
         raise ProtocolError(ErrorCode.FORBIDDEN, "admins only")
 
 
 def cmd_kick(session: Session, request: Request) -> Step:
-    target = _user_arg(request.args[0])
+    target = user_arg(request.args[0])
     reason = f"kicked by {require_member(session).name}"
     if request.text and request.text.strip():
         reason += f": {request.text.strip()}"
@@ -830,7 +525,7 @@ def cmd_kick(session: Session, request: Request) -> Step:
 
     def check() -> bool:
         _require_admin(session)
-        return _account_exists(session, target)
+        return account_exists(session, target)
 
     def kick(exists: bool) -> Step:
         if not exists:
