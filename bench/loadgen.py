@@ -13,8 +13,9 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
@@ -164,13 +165,7 @@ def web_subscriber(
     """As :func:`subscriber`, over the web door: each MSG is a WebSocket text message."""
     raise_fd_limit()
     ctx = client_context(ca)
-    conns = []
-    for name in names:
-        conn = WebLine(port, ctx)
-        conn.login(name, password)
-        if not conn.request(f"/join {room}").startswith("OK join"):
-            raise RuntimeError("join failed")
-        conns.append(conn)
+    conns = _members(lambda: WebLine(port, ctx), names, password, room)
     ready.put(len(conns))
     start.wait()
     selector = selectors.DefaultSelector()
@@ -252,12 +247,14 @@ class ArrivalStamps:
         self._raw.close()
 
 
-def _members(
-    port: int, ctx: ssl.SSLContext, names: list[str], password: str, room: str
-) -> list[Line]:
+Door = TypeVar("Door", Line, WebLine)
+
+
+def _members(connect: Callable[[], Door], names: list[str], password: str, room: str) -> list[Door]:
+    """Logged-in members of ``room``, a connection each (through either door)."""
     conns = []
     for name in names:
-        conn = Line(port, ctx)
+        conn = connect()
         conn.login(name, password)
         if not conn.request(f"/join {room}").startswith("OK join"):
             raise RuntimeError("join failed")
@@ -285,7 +282,8 @@ def subscriber(
     CPU and keep the lighter load generator they were first measured with: how fast the
     subscribers read changes how the servers batch their writes."""
     raise_fd_limit()
-    conns = _members(port, client_context(ca), names, password, room)
+    ctx = client_context(ca)
+    conns = _members(lambda: Line(port, ctx), names, password, room)
     ready.put(len(conns))
     start.wait()
     selector = selectors.DefaultSelector()

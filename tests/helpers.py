@@ -8,6 +8,7 @@ are in conftest.py; everything else a test imports comes from here.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import queue
 import re
 import socket
@@ -54,6 +55,19 @@ class FakeWallClock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+def http_get(port: int, path: str) -> tuple[int, str, str]:
+    """(status, Content-Type, body) of ``GET path`` on 127.0.0.1:``port`` (the metrics
+    endpoint: ``/metrics`` and ``/ready``)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read().decode()
+        return response.status, response.getheader("Content-Type") or "", body
+    finally:
+        connection.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

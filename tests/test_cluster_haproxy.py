@@ -8,7 +8,6 @@ per-address limits they share through Redis count each client once across both n
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 from adversary import closed_by_server, raw_connection
 from cluster import NODE_TIMEOUT_S, Cluster, Node, read_until
 from engines import RedisEngine, free_port
-from helpers import PASSWORD, Client, wait_until
+from helpers import PASSWORD, Client, http_get, wait_until
 from sealroom.core.proxy import V2_SIGNATURE
 from test_cluster_faults import FaultProxy
 from test_proxy_haproxy import haproxy_binary, listening
@@ -122,13 +121,8 @@ def test_a_proxy_header_from_an_untrusted_address_is_closed(
 
 def ready(port: int) -> tuple[int, str]:
     """``GET /ready`` of the node whose metrics listen on 127.0.0.1:``port``."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", "/ready")
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+    status, _, body = http_get(port, "/ready")
+    return status, body
 
 
 def test_haproxy_asking_ready_sends_nobody_to_a_fenced_node(

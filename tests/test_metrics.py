@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import re
 import socket
 
 import pytest
 
-from helpers import Server, ServerFactory
+from helpers import Server, ServerFactory, http_get
 from opshelp import captured_lines
 from sealroom.core.errors import UserError
 from sealroom.ops.metrics import Family, MetricsServer, render
@@ -20,14 +19,7 @@ SAMPLE = re.compile(r'^([a-z_:][a-z0-9_:]*)(\{(?:[a-z_]+="(?:[^"\\]|\\.)*",?)*\}
 def scrape(server: Server, path: str = "/metrics") -> tuple[int, str, str]:
     metrics = server.app.metrics
     assert metrics is not None
-    port = metrics.server_address[1]
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.getheader("Content-Type") or "", response.read().decode()
-    finally:
-        connection.close()
+    return http_get(metrics.server_address[1], path)
 
 
 def parse(text: str) -> dict[str, float]:

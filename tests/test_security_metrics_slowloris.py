@@ -10,7 +10,6 @@ absolute deadline, which dripping bytes does not extend.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import socket
 import threading
 import time
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from adversary import connection_threads
-from helpers import wait_until
+from helpers import http_get, wait_until
 from sealroom.ops.metrics import Family, MetricsServer
 
 SLOW_CONNECTIONS = 100
@@ -47,13 +46,8 @@ def endpoint() -> Iterator[MetricsServer]:
 
 
 def scrape(server: MetricsServer) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+    status, _, body = http_get(server.server_address[1], "/metrics")
+    return status, body
 
 
 def is_closed(sock: socket.socket) -> bool:
