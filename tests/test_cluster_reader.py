@@ -1,12 +1,19 @@
 """What the bus reader takes from Redis: bytes from an engine are hostile, so an XREAD reply
-is checked for its shape before any entry is applied (the entries' fields are checked
-field by field afterwards: test_cluster.py's malformed bus entries)."""
+is bounded and checked for its shape before any entry is applied (the entries' fields are
+checked field by field afterwards: test_cluster.py's malformed bus entries). The reader's
+own paths run here over a socket pair playing Redis; with real Redis, every cluster test."""
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
 import pytest
 
-from sealroom.cluster.reader import _entries
+from sealroom.cluster import reader as reader_module
+from sealroom.cluster.reader import BusReader, Entry, _entries
 
 
 def test_a_reply_becomes_entries_in_order() -> None:
@@ -40,3 +47,97 @@ def test_resp3s_map_is_read_alike() -> None:
 )
 def test_any_other_shape_is_refused_whole(reply: object) -> None:
     assert _entries(reply) is None
+
+
+class _Connection:
+    """What the reader takes from redis-py once connected: the socket it reads, a command
+    packer and a close. The socket is a real one (a socket pair); the test plays Redis."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @staticmethod
+    def pack_command(*args: object) -> list[bytes]:
+        parts = [str(arg).encode() for arg in args]
+        return [f"*{len(parts)}\r\n".encode(), *(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)]
+
+    def disconnect(self) -> None:
+        self._sock.close()
+
+
+class _Reader:
+    """A BusReader over a socket pair, its reactor hands recorded."""
+
+    def __init__(self) -> None:
+        ours, self.redis = socket.socketpair()
+        ours.setblocking(False)
+        self.delivered: list[tuple[int, list[Entry]]] = []
+        self.watched: list[int] = []
+        self.reader = BusReader(
+            cast(Any, None),
+            "sealroom:bus",
+            count=10,
+            block_ms=500,
+            position=lambda: (7, "1-0"),
+            deliver=lambda generation, entries: self.delivered.append((generation, entries)),
+            reading=lambda: True,
+        )
+        self.reader.attach(lambda fd, _: self.watched.append(fd), self.watched.remove, list)
+        self.reader._handed.append(_Connection(ours))
+        self.reader.on_turn()  # installs it and asks
+
+    def close(self) -> None:
+        self.reader._close()
+        self.redis.close()
+
+    def asked(self) -> bytes:
+        return self.redis.recv(65536)
+
+    def answer(self, data: bytes) -> None:
+        self.redis.sendall(data)
+        time.sleep(0.05)
+        self.reader.on_readable()
+
+
+@pytest.fixture
+def bus() -> Iterator[_Reader]:
+    made = _Reader()
+    yield made
+    made.close()
+
+
+def test_a_read_is_asked_from_the_position_and_its_entries_delivered(bus: _Reader) -> None:
+    assert bus.asked().endswith(b"$12\r\nsealroom:bus\r\n$3\r\n1-0\r\n")
+    bus.answer(
+        b"*1\r\n*2\r\n$12\r\nsealroom:bus\r\n*1\r\n*2\r\n$3\r\n2-0\r\n*2\r\n$1\r\nk\r\n$3\r\nsay\r\n"
+    )
+    assert bus.delivered == [(7, [("2-0", {b"k": b"say"})])]
+    assert bus.asked().startswith(b"*8\r\n$5\r\nXREAD")  # the next read, at once
+    assert bus.watched
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"-ERR wrong\r\n",  # an error
+        b"*1\r\n$3\r\nbus\r\n",  # another shape
+        b"?garbage\r\n",  # not Redis's protocol
+    ],
+)
+def test_a_bad_reply_drops_the_connection_and_delivers_nothing(bus: _Reader, reply: bytes) -> None:
+    bus.asked()
+    bus.answer(reply)
+    assert bus.delivered == []
+    assert bus.watched == []  # unwatched before it was closed
+    assert bus.reader._need.is_set()  # the connecting thread is asked for a new one
+
+
+def test_a_reply_beyond_the_bound_is_not_buffered(
+    bus: _Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reader_module, "MAX_REPLY_BYTES", 4096)
+    bus.asked()
+    bus.answer(b"$100000\r\n" + b"x" * 8192)  # a bulk string that would not end soon
+    assert bus.delivered == []
+    assert bus.watched == []
+    assert bus.reader._need.is_set()

@@ -582,17 +582,15 @@ class RedisBus:
             waiter = op.waiter
             if waiter is None:
                 continue
-            if waiter.apply is not None and result == -1:  # a part never counted: no entry
+            if waiter.apply is not None and result < 0:  # no entry comes for the reader
                 with self._waiting_lock:
                     self._waiting.pop(op.seq, None)
-                with waiter.lock:
+                if result == OVER_LIMIT:  # a login refused, not counted
+                    waiter.finish(OVER_LIMIT)
+                    continue
+                with waiter.lock:  # a part never counted here (taken back already)
                     waiter.apply(0)
                     waiter.finish(True)
-                continue
-            if waiter.apply is not None and result == OVER_LIMIT:  # a login refused: no entry
-                with self._waiting_lock:
-                    self._waiting.pop(op.seq, None)
-                waiter.finish(OVER_LIMIT)
                 continue
             if op.archive is not None:
                 message = op.archive
