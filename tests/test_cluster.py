@@ -448,8 +448,8 @@ def test_a_flood_of_room_messages_goes_out_in_few_script_calls(
     cluster: Cluster, redis_engine: RedisEngine
 ) -> None:
     # Never a round trip per message: the room messages one turn of the reactor reads go to
-    # Redis in one script call. (Woken per message, the publisher made one call for every
-    # few messages.)
+    # Redis in one script call, and those read while it is in flight in the next. (A
+    # publisher thread woken per message made one call for every few messages.)
     one = cluster.node("one")
     cluster.add_user("alice")
     alice = one.user("alice")

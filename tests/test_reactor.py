@@ -324,3 +324,41 @@ def test_an_unwatched_descriptor_is_no_longer_read() -> None:
         reactor.stop()
         ours.close()
         theirs.close()
+
+
+def test_a_watched_descriptor_is_told_when_it_takes_more_only_while_asked() -> None:
+    # The bus publisher's call may be larger than its socket takes at once: it asks to be
+    # told when the socket takes more, and stops asking once all is sent (a writable socket
+    # reported every turn would spin the reactor).
+    reactor = Reactor()
+    ours, theirs = socket.socketpair()
+    writable: list[tuple[str, int]] = []  # the thread, and the hook's steps by then
+    asked: list[bool] = []
+
+    def on_writable() -> None:
+        writable.append((threading.current_thread().name, len(asked)))
+        if len(writable) == 3:
+            reactor.writable(ours.fileno(), False)
+
+    def hook() -> None:
+        if not asked:
+            reactor.watch(ours.fileno(), lambda: None, on_writable)
+            reactor.wake()  # a turn without asking: nothing is reported
+            asked.append(False)
+        elif len(asked) == 1:
+            reactor.writable(ours.fileno(), True)
+            asked.append(True)
+
+    reactor.after_turn(hook)
+    reactor.start()
+    try:
+        reactor.wake()
+        assert wait_for(lambda: len(writable) >= 3)
+        reactor.wake()
+        time.sleep(0.3)  # turns pass; no longer asked, no longer told
+        assert writable == [("reactor", 2)] * 3  # only once asked, only until no longer
+        assert asked == [False, True]
+    finally:
+        reactor.stop()
+        ours.close()
+        theirs.close()

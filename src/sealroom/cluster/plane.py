@@ -7,13 +7,18 @@ twice, and finds its place again after a reconnect or a Redis restart (with the 
 file, the stream survives it). Entries are appended by Lua scripts that also count presence
 and allocate message ids in the same atomic step, so ids increase in the stream's order.
 
-The *reader* (:mod:`sealroom.cluster.reader`) runs on the reactor thread: it applies the
-stream to the hub -- room messages to this node's members, joins and parts (with the
-cluster's counts, so every node says the same JOIN and PART), private messages, kicks,
-walls and room changes -- in the turn that read it. Three threads do the rest:
+Two Redis links run on the reactor thread (:mod:`sealroom.cluster.link`):
 
-* the *publisher* takes what sessions asked for from a queue and sends it in one script
-  call per batch -- never a round trip per message while others are waiting;
+* the *reader* (:mod:`sealroom.cluster.reader`) applies the stream to the hub -- room
+  messages to this node's members, joins and parts (with the cluster's counts, so every
+  node says the same JOIN and PART), private messages, kicks, walls and room changes -- in
+  the turn that read it;
+* the *publisher* (:mod:`sealroom.cluster.caller`) takes what sessions asked for from a
+  queue and sends it in one script call per batch, one call in flight -- never a round
+  trip per message while others are waiting.
+
+Two threads do the rest:
+
 * the *archiver* stores room messages and live private messages in PostgreSQL, a batch per
   transaction, and only then answers ``OK say`` / ``OK msg``: an acknowledged message is
   durable in the store;
@@ -32,16 +37,16 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from sealroom.cluster import scripts
+from sealroom.cluster.caller import ScriptCaller
 from sealroom.cluster.checks import redis_problems
 from sealroom.cluster.entries import (
     EVENTS,
@@ -55,17 +60,15 @@ from sealroom.cluster.entries import (
     number,
 )
 from sealroom.cluster.reader import BusReader, Entry
+from sealroom.cluster.requests import BUSY_AFTER_S, Op, Waiter, busy
 from sealroom.core.errors import ErrorCode, ProtocolError, UserError
 from sealroom.core.model import StoredMessage, iso_utc
 from sealroom.core.protocol import encode_line
 from sealroom.core.storage import Store
-from sealroom.session.effects import Outcome
 from sealroom.state.hub import Admit, Hub, Member
 
 log = logging.getLogger("sealroom.cluster")
 
-BUSY_AFTER_S = 1.5  # a request that needs an engine is answered server-busy by then
-RETRY_IN_S = 2  # what server-busy tells the client
 SOCKET_TIMEOUT_S = 1.0  # every Redis command; the reader's blocking read gets more
 READ_BLOCK_MS = 500
 READ_COUNT = 512  # entries applied per read
@@ -78,86 +81,6 @@ PRUNE_EVERY_S = 1.0  # how often the archiver trims history to its retention
 CENSUS_WAIT_S = 1.0  # `sealroom sessions` waits this long for every node's answer
 CENSUS_KEEP_S = 10
 OVER_LIMIT = -2  # what the script answers a login whose user has its sessions already
-
-
-class _Done:
-    """A :class:`threading.Event` made only once a thread waits: most requests (every
-    pipelined ``/say``) are answered through a callback, and an Event -- a Condition and
-    its locks -- costs microseconds to make, on the reactor. Only one thread waits (the
-    session's, in :meth:`RedisBus._await`). ``set`` stores the flag before it looks for the
-    Event, ``wait`` stores the Event before it looks at the flag: one sees the other."""
-
-    __slots__ = ("_event", "_flag")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._event: threading.Event | None = None
-
-    def is_set(self) -> bool:
-        return self._flag
-
-    def set(self) -> None:
-        self._flag = True
-        event = self._event
-        if event is not None:
-            event.set()
-
-    def wait(self, timeout: float) -> bool:
-        if self._flag:
-            return True
-        event = self._event
-        if event is None:
-            event = self._event = threading.Event()
-        return self._flag or event.wait(timeout)
-
-
-class _Waiter:
-    """A session's request in flight: done when published, applied here or archived.
-
-    A worker may wait for it (:meth:`RedisBus._await`), or it may be a
-    :class:`~sealroom.session.effects.Later` whose callback hands the outcome back to the
-    session's thread: then no thread waits at all.
-    """
-
-    __slots__ = ("apply", "callback", "cancelled", "deadline", "done", "error", "lock", "result")
-
-    def __init__(self, apply: Callable[[int], bool] | None = None) -> None:
-        self.done = _Done()
-        self.lock = threading.Lock()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.apply = apply  # run by the reader when the entry comes back; under ``lock``
-        self.cancelled = False
-        self.callback: Callable[[Outcome], None] | None = None
-        self.deadline = time.monotonic() + BUSY_AFTER_S
-
-    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        """The outcome, once: a later finish (a deadline raced the answer) is ignored."""
-        if self.done.is_set():
-            return
-        self.result, self.error = result, error
-        self.done.set()
-        callback = self.callback
-        if callback is not None:
-            callback(Outcome(result) if error is None else Outcome(error=error))
-
-    def when_done(self, done: Callable[[Outcome], None]) -> None:
-        self.callback = done
-        if self.done.is_set():  # finished before anyone asked
-            done(Outcome(self.result) if self.error is None else Outcome(error=self.error))
-
-
-@dataclass(slots=True)
-class _Op:
-    kind: str
-    seq: int
-    args: list[str]
-    waiter: _Waiter | None  # None: background work, retried until it is published
-    archive: StoredMessage | None = None  # stored once published, then answered
-
-
-def busy(what: str = "the cluster is unreachable") -> ProtocolError:
-    return ProtocolError(ErrorCode.SERVER_BUSY, f"{what}; retry in {RETRY_IN_S}s")
 
 
 def connect(url: str, timeout: float = SOCKET_TIMEOUT_S, *, protocol: int = 3) -> redis.Redis:
@@ -212,21 +135,29 @@ class RedisBus:
             deliver=self._read,
             reading=lambda: self.up and not self._stopping.is_set(),
         )
+        self.caller = ScriptCaller(
+            connect(url, protocol=2),
+            scripts.PUBLISH,
+            timeout_s=SOCKET_TIMEOUT_S,
+            next_call=self._next_call,
+            answered=self._answered,
+            refused=self._refused,
+            lost=self._lost,
+        )
         self._census = threading.BoundedSemaphore(2)  # census answers under way
-        self._publish = self._redis.register_script(scripts.PUBLISH)
         self._reap = self._redis.register_script(scripts.REAP)
         self._heartbeat = self._redis.register_script(scripts.HEARTBEAT)
         self._register = self._redis.register_script(scripts.REGISTER)
         self._bucket = self._redis.register_script(scripts.BUCKET)
         self._seq = itertools.count(1)
-        self._queue: collections.deque[_Op] = collections.deque()
-        self._retry: list[_Op] = []
-        self._wake = threading.Event()
-        self._waiting: dict[int, _Waiter] = {}  # seq -> a request the reader completes
+        self._queue: collections.deque[Op] = collections.deque()
+        self._retry: list[Op] = []
+        self._in_flight: list[Op] = []  # the caller's script call under way
+        self._waiting: dict[int, Waiter] = {}  # seq -> a request the reader completes
         self._waiting_lock = threading.Lock()
-        self._archive: collections.deque[_Op] = collections.deque()
+        self._archive: collections.deque[Op] = collections.deque()
         self._written: collections.deque[int] = collections.deque()  # DMs written to a socket
-        self._later: collections.deque[_Waiter] = collections.deque()  # no thread waits on
+        self._later: collections.deque[Waiter] = collections.deque()  # no thread waits on
         self._archive_wake = threading.Event()
         self._next_prune = 0.0  # monotonic time of the archiver's next trim
         self._position = "0-0"  # the last stream entry applied
@@ -260,7 +191,6 @@ class RedisBus:
         except RedisError as error:
             raise UserError(f"cluster.redis: cannot join the cluster: {error}") from None
         for target, what in (
-            (self._run_publisher, "bus publisher"),
             (self._run_archiver, "bus archiver"),
             (self._run_heartbeat, "heartbeat"),
         ):
@@ -268,6 +198,7 @@ class RedisBus:
             thread.start()
             self._threads.append(thread)
         self.reader.start()
+        self.caller.start()
         log.info("joined the cluster as node %s (%s)", self.node_name, self.node)
 
     def _join_cluster(self) -> None:
@@ -290,16 +221,14 @@ class RedisBus:
             now = time.monotonic()
             self._last_ok = self._connected_since = now
             self.up = True
-        self._wake.set()
+        self.caller.wake()
         self.reader.poke()  # read from the new place
 
     def stop(self) -> None:
-        """Leave in order: our share is taken back now, not after the timeout."""
-        deadline = time.monotonic() + 2.0
-        while (self._queue or self._retry) and time.monotonic() < deadline and self.up:
-            time.sleep(0.02)
+        """Leave in order: our share is taken back now, not after the timeout. (After the
+        reactor stopped: its sessions have left, and what they queued that was not
+        published yet -- their parts -- the reaping says for them.)"""
         self._stopping.set()
-        self._wake.set()
         self._archive_wake.set()
         for thread in self._threads:
             thread.join(timeout=2.0)
@@ -309,6 +238,7 @@ class RedisBus:
             except RedisError as error:
                 log.warning("could not leave the cluster in order (%s); others will reap", error)
         self.reader.stop()
+        self.caller.stop()
         self._redis.close()
 
     # -- the session's side (Bus) -----------------------------------------------------------
@@ -349,7 +279,7 @@ class RedisBus:
             self._background("part", [room, member.name, str(member.serial), "0"])
         self._background("logout", [member.name])
 
-    def say_later(self, member: Member, room: str, text: str) -> _Waiter:
+    def say_later(self, member: Member, room: str, text: str) -> Waiter:
         """A room message, handed over without blocking: the session's thread goes on
         reading; the waiter says when the message is durable (or busy, by its deadline).
         """
@@ -365,12 +295,6 @@ class RedisBus:
             waiter = self._submit("say", args, None, archive=message, wake=False)
         self._later.append(waiter)
         return waiter
-
-    def kick(self) -> None:
-        """Wake the publisher for what :meth:`say_later` queued: the reactor calls this
-        once a turn, before it waits, so that a turn's messages go out in one script call."""
-        if self._queue and not self._wake.is_set():
-            self._wake.set()
 
     def direct(self, sender: str, recipient: str, text: str, stamp: int) -> tuple[int, bool]:
         """Stored first (undelivered), then published: the recipient's node marks it
@@ -499,11 +423,11 @@ class RedisBus:
         archive: StoredMessage | None = None,
         queue: bool = True,
         wake: bool = True,
-    ) -> _Waiter:
+    ) -> Waiter:
         if not self.up or self._stopping.is_set():
             raise busy()
-        waiter = _Waiter(apply)
-        op = _Op(kind, next(self._seq), args, waiter, archive)
+        waiter = Waiter(apply)
+        op = Op(kind, next(self._seq), args, waiter, archive)
         if not queue:  # straight to the archiver (a live private message, already ordered)
             self._archive.append(op)
             self._archive_wake.set()
@@ -512,13 +436,13 @@ class RedisBus:
             with self._waiting_lock:
                 self._waiting[op.seq] = waiter
         self._queue.append(op)
-        # The publisher drains the queue after clearing the event. Not woken (``wake``
-        # false): the reactor calls :meth:`kick` before it next waits.
-        if wake and not self._wake.is_set():
-            self._wake.set()
+        # Not woken (``wake`` false: asked on the reactor thread): the publisher's turn
+        # comes before the reactor next waits, and takes what the whole turn queued.
+        if wake:
+            self.caller.wake()
         return waiter
 
-    def _await(self, waiter: _Waiter) -> Any:
+    def _await(self, waiter: Waiter) -> Any:
         if not waiter.done.wait(BUSY_AFTER_S):
             with waiter.lock:
                 if not waiter.done.is_set():
@@ -529,55 +453,45 @@ class RedisBus:
         return waiter.result
 
     def _background(self, kind: str, args: list[str]) -> None:
-        self._queue.append(_Op(kind, next(self._seq), args, None))
-        if not self._wake.is_set():
-            self._wake.set()
+        self._queue.append(Op(kind, next(self._seq), args, None))
+        self.caller.wake()
 
     def _left(self, member: Member, room: str) -> None:
         """A ban or destroy put a local session out of ``room``: count it out, quietly."""
         self._background("part", [room, member.name, str(member.serial), "1"])
 
-    # -- the publisher ----------------------------------------------------------------------
+    # -- the publisher (on the reactor thread: ScriptCaller's callbacks) ---------------------
 
-    def _run_publisher(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
-            while self._queue or (self._retry and self.up):
-                if not self.up:
-                    self._fail_queued()
-                    break
-                batch = self._retry[:MAX_BATCH]
-                del self._retry[:MAX_BATCH]
-                while self._queue and len(batch) < MAX_BATCH:
-                    batch.append(self._queue.popleft())
-                if not self._send(batch):
-                    time.sleep(0.1)  # Redis is away: the heartbeat judges for how long
-                    break
-
-    def _send(self, batch: list[_Op]) -> bool:
-        # A request already answered (server-busy by its deadline) is not sent after all.
-        batch[:] = [op for op in batch if op.waiter is None or not op.waiter.done.is_set()]
+    def _next_call(self) -> list[Any] | None:
+        """The next batch's script arguments; None when there is nothing to send."""
+        if not self.up:
+            self._fail_queued()
+            return None
+        batch = self._retry[:MAX_BATCH]
+        del self._retry[:MAX_BATCH]
+        while self._queue and len(batch) < MAX_BATCH:
+            op = self._queue.popleft()
+            # A request already answered (server-busy by its deadline) is not sent after all.
+            if op.waiter is None or not op.waiter.done.is_set():
+                batch.append(op)
         if not batch:
-            return True
+            return None
+        self._in_flight = batch
         args: list[Any] = [self.node, MAX_STREAM]
         for op in batch:
             args += [op.kind, op.seq, *op.args]
-        try:
-            results = self._publish(args=args)
-        except ResponseError as error:
-            if str(error).startswith("FENCED"):
-                self._fence("this node was declared dead")
-                self._fail(batch, busy())
-                return False
-            log.error("the bus refused a batch: %s", error)  # noqa: TRY400 -- no traceback to add
+        return args
+
+    def _answered(self, results: Any) -> None:
+        batch, self._in_flight = self._in_flight, []
+        if not (
+            isinstance(results, list)
+            and len(results) == len(batch)
+            and all(isinstance(result, int) for result in results)
+        ):  # bytes from Redis are hostile
+            log.error("the bus script answered a batch of %d with a malformed reply", len(batch))
             self._fail(batch, busy())
-            return True
-        except RedisError as error:
-            log.warning("could not publish to the bus: %s", error)
-            self._fail(batch, busy())
-            self._retry[:0] = [op for op in batch if op.waiter is None]
-            return False
+            return
         for op, result in zip(batch, results, strict=True):
             waiter = op.waiter
             if waiter is None:
@@ -594,16 +508,38 @@ class RedisBus:
                 continue
             if op.archive is not None:
                 message = op.archive
-                op.archive = StoredMessage(int(result), *_rest(message))
-                waiter.result = int(result)
+                op.archive = StoredMessage(result, *_rest(message))
+                waiter.result = result
                 self._archive.append(op)
             elif waiter.apply is None:
                 waiter.finish(result)
         if self._archive:
             self._archive_wake.set()  # once a batch
-        return True
 
-    def _fail(self, batch: Sequence[_Op], error: BaseException) -> None:
+    def _refused(self, error: str) -> None:
+        batch, self._in_flight = self._in_flight, []
+        self._fail(batch, busy())
+        if error.startswith("FENCED"):
+            self._fence("this node was declared dead")
+        else:
+            log.error("the bus refused a batch: %s", error)
+
+    def _lost(self) -> None:
+        """The call in flight went with its connection, or the publisher is not connected:
+        what waits hears server-busy now; background work is sent once it connects again."""
+        batch, self._in_flight = self._in_flight, []
+        if batch:
+            log.warning("lost a call to the bus with its connection (%d requests)", len(batch))
+            self._fail(batch, busy())
+            self._retry[:0] = [op for op in batch if op.waiter is None]
+        if self._queue and self.up:
+            waiting: list[Op] = []
+            for _ in range(len(self._queue)):
+                op = self._queue.popleft()
+                (waiting if op.waiter is not None else self._retry).append(op)
+            self._fail(waiting, busy())
+
+    def _fail(self, batch: Sequence[Op], error: BaseException) -> None:
         for op in batch:
             if op.waiter is not None:
                 with self._waiting_lock:
@@ -664,7 +600,7 @@ class RedisBus:
         log.warning("the database answers again: room messages are taken again")
         self.store_up = True
 
-    def _store_batch(self, batch: list[_Op]) -> None:
+    def _store_batch(self, batch: list[Op]) -> None:
         """One transaction for the batch; the senders are answered once it committed.
 
         While the store refuses, the senders hear server-busy at their deadline (the
@@ -802,12 +738,12 @@ class RedisBus:
             ignored(kind)
         return None
 
-    def _waiting_for(self, seq: int) -> _Waiter | None:
+    def _waiting_for(self, seq: int) -> Waiter | None:
         with self._waiting_lock:
             return self._waiting.pop(seq, None)
 
     def _complete(
-        self, waiter: _Waiter, total: int, room: str, name: str, fields: Mapping[str, str]
+        self, waiter: Waiter, total: int, room: str, name: str, fields: Mapping[str, str]
     ) -> None:
         with waiter.lock:
             try:

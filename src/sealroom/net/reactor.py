@@ -53,7 +53,8 @@ class Reactor:
         self._sleeping = False  # blocked in epoll: the next nudge must write the eventfd
         self._next_sweep = 0.0
         self._after_turn: list[Callable[[], None]] = []
-        self._watched: dict[int, Callable[[], None]] = {}  # other descriptors it reads for
+        # Other descriptors it reads (and writes) for: fd -> (on_readable, on_writable).
+        self._watched: dict[int, tuple[Callable[[], None], Callable[[], None] | None]] = {}
         self.heartbeat = time.monotonic()  # the loop's last turn, for the watchdog
         self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
 
@@ -88,11 +89,22 @@ class Reactor:
         bus publisher woken for every ``/say`` made a Redis call for every few messages."""
         self._after_turn.append(hook)
 
-    def watch(self, fd: int, on_readable: Callable[[], None]) -> None:
-        """On the reactor thread: call ``on_readable`` there when ``fd`` is readable (a
-        cluster's bus reader: its Redis socket). Unwatch it before closing it."""
+    def watch(
+        self,
+        fd: int,
+        on_readable: Callable[[], None],
+        on_writable: Callable[[], None] | None = None,
+    ) -> None:
+        """On the reactor thread: call ``on_readable`` there when ``fd`` is readable, and
+        ``on_writable`` when it is writable and :meth:`writable` asked for it (a cluster's
+        bus links: their Redis sockets). Unwatch it before closing it."""
         self._epoll.register(fd, select.EPOLLIN)
-        self._watched[fd] = on_readable
+        self._watched[fd] = (on_readable, on_writable)
+
+    def writable(self, fd: int, wanted: bool) -> None:
+        """On the reactor thread: whether a watched ``fd`` waits to write more."""
+        if fd in self._watched:
+            self._epoll.modify(fd, select.EPOLLIN | (select.EPOLLOUT if wanted else 0))
 
     def unwatch(self, fd: int) -> None:
         """On the reactor thread, before ``fd`` is closed (its number may be reused)."""
@@ -209,14 +221,27 @@ class Reactor:
             if owned is not None:
                 self._serve(owned, _EVENT, readable=bool(mask & ~select.EPOLLOUT))
             elif (watcher := self._watched.get(fd)) is not None:
-                try:
-                    watcher()
-                except Exception:  # its own to mend (the bus reader connects again)
-                    log.exception("a watcher of descriptor %d failed", fd)
+                self._watcher(fd, watcher, mask)
             else:
                 self._wakeup.clear()
         if events:  # what they asked for goes out now, not after the rest of the turn
             self._after_hooks()
+
+    def _watcher(
+        self,
+        fd: int,
+        watcher: tuple[Callable[[], None], Callable[[], None] | None],
+        mask: int,
+    ) -> None:
+        on_readable, on_writable = watcher
+        try:
+            if mask & ~select.EPOLLOUT:  # readable, or an error or hang-up that reading finds
+                on_readable()
+            still = self._watched.get(fd) is watcher  # reading may have dropped it
+            if mask & select.EPOLLOUT and on_writable is not None and still:
+                on_writable()
+        except Exception:  # its own to mend (a bus link connects again)
+            log.exception("a watcher of descriptor %d failed", fd)
 
     def _owns(self, connection: Connection) -> bool:
         return self._owned.get(connection.fd) is connection

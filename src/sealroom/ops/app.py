@@ -728,12 +728,13 @@ class App:
 
 
 def _drive_bus(reactor: Reactor, bus: RedisBus) -> None:
-    """The reactor's part in a cluster's bus: once a turn it wakes the publisher for what
-    the turn queued (one script call for a turn's room messages), and it reads the bus's
-    socket in its own epoll (cluster/reader.py), applying what comes in the same turn."""
-    reactor.after_turn(bus.kick)
-    bus.reader.attach(reactor.watch, reactor.unwatch, reactor.wake)
-    reactor.after_turn(bus.reader.on_turn)
+    """The reactor's part in a cluster's bus: its two Redis links' sockets sit in the
+    reactor's epoll (cluster/link.py). Once a turn, before it waits, the publisher sends what
+    the turn queued (one script call for a turn's room messages), and what the reader reads
+    is applied in the turn it arrives."""
+    for link in (bus.caller, bus.reader):
+        link.attach(reactor.watch, reactor.unwatch, reactor.wake, reactor.writable)
+        reactor.after_turn(link.on_turn)
 
 
 def _cluster_bus(settings: Settings, hub: Hub, store: Store) -> RedisBus:
