@@ -464,6 +464,8 @@ class RedisBus:
 
     def _next_call(self) -> list[Any] | None:
         """The next batch's script arguments; None when there is nothing to send."""
+        if not (self._queue or self._retry):  # most turns: once each, on the reactor
+            return None
         if not self.up:
             self._fail_queued()
             return None
