@@ -10,13 +10,19 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from sealroom.cluster import link as link_module
 from sealroom.cluster.caller import ScriptCaller
+from sealroom.cluster.plane import RedisBus
 from sealroom.cluster.reader import BusReader, Entry, _entries
+from sealroom.cluster.requests import Op, Waiter
+from sealroom.core.errors import ErrorCode, ProtocolError
+from sealroom.state.hub import Hub, HubLimits
+from sealroom.store.sqlite import SqliteStore
 
 
 def test_a_reply_becomes_entries_in_order() -> None:
@@ -277,3 +283,33 @@ def test_a_call_larger_than_the_socket_takes_is_sent_as_it_drains(caller: _Calle
     assert caller.writable == [True, False]
     caller.answer(b"*1\r\n:2\r\n")
     assert caller.told[-1] == ("answered", [2])
+
+
+def test_a_script_answer_that_is_not_one_integer_per_request_answers_busy(
+    tmp_path: Path,
+) -> None:
+    # Bytes from Redis are hostile: an answer of the wrong length or kind is not matched to
+    # the batch by position (a wrong id acknowledged, a join applied twice); every sender
+    # hears server-busy instead. (The bus is made, never started: nothing connects.)
+    with SqliteStore(tmp_path / "sealroom.db") as store:
+        bus = RedisBus(
+            "redis://127.0.0.1:1",
+            "one",
+            5.0,
+            Hub(HubLimits(100, 10, 100, True, "#lobby"), replica=True),
+            store,
+            keep_per_room=10,
+            keep_per_recipient=10,
+        )
+        for answer in ([1], [1, b"2"], b"OK", [1, 2, 3]):
+            waiters = [Waiter(), Waiter()]
+            bus._in_flight = [Op("id", n, [], waiter) for n, waiter in enumerate(waiters)]
+            bus._answered(answer)
+            for waiter in waiters:
+                assert waiter.done.is_set()
+                assert isinstance(waiter.error, ProtocolError)
+                assert waiter.error.code is ErrorCode.SERVER_BUSY
+        waiters = [Waiter(), Waiter()]
+        bus._in_flight = [Op("id", n, [], waiter) for n, waiter in enumerate(waiters)]
+        bus._answered([41, 42])
+        assert [waiter.result for waiter in waiters] == [41, 42]

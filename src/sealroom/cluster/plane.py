@@ -85,7 +85,7 @@ OVER_LIMIT = -2  # what the script answers a login whose user has its sessions a
 
 def connect(url: str, timeout: float = SOCKET_TIMEOUT_S, *, protocol: int = 3) -> redis.Redis:
     """A client that fails fast: no hidden retries (they would stretch every deadline).
-    (``protocol=2`` for the bus reader, which parses replies itself: no pushes, no maps.)"""
+    (``protocol=2`` for the bus links, which parse replies themselves: no pushes, no maps.)"""
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
