@@ -55,7 +55,6 @@ class ScriptCaller(RedisLink):
         self._unsent: bytes | memoryview = b""  # the call in flight, not yet all sent
         self._sent_at = 0.0  # monotonic time the call in flight began; 0: none
         self._waiting = False  # for the socket to take the rest: asked the reactor
-        self.calls = 0
 
     def on_turn(self) -> None:
         was_down = self.down
@@ -83,7 +82,6 @@ class ScriptCaller(RedisLink):
             return
         self._unsent = b"".join(conn.pack_command("EVALSHA", self._sha, 0, *args))
         self._sent_at = time.monotonic()
-        self.calls += 1
         self._push()
 
     def _push(self) -> None:

@@ -49,7 +49,6 @@ class BusReader(RedisLink):
         self._reading = reading  # False while the bus is not in the cluster: no reads
         self._asked_at = 0.0  # monotonic time of the read in flight; 0: none
         self._generation = 0  # position()'s generation when that read was asked
-        self.reads = 0  # replies read
 
     def poke(self) -> None:
         """The bus is reading again (it joined the cluster anew): ask from the new place."""
@@ -85,7 +84,6 @@ class BusReader(RedisLink):
     def _reply(self, reply: Any) -> None:
         """Apply a read's entries and ask for the next."""
         self._asked_at = 0.0
-        self.reads += 1
         if isinstance(reply, hiredis.ReplyError):
             self._drop(f"Redis refused a read of the bus: {reply}")
             return
