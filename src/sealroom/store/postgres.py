@@ -548,18 +548,29 @@ class PostgresStore:
         """Store messages in one transaction (the history writer's group commit), and in the
         same transaction trim the rooms and recipients they touch to their retention.
 
-        Pipelined: BEGIN, the insert, the trims and COMMIT go out together, one round trip.
+        Without a trim (most batches: a cluster trims once a second) the insert is one
+        statement, its own transaction on this autocommit connection: one round trip.
+        psycopg's ``transaction()`` costs a synchronisation for BEGIN, one for COMMIT and
+        one for the pipeline: measured on one message, ≈ 0.35 ms of the node's CPU and
+        0.25 ms of the server's, against 0.1 and 0.1 ms for the statement alone. With a
+        trim: BEGIN, the insert, the trims and COMMIT, pipelined.
         """
         if not messages:
             return
         rows = json.dumps(list(messages), ensure_ascii=False, separators=(",", ":"))
         rooms = sorted({m.room for m in messages if m.room is not None})
         names = sorted({m.recipient for m in messages if m.recipient is not None})
+        trim_rooms = keep_per_room is not None and bool(rooms)
+        trim_private = keep_per_recipient is not None and bool(names)
+        if not (trim_rooms or trim_private):
+            with self._connection() as conn:
+                conn.execute(_INSERT_BATCH, (delivered, rows))
+            return
         with self._connection() as conn, conn.pipeline(), conn.transaction():
             conn.execute(_INSERT_BATCH, (delivered, rows))
-            if keep_per_room is not None and rooms:
+            if trim_rooms:
                 conn.execute(_PRUNE_ROOMS, {"rooms": rooms, "keep": keep_per_room})
-            if keep_per_recipient is not None and names:
+            if trim_private:
                 conn.execute(_PRUNE_PRIVATE, {"names": names, "keep": keep_per_recipient})
 
     def room_history(self, room: str, limit: int) -> list[StoredMessage]:
