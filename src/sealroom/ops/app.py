@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -30,20 +30,19 @@ from typing import TYPE_CHECKING, Any
 from sealroom import __version__
 from sealroom.config import ConfigError, Settings, load_settings, node_name, parse_address
 from sealroom.core.errors import ProtocolError, UserError
-from sealroom.core.model import iso_utc
 from sealroom.core.storage import Store
-from sealroom.core.text import has_forbidden_chars, user_name
 from sealroom.net.connection import Registry, Shared
 from sealroom.net.listener import SealroomServer
 from sealroom.net.reactor import Reactor
 from sealroom.net.tls import build_server_context
 from sealroom.net.web import Site, WebServer
 from sealroom.net.workers import AnyPool, LaterPool, WorkerPool
-from sealroom.ops.control import ControlError, ControlServer
+from sealroom.ops.commands import ControlCommands
+from sealroom.ops.control import ControlServer
 from sealroom.ops.logs import set_level
 from sealroom.ops.metrics import Family, MetricsServer
 from sealroom.ops.notify import Notifier
-from sealroom.ops.observe import Snapshot, metric_families, status_report
+from sealroom.ops.observe import Snapshot, metric_families
 from sealroom.ops.reload import (
     Validity,
     certificate_validity,
@@ -67,7 +66,6 @@ log = logging.getLogger("sealroom")
 TICKET_KEY_LIFETIME_S = 24 * 3600  # the TLS context (and its ticket key) is rebuilt daily
 HOUSEKEEPING_INTERVAL_S = 0.5  # account changes from the CLI must reach sessions within 2 s
 THREAD_STACK_BYTES = 512 * 1024  # our threads (workers, listeners) need little; 8 MiB is waste
-MAX_KICK_REASON = 200  # characters of an operator's kick reason
 # Requests waiting on the cluster's bus at once (each waits for a batched round trip, or
 # the store's commit): enough to keep batches full, bounded like every other pool.
 CLUSTER_BUS_THREADS = 32
@@ -120,9 +118,10 @@ class App:
         self.last_reload: tuple[datetime, str | None] | None = None  # when, and why it failed
         # SIGHUP reloads on the main thread, `sealroom reload` on the control thread: one
         # at a time (re-entrant: the control command reads the outcome under it too).
-        self._reload_lock = threading.RLock()
+        self.reload_lock = threading.RLock()
         self.servers: list[SealroomServer] = []
         self.web: WebServer | None = None  # the web door (web.listen), beside the TLS port
+        self.commands = ControlCommands(self)  # what the control socket's commands do
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self._threads: list[threading.Thread] = []
@@ -139,15 +138,7 @@ class App:
         try:
             self._listen(settings)
             if settings.control.socket is not None:
-                self.control = ControlServer(
-                    settings.control.socket,
-                    {
-                        "status": self._control_status,
-                        "kick": self.kick,
-                        "reload": self._control_reload,
-                        "sessions": self._control_sessions,
-                    },
-                )
+                self.control = ControlServer(settings.control.socket, self.commands.table())
             if settings.metrics.listen is not None:
                 self.metrics = MetricsServer(
                     parse_address(settings.metrics.listen),
@@ -251,7 +242,7 @@ class App:
         _big_blocks_by_mmap()
         threading.stack_size(THREAD_STACK_BYTES)
         if self.bus is not None:  # first: a node the cluster refuses starts nothing
-            self.bus.on_census = self.session_rows
+            self.bus.on_census = self.commands.session_rows
             try:  # before listening; a Redis that would lose acknowledged data is refused
                 self.bus.start()
             except BaseException:
@@ -371,7 +362,7 @@ class App:
         All or nothing: a missing, mismatched or expired certificate or key, or a broken
         configuration, is logged and the running context and settings stay in service.
         """
-        with self._reload_lock:
+        with self.reload_lock:
             self.notifier.reloading("reloading configuration and TLS certificates")
             try:
                 problem = self._reload()
@@ -553,99 +544,6 @@ class App:
                 ),
             ]
         return families
-
-    def _control_status(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        report = status_report(self.snapshot())
-        bus = self.bus
-        if bus is not None:
-            try:
-                nodes = bus.nodes()
-            except Exception as error:  # Redis away: say so, the rest of the report stands
-                log.warning("status: could not list the cluster's nodes: %s", error)
-                nodes = []
-            report["cluster"] = {
-                "node": bus.node_name,
-                "up": bus.up,
-                "fenced": bus.fenced,
-                "reaped": bus.reaped,
-                "nodes": nodes,
-            }
-        return report
-
-    def _control_reload(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """``sealroom reload``: as SIGHUP does; refused with the reason if it failed."""
-        log.info("control: reload requested")
-        with self._reload_lock:
-            if not self.reload():
-                problem = self.last_reload[1] if self.last_reload else None
-                raise ControlError(f"reload refused: {problem or 'see the log'}")
-        certificate = self.certificate
-        expires = certificate.not_after if certificate else None
-        return {
-            "source": str(self.settings.source) if self.settings.source else None,
-            "certificate_expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ") if expires else None,
-        }
-
-    def _control_sessions(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """``sealroom sessions``: every logged-in session, oldest first; in a cluster, every
-        node's (each answers a census on the bus)."""
-        if self.bus is not None:
-            try:
-                rows = self.bus.census()
-            except ProtocolError as error:
-                raise ControlError(error.text) from None
-        else:
-            rows = self.session_rows()
-        rows.sort(key=lambda row: (str(row.get("connected_since")), str(row.get("user"))))
-        return {"sessions": rows}
-
-    def session_rows(self) -> list[dict[str, Any]]:
-        """This process's logged-in sessions (in a cluster, each with its node's name)."""
-        node = self.bus.node_name if self.bus is not None else None
-        rows = []
-        for connection in self.shared.registry.snapshot():
-            session = connection.session
-            member = session.member if session is not None else None
-            if member is None:
-                continue  # not logged in (yet): a connection, not a session
-            rows.append(
-                {
-                    "user": member.name,
-                    "address": connection.peer,
-                    "rooms": self.hub.rooms_of(member),
-                    "connected_since": iso_utc(
-                        datetime.fromtimestamp(connection.connected_at, UTC)
-                    ),
-                    **({"node": node} if node is not None else {}),
-                }
-            )
-        return rows
-
-    def kick(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """``sealroom kick NAME [--reason TEXT]``: close every session of NAME."""
-        raw_name, reason = message.get("name"), message.get("reason") or ""
-        name = user_name(raw_name) if isinstance(raw_name, str) else None
-        if name is None:
-            raise ControlError("a user name is [a-z0-9][a-z0-9_.-], at most 32 characters")
-        if not isinstance(reason, str) or len(reason) > MAX_KICK_REASON:
-            raise ControlError(f"a reason is text of at most {MAX_KICK_REASON} characters")
-        if has_forbidden_chars(reason):
-            raise ControlError("a reason may not hold control characters or bidi overrides")
-        if not self.hub.is_online(name) and self.store.get_account(name) is None:
-            raise ControlError(f"no account {name}")
-        text = " ".join(reason.split())
-        why = f"kicked by operator: {text}" if text else "kicked"
-        if self.bus is not None:  # every node closes its sessions of the user
-            count = self.hub.session_count(name)
-            try:
-                self.bus.broadcast("kick", {"name": name, "reason": why})
-            except ProtocolError as error:
-                raise ControlError(error.text) from None
-            log.info("control: kicked %s on every node", name)
-            return {"name": name, "sessions": count}
-        count = self.hub.disconnect(name, why)
-        log.info("control: kicked %s (%d sessions)", name, count)
-        return {"name": name, "sessions": count}
 
     def apply_account_changes(self) -> None:
         """End the live sessions of account records that changed: removed, disabled, or
