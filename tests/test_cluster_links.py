@@ -17,6 +17,7 @@ import pytest
 
 from sealroom.cluster import link as link_module
 from sealroom.cluster.caller import ScriptCaller
+from sealroom.cluster.link import RedisLink
 from sealroom.cluster.plane import RedisBus
 from sealroom.cluster.reader import BusReader, Entry, _entries
 from sealroom.cluster.requests import Op, Waiter
@@ -74,14 +75,43 @@ class _Connection:
         self._sock.close()
 
 
-class _Reader:
-    """A BusReader over a socket pair, its reactor hands recorded."""
+class _Played:
+    """A Redis link over a socket pair, the test playing Redis: handed a connection as its
+    connecting thread would, its turn taken; the reactor's hands given to it recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, link: RedisLink, prepared: object) -> None:
         ours, self.redis = socket.socketpair()
         ours.setblocking(False)
-        self.delivered: list[tuple[int, list[Entry]]] = []
+        self.link = link
         self.watched: list[int] = []
+        self.writable: list[bool] = []
+        link.attach(
+            lambda fd, *_: self.watched.append(fd),
+            self.watched.remove,
+            list,
+            lambda fd, wanted: self.writable.append(wanted),
+        )
+        link._handed.append((_Connection(ours), prepared))
+        link.on_turn()  # installs it, and asks or calls
+
+    def close(self) -> None:
+        self.link._close()
+        self.redis.close()
+
+    def asked(self) -> bytes:
+        return self.redis.recv(1 << 20)
+
+    def answer(self, data: bytes) -> None:
+        self.redis.sendall(data)
+        time.sleep(0.05)
+        self.link.on_readable()
+
+
+class _Reader(_Played):
+    """A BusReader, what it delivers recorded."""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[int, list[Entry]]] = []
         self.reader = BusReader(
             cast(Any, None),
             "sealroom:bus",
@@ -91,21 +121,7 @@ class _Reader:
             deliver=lambda generation, entries: self.delivered.append((generation, entries)),
             reading=lambda: True,
         )
-        self.reader.attach(lambda fd, *_: self.watched.append(fd), self.watched.remove, list)
-        self.reader._handed.append((_Connection(ours), None))
-        self.reader.on_turn()  # installs it and asks
-
-    def close(self) -> None:
-        self.reader._close()
-        self.redis.close()
-
-    def asked(self) -> bytes:
-        return self.redis.recv(65536)
-
-    def answer(self, data: bytes) -> None:
-        self.redis.sendall(data)
-        time.sleep(0.05)
-        self.reader.on_readable()
+        super().__init__(self.reader, None)
 
 
 @pytest.fixture
@@ -155,17 +171,12 @@ def test_a_reply_beyond_the_bound_is_not_buffered(
 # -- the publisher: the bus script called from the reactor ------------------------------------
 
 
-class _Caller:
-    """A ScriptCaller over a socket pair: the test plays Redis and records what the bus
-    would be told."""
+class _Caller(_Played):
+    """A ScriptCaller, what it tells the bus recorded."""
 
     def __init__(self, timeout_s: float = 1.0) -> None:
-        ours, self.redis = socket.socketpair()
-        ours.setblocking(False)
         self.calls: list[list[Any]] = [["node", 1, "say", 1]]  # what next_call gives, in turn
         self.told: list[tuple[str, Any]] = []
-        self.watched: list[int] = []
-        self.writable: list[bool] = []
         self.caller = ScriptCaller(
             cast(Any, None),
             "return 1",
@@ -175,26 +186,7 @@ class _Caller:
             refused=lambda text: self.told.append(("refused", text)),
             lost=lambda: self.told.append(("lost", None)),
         )
-        self.caller.attach(
-            lambda fd, *_: self.watched.append(fd),
-            self.watched.remove,
-            list,
-            lambda fd, wanted: self.writable.append(wanted),
-        )
-        self.caller._handed.append((_Connection(ours), b"abc123"))
-        self.caller.on_turn()  # installs it and sends the first call
-
-    def close(self) -> None:
-        self.caller._close()
-        self.redis.close()
-
-    def asked(self) -> bytes:
-        return self.redis.recv(1 << 20)
-
-    def answer(self, data: bytes) -> None:
-        self.redis.sendall(data)
-        time.sleep(0.05)
-        self.caller.on_readable()
+        super().__init__(self.caller, b"abc123")  # the script's digest, as SCRIPT LOAD gives it
 
 
 @pytest.fixture
