@@ -84,9 +84,9 @@ class Reactor:
 
     def after_turn(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` on the reactor thread after it served a poll's events, and before it
-        waits for more (cheap when there is nothing to announce). Work that a turn hands to
-        another thread is then announced once per turn, not once per request: a cluster's
-        bus publisher woken for every ``/say`` made a Redis call for every few messages."""
+        waits for more (cheap when there is nothing to do). Work that a turn queued then goes
+        out once per turn, not once per request: a cluster's bus publisher sends a turn's
+        ``/say`` in one script call (sent per message, it made a Redis call for every few)."""
         self._after_turn.append(hook)
 
     def watch(
